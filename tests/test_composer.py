@@ -1,0 +1,110 @@
+import dataclasses
+
+from inference import DraftDone, GenerationStats, SamplingParams, TokenDelta
+
+from bobby_tui.composer import Draft, DraftRetry, compose, retry_seed, to_record
+from bobby_tui.config import PostProcess
+
+
+class FakeEngine:
+    """Scripted engine: `texts[seed]` is what a draft with that seed decodes to (in two deltas)."""
+
+    model_name = "fake-model"
+    adapter_name = "fake-adapter"
+    adapter_enabled = True
+
+    def __init__(self, texts):
+        self.texts = texts
+        self.requests = []
+        self.rendered = []
+
+    def render_prompt(self, user, system=None):
+        self.rendered.append((user, system))
+        return f"<user>{user}</user>"
+
+    def generate(self, request, should_cancel=None):
+        self.requests.append(request)
+        texts = [self.texts[p.seed] for p in request.drafts]
+        for k, text in enumerate(texts):
+            yield TokenDelta(draft=k, text=text[: len(text) // 2])
+        for k, text in enumerate(texts):
+            yield TokenDelta(draft=k, text=text[len(text) // 2 :])
+        for k, (params, text) in enumerate(zip(request.drafts, texts)):
+            stats = GenerationStats(prompt_tokens=7, generated_tokens=len(text), prefill_tok_s=100.0,
+                                    decode_tok_s=20.0, peak_memory_bytes=0)
+            yield DraftDone(draft=k, text=text, finish_reason="stop", params=params, stats=stats)
+
+
+LONG = "A post that is comfortably longer than the minimum length, so nobody asks for it again. Really."
+OPTS = PostProcess(min_length=40, retries=2)
+
+
+def run(engine, seeds, temperature=0.9, opts=OPTS, raw=False, system=None):
+    drafts = [SamplingParams(temperature=temperature, seed=s) for s in seeds]
+    return list(compose(engine, "Write.", system, drafts, 64, opts, 300, raw=raw))
+
+
+def finals(events):
+    return {e.draft: e for e in events if isinstance(e, Draft)}
+
+
+def test_drafts_are_postprocessed_and_deltas_stream():
+    engine = FakeEngine({1: "<think>hm</think>  " + LONG + "  ", 2: LONG})
+    events = run(engine, [1, 2], system="Be brief.")
+    assert engine.rendered == [("Write.", "Be brief.")]
+    assert len(engine.requests) == 1 and engine.requests[0].max_tokens == 64
+    done = finals(events)
+    assert done[0].text == LONG and done[0].raw_text == engine.texts[1] and done[0].attempts == 1
+    streamed = "".join(e.text for e in events if isinstance(e, TokenDelta) and e.draft == 0)
+    assert streamed == engine.texts[1]
+
+
+def test_empty_system_prompt_is_not_sent():
+    engine = FakeEngine({1: LONG})
+    run(engine, [1], system="")
+    assert engine.rendered == [("Write.", None)]
+
+
+def test_a_short_draft_is_regenerated_with_a_new_seed_until_long_enough():
+    engine = FakeEngine({1: LONG, 2: "short", retry_seed(2, 2): "still short", retry_seed(2, 3): LONG + "!"})
+    events = run(engine, [1, 2])
+    assert [type(e) for e in events if not isinstance(e, TokenDelta)] == [Draft, DraftRetry, DraftRetry, Draft]
+    retries = [e for e in events if isinstance(e, DraftRetry)]
+    assert retries == [DraftRetry(draft=1, attempt=2), DraftRetry(draft=1, attempt=3)]
+    # each retry round asks only for the short draft, with a fresh seed, and its deltas keep draft index 1
+    assert [[p.seed for p in r.drafts] for r in engine.requests] == [[1, 2], [retry_seed(2, 2)], [retry_seed(2, 3)]]
+    assert {e.draft for e in events[events.index(retries[0]):] if isinstance(e, TokenDelta)} == {1}
+    done = finals(events)
+    assert done[1].text == LONG + "!" and done[1].attempts == 3 and done[1].params.seed == retry_seed(2, 3)
+    assert done[1].params.temperature == 0.9
+
+
+def test_retries_stop_at_the_configured_count():
+    engine = FakeEngine({2: "short", retry_seed(2, 2): "tiny"})
+    done = finals(run(engine, [2], opts=dataclasses.replace(OPTS, retries=1)))
+    assert done[0].text == "tiny" and done[0].attempts == 2
+    assert len(engine.requests) == 2
+
+
+def test_greedy_and_raw_drafts_are_never_retried():
+    engine = FakeEngine({5: "<think>x</think> short "})
+    assert finals(run(engine, [5], temperature=0.0))[0].text == "short"
+    raw = finals(run(engine, [5], raw=True))[0]
+    assert raw.text == raw.raw_text == "<think>x</think> short "
+    assert len(engine.requests) == 2
+
+
+def test_retry_seeds_differ_from_sibling_seeds():
+    seeds = {retry_seed(s, a) for s in range(100, 108) for a in (2, 3, 4)}
+    assert seeds.isdisjoint(range(100, 108)) and len(seeds) == 24
+
+
+def test_to_record_carries_the_draft_and_engine_facts():
+    engine = FakeEngine({3: LONG})
+    draft = finals(run(engine, [3]))[0]
+    rec = to_record(draft, engine, "Write.", None)
+    assert (rec.prompt, rec.text, rec.raw_text, rec.seed, rec.temperature) == ("Write.", LONG, LONG, 3, 0.9)
+    assert (rec.model, rec.adapter, rec.system_prompt) == ("fake-model", "fake-adapter", "")
+    assert (rec.prompt_tokens, rec.generated_tokens, rec.finish_reason) == (7, len(LONG), "stop")
+    engine.adapter_enabled = False
+    assert to_record(draft, engine, "Write.", "sys").adapter is None

@@ -1,0 +1,170 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bobby_tui import paths
+from bobby_tui.config import Config, ConfigError, load_config, resolve_model, save_setting
+
+
+def test_paths_follow_xdg(isolated_user_dirs):
+    assert paths.config_path() == isolated_user_dirs / "xdg-config" / "bobby-tui" / "config.toml"
+    assert paths.db_path() == isolated_user_dirs / "xdg-data" / "bobby-tui" / "history.sqlite3"
+
+
+def test_missing_file_gives_defaults_without_warning():
+    config, warning = load_config()
+    assert warning is None
+    assert config == Config()
+    assert (config.sampling.temperature, config.sampling.top_p, config.sampling.max_tokens) == (0.95, 0.9, 280)
+    assert config.postprocess.min_length == 80
+
+
+def test_values_are_read(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'model = "~/models/qwen"\nadapter = "adapters/mine"\ntheme = "bobby-light"\npost_limit = 500\n'
+        "[sampling]\ntemperature = 1\ntop_k = 40\nspread = [0.5, 1]\n"
+        "[postprocess]\nstrip_emoji = true\nretries = 0\n"
+        '[keys]\ngenerate = "ctrl+g"\n'
+    )
+    config, warning = load_config(path)
+    assert warning is None
+    assert config.model == Path.home() / "models" / "qwen"
+    assert config.adapter == tmp_path / "adapters" / "mine"  # relative to the config file
+    assert (config.theme, config.post_limit) == ("bobby-light", 500)
+    assert config.sampling.temperature == 1.0 and isinstance(config.sampling.temperature, float)
+    assert (config.sampling.top_k, config.sampling.spread) == (40, [0.5, 1.0])
+    assert config.sampling.top_p == 0.9  # untouched default
+    assert (config.postprocess.strip_emoji, config.postprocess.retries) == (True, 0)
+    assert config.keys == {"generate": "ctrl+g"}
+
+
+def test_malformed_file_names_line_and_column_and_gives_defaults(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('theme = "bobby-light"\n\npost_limit 300\n')
+    config, warning = load_config(path)
+    assert config == Config()
+    assert warning.startswith(f"{path}:3:12: ")
+    assert "\n" not in warning
+
+
+def test_unterminated_file_still_gives_a_location(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('theme = "bobby-light')
+    config, warning = load_config(path)
+    assert config == Config()
+    assert warning.startswith(f"{path}:1:") and "\n" not in warning
+
+
+def test_unknown_keys_and_wrong_types_warn_by_name_and_keep_defaults(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'colour = "red"\npost_limit = "long"\nuse_adapter = 1\n'
+        "[sampling]\ntemperature = true\ntop_p = 1.5\nmax_tokens = 2.5\nbogus = 1\n"
+        '[postprocess]\ntrim = "yes"\n'
+    )
+    config, warning = load_config(path)
+    assert config == Config()
+    for name in ["colour", "post_limit", "use_adapter", "sampling.temperature", "sampling.top_p",
+                 "sampling.max_tokens", "sampling.bogus", "postprocess.trim"]:
+        assert f"'{name}'" in warning
+    assert warning.startswith(str(path)) and "\n" not in warning
+
+
+def test_table_given_as_value_warns(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("sampling = 3\ntheme = \"x\"\n")
+    config, warning = load_config(path)
+    assert "'sampling' must be a table" in warning
+    assert config.theme == "x"
+
+
+def test_save_setting_creates_the_file_and_round_trips():
+    save_setting("theme", "bobby-light")
+    save_setting("sampling.temperature", 0.7)
+    save_setting("model", Path("/models/q"))
+    config, warning = load_config()
+    assert warning is None
+    assert (config.theme, config.sampling.temperature, config.model) == ("bobby-light", 0.7, Path("/models/q"))
+
+
+def test_save_setting_keeps_comments_and_other_lines(tmp_path):
+    path = tmp_path / "config.toml"
+    original = (
+        "# my settings\n"
+        'theme = "bobby-dark"   # the dark one\n'
+        'default_prompt = """multi\nline [not a table]\n"""\n'
+        "\n"
+        "# sampling below\n"
+        "[sampling]\n"
+        "temperature = 0.8 # warm\n"
+        "\n"
+        "# the end\n"
+    )
+    path.write_text(original)
+    save_setting("theme", 'say "hi"', path)
+    save_setting("default_prompt", "one line", path)
+    save_setting("post_limit", 140, path)
+    save_setting("sampling.temperature", 1.1, path)
+    save_setting("sampling.top_k", 20, path)
+    save_setting("postprocess.strip_emoji", True, path)
+    text = path.read_text()
+    assert text == (
+        "# my settings\n"
+        'theme = "say \\"hi\\""  # the dark one\n'
+        'default_prompt = "one line"\n'
+        "post_limit = 140\n"
+        "\n"
+        "# sampling below\n"
+        "[sampling]\n"
+        "temperature = 1.1  # warm\n"
+        "top_k = 20\n"
+        "\n"
+        "# the end\n"
+        "\n"
+        "[postprocess]\n"
+        "strip_emoji = true\n"
+    )
+    config, warning = load_config(path)
+    assert warning is None
+    assert (config.theme, config.sampling.top_k, config.postprocess.strip_emoji) == ('say "hi"', 20, True)
+
+
+def test_save_setting_none_removes_the_line(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('model = "/m"\ntheme = "x"\n')
+    save_setting("model", None, path)
+    assert path.read_text() == 'theme = "x"\n'
+
+
+def test_save_setting_refuses_a_malformed_file_and_leaves_it(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("theme = \n# keep me\n")
+    with pytest.raises(ConfigError, match=r":1:\d+: "):
+        save_setting("theme", "x", path)
+    assert path.read_text() == "theme = \n# keep me\n"
+
+
+def test_saved_strings_with_odd_characters_parse_back(tmp_path):
+    path = tmp_path / "config.toml"
+    value = 'tab\there "quote" back\\slash\nnewline \x07 é'
+    save_setting("system_prompt", value, path)
+    assert tomllib.loads(path.read_text())["system_prompt"] == value
+
+
+def test_resolve_model_prefers_command_line_then_config():
+    config = Config(model=Path("/cfg/model"), adapter=Path("/cfg/adapter"))
+    assert resolve_model(config, None, None, False) == (Path("/cfg/model"), Path("/cfg/adapter"), False)
+    assert resolve_model(config, None, None, True) == (Path("/cfg/model"), None, False)
+    assert resolve_model(config, Path("/cli/m"), None, False) == (Path("/cli/m"), None, False)
+    assert resolve_model(config, Path("/cli/m"), Path("/cli/a"), False) == (Path("/cli/m"), Path("/cli/a"), False)
+    config.use_adapter = False
+    assert resolve_model(config, None, None, False) == (Path("/cfg/model"), None, False)
+    assert resolve_model(config, None, Path("/cli/a"), False) == (Path("/cfg/model"), Path("/cli/a"), False)
+
+
+def test_resolve_model_falls_back_to_the_demo():
+    demo = pytest.importorskip("bobby_tui.demo")
+    assert resolve_model(Config(), None, None, False) == (demo.DEMO_MODEL_DIR, demo.DEMO_ADAPTER_DIR, True)
+    assert resolve_model(Config(), None, None, True) == (demo.DEMO_MODEL_DIR, None, True)

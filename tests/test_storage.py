@@ -1,0 +1,192 @@
+import dataclasses
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from bobby_tui.storage import MIGRATIONS, GenerationRecord, Store, StoreError
+
+
+def make_record(i: int = 0, **overrides) -> GenerationRecord:
+    fields = dict(
+        prompt=f"prompt {i}", text=f"text {i}", temperature=0.9, top_p=0.95, seed=1000 + i, model="qwen",
+        adapter="bobby", prompt_tokens=12, generated_tokens=40 + i, decode_tok_s=30.5, prefill_tok_s=200.0,
+        finish_reason="stop", system_prompt="be brief", raw_text=f"<think></think>text {i}",
+    )
+    return GenerationRecord(**{**fields, **overrides})
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "data" / "history.sqlite3"
+
+
+def test_add_get_round_trip_keeps_every_field(db):
+    with Store(db) as store:
+        rec = make_record(1, adapter=None)
+        gen_id = store.add(rec)
+        got = store.get(gen_id)
+    assert got.id == gen_id and got.created_at and got.favorite is False
+    assert dataclasses.replace(got, id=None, created_at=None) == rec
+    assert got.created_at.endswith("+00:00")
+
+
+def test_history_is_newest_first_with_limit_search_and_favorites(db):
+    store = Store(db)
+    ids = [store.add(make_record(i, text=t)) for i, t in enumerate(["Coffee first", "50% off_sale", "coffee later"])]
+    assert [r.id for r in store.history()] == ids[::-1]
+    assert [r.id for r in store.history(limit=2)] == ids[:0:-1]
+    assert [r.id for r in store.history(search="COFFEE")] == [ids[2], ids[0]]
+    assert [r.id for r in store.history(search="% off_")] == [ids[1]]  # wildcards are literal
+    assert store.history(search="5_") == []  # "_" would match the "0" of "50" as a wildcard
+    assert [r.id for r in store.history(search="prompt 1")] == [ids[1]]  # prompts are searched too
+    store.set_favorite(ids[0], True)
+    assert [r.id for r in store.history(favorites_only=True)] == [ids[0]]
+    store.set_favorite(ids[0], False)
+    assert store.history(favorites_only=True) == []
+    store.close()
+
+
+def test_unknown_ids(db):
+    with Store(db) as store:
+        assert store.get(42) is None
+        with pytest.raises(StoreError, match=rf"^{db}: no generation with id 42$"):
+            store.set_favorite(42, True)
+
+
+def test_schema_version_is_recorded_and_reopening_keeps_rows(db):
+    with Store(db) as store:
+        store.add(make_record())
+    with Store(db) as store:
+        assert len(store.history()) == 1
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+def test_a_newer_schema_is_refused(db):
+    Store(db).close()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE schema_version SET version = 99")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="version 99 is newer"):
+        Store(db)
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(db):
+    db.parent.mkdir(parents=True)
+    content = b"my precious notes, not a database\n" * 100
+    db.write_bytes(content)
+    with pytest.raises(StoreError) as info:
+        Store(db)
+    message = str(info.value)
+    assert message.startswith(str(db)) and "not a SQLite database" in message and "\n" not in message
+    assert db.read_bytes() == content
+
+
+def test_a_corrupt_sqlite_file_gives_one_line_and_is_left_untouched(db):
+    with Store(db) as store:
+        store.add(make_record())
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    data = bytearray(db.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # keep the magic, wreck the schema page
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as info:
+        Store(db)
+    assert str(info.value).startswith(str(db)) and "\n" not in str(info.value)
+    assert db.read_bytes() == bytes(data)
+
+
+def test_threads_can_share_one_store(db):
+    store = Store(db)
+    errors = []
+
+    def write(offset):
+        try:
+            for i in range(20):
+                store.add(make_record(offset + i))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(k * 100,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store.history(limit=1000)) == 60
+    store.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests_dir!r})
+    from pathlib import Path
+    from test_storage import make_record
+    from bobby_tui.storage import Store
+    store = Store(Path(sys.argv[1]))
+    count, tag = int(sys.argv[2]), sys.argv[3]
+    for i in range(count):
+        store.add(make_record(i, prompt=tag))
+        print(i, flush=True)
+    if sys.argv[4] == "hang":
+        time.sleep(600)
+    """
+)
+
+
+def start_writer(db, count, tag, mode="exit"):
+    import pathlib
+
+    script = WRITER.format(tests_dir=str(pathlib.Path(__file__).parent))
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(db), str(count), tag, mode], stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_rows_survive_a_killed_writer(db):
+    writer = start_writer(db, 25, "killed", mode="hang")
+    for expected in range(25):  # each printed index is a row that add() returned for
+        assert writer.stdout.readline().strip() == str(expected)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    with Store(db) as store:
+        rows = store.history(limit=1000)
+    assert len(rows) == 25 and {r.prompt for r in rows} == {"killed"}
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    con.close()
+
+
+def test_two_processes_writing_at_once_lose_nothing(db):
+    Store(db).close()  # both writers find the schema; the race under test is the inserts
+    n = 150
+    writers = [start_writer(db, n, tag) for tag in ("a", "b")]
+    for w in writers:
+        w.communicate(timeout=120)
+        assert w.returncode == 0
+    with Store(db) as store:
+        rows = store.history(limit=10 * n)
+    assert sorted(r.prompt for r in rows) == ["a"] * n + ["b"] * n
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    con.close()
+
+
+def test_two_processes_creating_the_database_at_once(db):
+    writers = [start_writer(db, 5, tag) for tag in ("a", "b")]
+    for w in writers:
+        w.communicate(timeout=120)
+        assert w.returncode == 0
+    with Store(db) as store:
+        assert len(store.history()) == 10
