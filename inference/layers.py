@@ -1,0 +1,116 @@
+"""Matrix layers: quantized or dense linears, fused projections, runtime LoRA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import accumulate
+
+import mlx.core as mx
+
+from .config import QuantSpec
+
+
+@dataclass
+class Linear:
+    """``y = x @ W.T``; W is either dense or affine-quantized (packed uint32 + per-group scales and biases)."""
+
+    weight: mx.array  # dense: (out, in); quantized: (out, in * bits / 32) uint32
+    scales: mx.array | None = None  # (out, in / group_size)
+    biases: mx.array | None = None
+    spec: QuantSpec | None = None
+
+    @classmethod
+    def from_weights(cls, weights: dict[str, mx.array], module: str, spec: QuantSpec | None) -> "Linear":
+        if spec is None:
+            return cls(weights[f"{module}.weight"])
+        return cls(weights[f"{module}.weight"], weights[f"{module}.scales"], weights[f"{module}.biases"], spec)
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.spec is None:
+            return x @ self.weight.T
+        return mx.quantized_matmul(
+            x, self.weight, self.scales, self.biases, transpose=True, group_size=self.spec.group_size, bits=self.spec.bits
+        )
+
+    def embed(self, tokens: mx.array) -> mx.array:
+        """Rows of the matrix: the embedding lookup (dequantizing only the rows needed)."""
+        if self.spec is None:
+            return self.weight[tokens]
+        return mx.dequantize(
+            self.weight[tokens], self.scales[tokens], self.biases[tokens], group_size=self.spec.group_size, bits=self.spec.bits
+        )
+
+
+def concatenate_linears(linears: list[Linear]) -> Linear | None:
+    """Stack linears that share an input into one (rows concatenated); None when their formats differ."""
+    if len({(lin.spec, lin.weight.dtype) for lin in linears}) != 1:
+        return None
+    first = linears[0]
+    stack = lambda name: mx.concatenate([getattr(lin, name) for lin in linears], axis=0)  # noqa: E731
+    if first.spec is None:
+        return Linear(stack("weight"))
+    return Linear(stack("weight"), stack("scales"), stack("biases"), first.spec)
+
+
+@dataclass
+class LoRA:
+    """Low-rank update ``(x @ a) @ b``; the adapter's scale is folded into ``b`` at load."""
+
+    a: mx.array  # (in, rank)
+    b: mx.array  # (rank, out)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return (x @ self.a) @ self.b
+
+
+class Projection:
+    """Linears that read the same input (q/k/v, or gate/up), run as one matmul when their quantization matches.
+
+    Returns one output per member. Its LoRA, if any, is applied as one wide low-rank product too: the members'
+    ``a`` matrices side by side and their ``b`` matrices block-diagonal, which gives each member exactly its own update.
+    """
+
+    def __init__(self, members: list[Linear]):
+        self.sizes = [m.out_features for m in members]
+        fused = concatenate_linears(members) if len(members) > 1 else members[0]
+        self.linears = [fused] if fused is not None else members
+        self.loras: list[LoRA | None] = [None] * len(self.linears)
+
+    @property
+    def fused(self) -> bool:
+        return len(self.linears) == 1
+
+    def set_lora(self, pairs: list[tuple[mx.array, mx.array] | None], scale: float, dtype: mx.Dtype) -> None:
+        """``pairs[i]`` is member i's (a, b) or None; ``scale`` multiplies the update, as mlx_lm's LoRALinear does."""
+        if all(p is None for p in pairs):
+            self.loras = [None] * len(self.linears)
+            return
+        if not self.fused:
+            self.loras = [None if p is None else LoRA(p[0].astype(dtype), (scale * p[1]).astype(dtype)) for p in pairs]
+            return
+        in_features = next(p[0].shape[0] for p in pairs if p is not None)
+        a_blocks, b_blocks, total_out = [], [], sum(self.sizes)
+        col = 0
+        for size, pair in zip(self.sizes, pairs):
+            if pair is not None:
+                a, b = pair
+                a_blocks.append(a)
+                b_blocks.append(mx.pad(scale * b, [(0, 0), (col, total_out - col - size)]))
+            col += size
+        a = mx.concatenate(a_blocks, axis=1) if a_blocks else mx.zeros((in_features, 0))
+        self.loras = [LoRA(a.astype(dtype), mx.concatenate(b_blocks, axis=0).astype(dtype))]
+
+    def __call__(self, x: mx.array, use_lora: bool) -> list[mx.array]:
+        outs = []
+        for linear, lora in zip(self.linears, self.loras):
+            y = linear(x)
+            if use_lora and lora is not None:
+                y = y + lora(x)
+            outs.append(y)
+        if not self.fused or len(self.sizes) == 1:
+            return outs
+        return mx.split(outs[0], list(accumulate(self.sizes[:-1])), axis=-1)
