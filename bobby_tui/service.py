@@ -1,0 +1,236 @@
+"""The engine thread: one long-lived thread owns the model, the UI talks to it through a queue.
+
+MLX binds its streams to the thread that created them, so the model is loaded, used and dropped on this thread
+only; the UI thread never touches MLX. Results go back to the UI as Textual messages, which
+`MessagePump.post_message` delivers thread-safely.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+from textual.message import Message
+from textual.message_pump import MessagePump
+
+from bobby_tui.config import PostProcess
+
+# (model_dir, adapter_dir, progress callback) -> an object with the `inference.Engine` interface.
+EngineLoader = Callable[[Path, "Path | None", Callable[[Any], None]], Any]
+
+
+def load_engine(model_dir: Path, adapter_dir: Path | None, progress: Callable[[Any], None]) -> Any:
+    """The real engine (imported here, on the engine thread, so the UI thread never loads MLX)."""
+    from inference import Engine
+
+    return Engine.load(model_dir, adapter_dir, progress=progress)
+
+
+_job_ids = count(1)
+
+
+@dataclass
+class ComposeJob:
+    """One generation: N drafts of one prompt decoded together."""
+
+    prompt: str
+    system_prompt: str
+    drafts: list  # list[inference.SamplingParams]
+    max_tokens: int
+    postprocess: PostProcess
+    post_limit: int
+    id: int = field(default_factory=lambda: next(_job_ids))
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+# --- messages to the UI -----------------------------------------------------------------------------------
+
+
+class LoadProgressed(Message):
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__()
+        self.done, self.total = done, total
+
+
+class Loaded(Message):
+    def __init__(self, model_name: str, adapter_name: str | None, adapter_enabled: bool) -> None:
+        super().__init__()
+        self.model_name, self.adapter_name, self.adapter_enabled = model_name, adapter_name, adapter_enabled
+
+
+class LoadFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class AdapterChanged(Message):
+    def __init__(self, enabled: bool) -> None:
+        super().__init__()
+        self.enabled = enabled
+
+
+class DraftDelta(Message):
+    def __init__(self, job_id: int, index: int, text: str) -> None:
+        super().__init__()
+        self.job_id, self.index, self.text = job_id, index, text
+
+
+class DraftRestarted(Message):
+    """The composer rejected a draft (e.g. too long) and is generating it again: its text starts over."""
+
+    def __init__(self, job_id: int, index: int, attempt: int) -> None:
+        super().__init__()
+        self.job_id, self.index, self.attempt = job_id, index, attempt
+
+
+class DraftFinished(Message):
+    def __init__(self, job_id: int, draft: Any, record: Any) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.index = draft.draft
+        self.draft = draft  # bobby_tui.composer.Draft
+        self.record = record  # bobby_tui.storage.GenerationRecord, ready for Store.add on the UI thread
+
+
+class GenerationFinished(Message):
+    def __init__(self, job_id: int, cancelled: bool, error: str | None) -> None:
+        super().__init__()
+        self.job_id, self.cancelled, self.error = job_id, cancelled, error
+
+
+# --- the service ------------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised from the load progress callback to abandon a load when the app quits."""
+
+
+@dataclass(frozen=True)
+class _SetAdapter:
+    enabled: bool
+
+
+_STOP = object()
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+class EngineService:
+    """Owns the engine thread. Call `start()` once; `submit()` jobs; `stop()` before the app exits."""
+
+    def __init__(
+        self,
+        target: MessagePump,
+        model_dir: Path,
+        adapter_dir: Path | None,
+        use_adapter: bool,
+        loader: EngineLoader = load_engine,
+    ) -> None:
+        self._target = target
+        self._model_dir, self._adapter_dir, self._use_adapter = model_dir, adapter_dir, use_adapter
+        self._loader = loader
+        self._requests: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
+        self._current: ComposeJob | None = None
+        self._thread = threading.Thread(target=self._run, name="bobby-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: ComposeJob) -> None:
+        """Queue a generation; it runs after the model has loaded and earlier jobs are done."""
+        self._requests.put(job)
+
+    def cancel(self, job: ComposeJob) -> None:
+        """Stop `job` at its next token (or before it starts); what it generated so far is kept."""
+        job.cancelled.set()
+
+    def set_adapter(self, enabled: bool) -> None:
+        """Switch the adapter on or off between generations; answered by AdapterChanged."""
+        self._requests.put(_SetAdapter(enabled))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the thread: the running job is cancelled, a load in progress is abandoned."""
+        self._stopping.set()
+        if self._current is not None:
+            self._current.cancelled.set()
+        self._requests.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # --- everything below runs on the engine thread ---
+
+    def _post(self, message: Message) -> None:
+        if not self._stopping.is_set():
+            self._target.post_message(message)
+
+    def _run(self) -> None:
+        engine = self._load()
+        while (request := self._requests.get()) is not _STOP:
+            if isinstance(request, _SetAdapter):
+                self._set_adapter(engine, request.enabled)
+            elif engine is None:
+                self._post(GenerationFinished(request.id, cancelled=False, error="no model is loaded"))
+            else:
+                self._current = request
+                self._compose(engine, request)
+                self._current = None
+        # The engine (and every MLX array it holds) is released here, on the thread that made it.
+        del engine
+
+    def _load(self) -> Any:
+        def progress(update: Any) -> None:
+            if self._stopping.is_set():
+                raise _Stop
+            self._post(LoadProgressed(update.done, update.total))
+
+        try:
+            engine = self._loader(self._model_dir, self._adapter_dir, progress)
+            engine.adapter_enabled = self._use_adapter and engine.has_adapter
+        except _Stop:
+            return None
+        except Exception as err:  # InferenceError's message names the file; anything else gets the model dir
+            from inference import InferenceError
+
+            message = _one_line(err) if isinstance(err, InferenceError) else f"{self._model_dir}: {_one_line(err)}"
+            self._post(LoadFailed(message))
+            return None
+        self._post(Loaded(engine.model_name, engine.adapter_name, engine.adapter_enabled))
+        return engine
+
+    def _set_adapter(self, engine: Any, enabled: bool) -> None:
+        if engine is not None and engine.has_adapter:
+            engine.adapter_enabled = enabled
+        self._post(AdapterChanged(bool(engine is not None and engine.adapter_enabled)))
+
+    def _compose(self, engine: Any, job: ComposeJob) -> None:
+        from inference import TokenDelta
+
+        from bobby_tui.composer import DraftRetry, compose, to_record
+
+        system = job.system_prompt or None
+        error = None
+        try:
+            events = compose(
+                engine, job.prompt, system, job.drafts, job.max_tokens, job.postprocess, job.post_limit,
+                should_cancel=job.cancelled.is_set,
+            )
+            for event in events:
+                if isinstance(event, TokenDelta):
+                    self._post(DraftDelta(job.id, event.draft, event.text))
+                elif isinstance(event, DraftRetry):
+                    self._post(DraftRestarted(job.id, event.draft, event.attempt))
+                else:
+                    self._post(DraftFinished(job.id, event, to_record(event, engine, job.prompt, system)))
+        except Exception as err:  # one line in the app; the engine thread keeps serving
+            error = _one_line(err)
+        self._post(GenerationFinished(job.id, cancelled=job.cancelled.is_set(), error=error))

@@ -1,0 +1,98 @@
+"""One draft on screen: its text as it streams, its length against the post limit, and how it was made."""
+
+from __future__ import annotations
+
+import time
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Label, Static
+
+
+class DraftCard(Vertical, can_focus=True):
+    """Streams text in through `append` (buffered) and `flush` (redraw); `finish` shows the final draft."""
+
+    def __init__(self, number: int, temperature: float, seed: int | None, post_limit: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.number = number  # 1-based, as shown
+        self.temperature = temperature
+        self.seed = seed
+        self.post_limit = post_limit
+        self.text = ""
+        self.tok_s: float | None = None
+        self.finish_reason: str | None = None
+        self.attempt = 1
+        self.gen_id: int | None = None  # the stored generation, once finished
+        self.favorite = False
+        self._deltas = 0
+        self._started: float | None = None
+        self._dirty = True
+
+    def compose(self) -> ComposeResult:
+        yield Label(classes="draft-header")
+        yield Static("", markup=False, classes="draft-body")
+        yield Label(classes="draft-meter")
+
+    def on_mount(self) -> None:
+        self.flush()
+
+    # --- streaming ---
+
+    def append(self, text: str) -> None:
+        """Buffer a text delta; nothing is redrawn until `flush`."""
+        if self._started is None:
+            self._started = time.monotonic()
+        self.text += text
+        self._deltas += 1
+        self._dirty = True
+
+    def restart(self, attempt: int) -> None:
+        """The draft is being generated again (the composer rejected the last attempt)."""
+        self.text, self.attempt, self._deltas, self._started = "", attempt, 0, None
+        self._dirty = True
+
+    def finish(self, text: str, seed: int | None, tok_s: float, finish_reason: str, gen_id: int | None) -> None:
+        self.text, self.seed, self.tok_s, self.finish_reason, self.gen_id = text, seed, tok_s, finish_reason, gen_id
+        self._dirty = True
+        self.flush()
+
+    def set_favorite(self, favorite: bool) -> None:
+        self.favorite = favorite
+        self._dirty = True
+        self.flush()
+
+    @property
+    def over_limit(self) -> bool:
+        return len(self.text) > self.post_limit
+
+    def flush(self) -> None:
+        """Redraw if anything changed since the last flush."""
+        if not self._dirty or not self.is_mounted:
+            return
+        self._dirty = False
+        self.query_one(".draft-header", Label).update(self._header())
+        self.query_one(".draft-body", Static).update(self.text or "…")
+        self.query_one(".draft-meter", Label).update(f"{len(self.text)} / {self.post_limit}")
+        self.set_class(self.over_limit, "-over")
+        self.set_class(self.finish_reason is None, "-streaming")
+
+    def _header(self) -> str:
+        parts = [f"#{self.number}", f"temp {self.temperature:.2f}"]
+        if self.seed is not None:
+            parts.append(f"seed {self.seed}")
+        parts.append(self._speed())
+        if self.attempt > 1:
+            parts.append(f"attempt {self.attempt}")
+        if self.finish_reason == "cancelled":
+            parts.append("cancelled")
+        if self.favorite:
+            parts.append("★")
+        return " · ".join(parts)
+
+    def _speed(self) -> str:
+        if self.tok_s is not None:
+            return f"{self.tok_s:.1f} tok/s"
+        if self._started is None or self._deltas < 2:
+            return "waiting…"
+        # Live estimate while streaming: one text delta is about one token.
+        return f"~{(self._deltas - 1) / max(time.monotonic() - self._started, 1e-6):.1f} tok/s"

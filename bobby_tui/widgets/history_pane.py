@@ -1,0 +1,76 @@
+"""Past generations, newest first, favorites starred, filtered by a search box."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.content import Content
+from textual.message import Message
+from textual.widgets import Input, OptionList
+from textual.widgets.option_list import Option
+
+from bobby_tui.storage import GenerationRecord
+
+PREVIEW_CHARS = 60
+
+
+class HistoryPane(Vertical):
+    """Shows records handed to `show`; asks for new ones with Searched, reports a pick with Picked."""
+
+    class Searched(Message):
+        def __init__(self, query: str) -> None:
+            super().__init__()
+            self.query = query
+
+    class Picked(Message):
+        def __init__(self, record: GenerationRecord) -> None:
+            super().__init__()
+            self.record = record
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._records: dict[str, GenerationRecord] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="search history…", id="history-search")
+        yield OptionList(id="history-list")
+
+    @property
+    def query_text(self) -> str:
+        return self.query_one("#history-search", Input).value.strip()
+
+    def show(self, records: list[GenerationRecord]) -> None:
+        self._records = {str(rec.id): rec for rec in records}
+        options = self.query_one("#history-list", OptionList)
+        options.clear_options()
+        options.add_options(Option(_label(rec), id=str(rec.id)) for rec in records)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.post_message(self.Searched(event.value.strip()))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.query_one("#history-list", OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        record = self._records.get(event.option_id or "")
+        if record is not None:
+            self.post_message(self.Picked(record))
+
+
+def _label(rec: GenerationRecord) -> Content:
+    star = "★ " if rec.favorite else "  "
+    return Content.assemble(
+        (star, "$accent"),
+        (f"{rec.temperature:.2f} ", "dim"),
+        _one_line(rec.text) or "(empty)",
+        ("\n  " + _one_line(rec.prompt), "dim italic"),
+    )
+
+
+def _one_line(text: str) -> str:
+    """`text` on one line, cut to PREVIEW_CHARS."""
+    text = " ".join(text.split())
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
