@@ -83,12 +83,14 @@ class _Draft:
         hits = [i for i in (text.find(s, max(0, self.emitted - self.holdback)) for s in self.stop_strings) if i >= 0]
         if hits:
             self.detokenizer.text = text[: min(hits)]
-            return self.finish("stop")
+            return self.finish("stop", flush=False)  # the cut ends the text: nothing held back belongs to it
         ready = max(self.emitted, len(text) - self.holdback)
         return self._emit_to(ready)
 
-    def finish(self, reason: str) -> str:
+    def finish(self, reason: str, flush: bool = True) -> str:
         self.finish_reason, self.finished_at = reason, time.perf_counter()
+        if flush:
+            self.detokenizer.flush()
         return self._emit_to(len(self.text))
 
     def _emit_to(self, end: int) -> str:

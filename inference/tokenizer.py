@@ -116,3 +116,10 @@ class StreamingDetokenizer:
         self._held = []
         self.text += decoded
         return decoded
+
+    def flush(self) -> str:
+        """Emit whatever is held back (at the end of a generation an incomplete character stays as U+FFFD)."""
+        decoded = self.tokenizer.decode(self._held) if self._held else ""
+        self._held = []
+        self.text += decoded
+        return decoded

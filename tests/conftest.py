@@ -1,4 +1,9 @@
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/fixtures.py, tests/parity.py
 
 
 @pytest.fixture(autouse=True)
@@ -8,3 +13,15 @@ def isolated_user_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """name -> (model_dir, adapter_dir) for every tiny fixture checkpoint, written once per test session."""
+    from fixtures import FIXTURES, write_adapter, write_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        name: (model := write_model(root / name, spec, seed=i), write_adapter(root / f"{name}-adapter", model))
+        for i, (name, spec) in enumerate(FIXTURES.items())
+    }

@@ -99,6 +99,10 @@ def _mlx_lm_model(spec: FixtureSpec, vocab_size: int, seed: int):
             w = 1.0 + 0.1 * rng.standard_normal(value.shape)
         elif "embed_tokens" in name or name.startswith("lm_head"):
             w = rng.standard_normal(value.shape)  # wide logits: no near-ties in greedy decoding
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            # Blocks write strongly into the residual stream; otherwise a tied model's logits just echo the input
+            # token's own embedding and greedy decoding repeats one token forever.
+            w = 4.0 * rng.standard_normal(value.shape) / np.sqrt(value.shape[-1])
         else:
             w = rng.standard_normal(value.shape) / np.sqrt(value.shape[-1])
         params[name] = mx.array(w.astype(np.float32)).astype(mx.bfloat16)
