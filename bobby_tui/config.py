@@ -55,7 +55,7 @@ class Config:
 
 
 class ConfigError(Exception):
-    """A config file that cannot be edited (it does not parse). The message is one line naming the file."""
+    """A config file that cannot be read, parsed or edited. The message is one line naming the file."""
 
 
 # --- reading -------------------------------------------------------------------------------------------
@@ -66,17 +66,28 @@ def load_config(path: Path | None = None) -> tuple[Config, str | None]:
 
     Never raises for bad content: a malformed file gives the defaults, a bad key keeps that key's default.
     """
+    try:
+        return load_config_checked(path)
+    except ConfigError as err:
+        return Config(), str(err)
+
+
+def load_config_checked(path: Path | None = None) -> tuple[Config, str | None]:
+    """Like load_config, but a file that cannot be read or parsed raises ConfigError (the CLI exits on it).
+
+    Unknown keys and bad values still only warn: the rest of the file is good.
+    """
     path = path or config_path()
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Config(), None
     except (OSError, UnicodeDecodeError) as err:
-        return Config(), f"{path}: cannot read: {_reason(err)}"
+        raise ConfigError(f"{path}: cannot read: {_reason(err)}") from None
     try:
         data = tomllib.loads(raw)
     except tomllib.TOMLDecodeError as err:
-        return Config(), f"{path}:{_decode_error_location(err, raw)}"
+        raise ConfigError(f"{path}:{_decode_error_location(err, raw)}") from None
     config = Config()
     problems: list[str] = []
     _apply(config, data, "", problems, path.parent)

@@ -161,7 +161,8 @@ class Store:
         return rows[0] if rows else None
 
     def history(self, limit: int = 100, favorites_only: bool = False, search: str | None = None) -> list[GenerationRecord]:
-        """Newest first. `search` matches a substring of the text or the prompt, case-insensitively."""
+        """Newest first; a negative `limit` means all. `search` matches a substring of the text or the prompt,
+        case-insensitively (ASCII letters: SQLite's LIKE)."""
         clauses, params = [], []
         if favorites_only:
             clauses.append("favorite = 1")
