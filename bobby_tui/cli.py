@@ -167,10 +167,19 @@ def _warn(message: str) -> None:
     print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
 
 
+def _require_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise CliError(f"{path}: {'not found' if not path.exists() else 'not a directory'}")
+
+
 # --- the TUI -------------------------------------------------------------------------------------------
 
 
 def run_tui(args: argparse.Namespace) -> int:
+    # a mistyped path is a command-line error: say so here rather than in a full-screen app
+    for path in (args.tui_model, args.tui_adapter):
+        if path is not None:
+            _require_dir(path)
     try:
         from bobby_tui.app import run_app
     except ImportError as err:
@@ -181,29 +190,22 @@ def run_tui(args: argparse.Namespace) -> int:
 # --- post ----------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class PostPlan:
-    count: int
-    prompt: str
-    system: str | None
-    drafts: list  # SamplingParams per draft
-    max_tokens: int
-
-
 def cmd_post(args: argparse.Namespace) -> int:
     config = _load_config()
     count, prompt = _count_and_prompt(args.count, args.prompt, config)
     if args.stream and (count != 1 or args.json):
         raise UsageError("--stream prints a single draft as plain text: not with COUNT > 1 or --json")
+    sampling = _sampling(args, config)
+    max_tokens = args.max_tokens if args.max_tokens is not None else config.sampling.max_tokens
     model_dir, adapter_dir, _ = resolve_model(config, args.model, args.adapter, args.no_adapter)
     store = None if args.no_history else Store(db_path())  # a broken history fails before the slow load
     try:
         from inference import SamplingParams
 
-        plan = PostPlan(count, prompt, _system_prompt(args, config), _sampling(args, config, count, SamplingParams),
-                        args.max_tokens if args.max_tokens is not None else config.sampling.max_tokens)
+        # with --seed S, draft i gets seed S+i; without, the engine picks each draft's seed
+        drafts = [SamplingParams(**sampling, seed=None if args.seed is None else args.seed + i) for i in range(count)]
         engine = _load_engine(model_dir, adapter_dir)
-        _print_drafts(engine, plan, args, config, store)
+        _print_drafts(engine, prompt, _system_prompt(args, config), drafts, max_tokens, args, config, store)
     finally:
         if store is not None:
             store.close()
@@ -236,8 +238,8 @@ def _system_prompt(args: argparse.Namespace, config: Config) -> str | None:
     return system or None
 
 
-def _sampling(args: argparse.Namespace, config: Config, count: int, sampling_params: type) -> list:
-    """The configured sampling, overridden by the flags; with --seed S, draft i gets seed S+i."""
+def _sampling(args: argparse.Namespace, config: Config) -> dict:
+    """The configured sampling overridden by the flags, checked: SamplingParams' arguments but the seed."""
     s = config.sampling
     temperature = args.temperature if args.temperature is not None else s.temperature
     top_p = args.top_p if args.top_p is not None else s.top_p
@@ -250,9 +252,8 @@ def _sampling(args: argparse.Namespace, config: Config, count: int, sampling_par
         raise UsageError(f"--top-k must be >= 0 (got {top_k})")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
-    base = sampling_params(temperature=temperature, top_p=top_p, top_k=top_k, min_p=s.min_p,
-                           repetition_penalty=s.repetition_penalty)
-    return [dataclasses.replace(base, seed=None if args.seed is None else args.seed + i) for i in range(count)]
+    return dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=s.min_p,
+                repetition_penalty=s.repetition_penalty)
 
 
 def _load_engine(model_dir: Path, adapter_dir: Path | None) -> "Engine":
@@ -289,7 +290,9 @@ class ProgressBar:
             self.stream.flush()
 
 
-def _print_drafts(engine: "Engine", plan: PostPlan, args: argparse.Namespace, config: Config, store: Store | None) -> None:
+def _print_drafts(engine: "Engine", prompt: str, system: str | None, drafts: list, max_tokens: int,
+                  args: argparse.Namespace, config: Config, store: Store | None) -> None:
+    """Print each draft as it finishes (recorded first, unless --no-history)."""
     from inference import TokenDelta
 
     from bobby_tui.composer import Draft, compose, to_record
@@ -297,8 +300,8 @@ def _print_drafts(engine: "Engine", plan: PostPlan, args: argparse.Namespace, co
     postprocess = config.postprocess
     if args.stream:
         postprocess = dataclasses.replace(postprocess, retries=0)  # streamed text cannot be taken back
-    events = compose(engine, plan.prompt, plan.system, plan.drafts, plan.max_tokens, postprocess,
-                     config.post_limit, raw=args.raw)
+    count = len(drafts)
+    events = compose(engine, prompt, system, drafts, max_tokens, postprocess, config.post_limit, raw=args.raw)
     printed = 0
     for event in events:
         if args.stream and isinstance(event, TokenDelta):
@@ -306,18 +309,18 @@ def _print_drafts(engine: "Engine", plan: PostPlan, args: argparse.Namespace, co
             sys.stdout.flush()
         if not isinstance(event, Draft):
             continue
-        record = to_record(event, engine, plan.prompt, plan.system)
+        record = to_record(event, engine, prompt, system)
         gen_id = store.add(record) if store is not None else None  # committed before it is shown
         if args.json:
             print(json.dumps(_draft_json(event, record, gen_id), ensure_ascii=False), flush=True)
         elif args.stream:
             print(flush=True)
         else:
-            if plan.count > 1:
-                print(("\n" if printed else "") + _draft_header(event, gen_id, plan.count))
+            if count > 1:
+                print(("\n" if printed else "") + _draft_header(event, gen_id, count))
             print(event.text, flush=True)
         printed += 1
-        if gen_id is not None and sys.stderr.isatty() and plan.count == 1 and not args.json:
+        if gen_id is not None and sys.stderr.isatty() and count == 1 and not args.json:
             print(f"{PROG}: saved as #{gen_id} (`{PROG} favorite {gen_id}` to keep it)", file=sys.stderr)
 
 
@@ -417,8 +420,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from bobby_tui.inspect_report import inspect_adapter, inspect_model, is_adapter_dir
 
     path: Path = args.dir
-    if not path.is_dir():
-        raise CliError(f"{path}: {'not found' if not path.exists() else 'not a directory'}")
+    _require_dir(path)
     if is_adapter_dir(path):
         report = inspect_adapter(path, args.model)
     elif (path / "config.json").exists() or any(path.glob("*.safetensors")):

@@ -1,0 +1,105 @@
+"""history / favorite / unfavorite / export through the same SQLite store the TUI uses (no model needed)."""
+
+import json
+
+import pytest
+from cli_helpers import run_cli
+
+from bobby_tui.paths import db_path
+from bobby_tui.storage import GenerationRecord, Store
+
+
+def record(i: int, text: str) -> GenerationRecord:
+    return GenerationRecord(
+        prompt=f"prompt {i}", text=text, temperature=0.8, top_p=0.9, seed=100 + i, model="demo-model",
+        adapter="demo-adapter" if i else None, prompt_tokens=10, generated_tokens=20, decode_tok_s=5.0,
+        prefill_tok_s=50.0, finish_reason="stop",
+    )
+
+
+@pytest.fixture
+def ids():
+    """Three drafts as the app would have stored them."""
+    with Store(db_path()) as store:
+        return [store.add(record(i, text)) for i, text in enumerate(
+            ["Morning coffee\nand a plan.", "Shipped the release today!", "Coffee again, naturally."]
+        )]
+
+
+def test_history_lists_newest_first_and_filters(ids):
+    result = run_cli("history")
+    assert result.returncode == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert [int(line.split()[0]) for line in lines] == ids[::-1]
+    assert "Morning coffee ⏎ and a plan." in lines[-1]
+    searched = run_cli("history", "--search", "coffee", "--json").stdout.splitlines()
+    assert [json.loads(line)["id"] for line in searched] == [ids[2], ids[0]]
+    assert len(run_cli("history", "--limit", "1").stdout.splitlines()) == 1
+
+
+def test_favorite_round_trip_is_seen_by_the_store(ids):
+    assert run_cli("favorite", ids[1]).returncode == 0
+    favorites = [json.loads(line) for line in run_cli("history", "--favorites", "--json").stdout.splitlines()]
+    assert [(f["id"], f["text"], f["favorite"]) for f in favorites] == [(ids[1], "Shipped the release today!", True)]
+    with Store(db_path()) as store:  # what the TUI would read
+        assert store.get(ids[1]).favorite is True
+    assert run_cli("unfavorite", ids[1]).returncode == 0
+    assert run_cli("history", "--favorites").stdout == ""
+    with Store(db_path()) as store:
+        assert store.get(ids[1]).favorite is False
+
+
+def test_export_favorites_as_markdown_and_json_lines(ids, tmp_path):
+    for gen_id in (ids[2], ids[0]):
+        assert run_cli("favorite", gen_id).returncode == 0
+    md, jsonl = tmp_path / "out" / "favs.md", tmp_path / "favs.JSONL"
+    assert run_cli("export", "--favorites", md).returncode == 0
+    text = md.read_text()
+    assert text.index("Morning coffee\nand a plan.") < text.index("Coffee again, naturally.")  # oldest first
+    assert "Shipped the release" not in text
+    assert f"## #{ids[0]}" in text and "demo-model" in text
+    result = run_cli("export", "--favorites", jsonl)
+    assert result.returncode == 0 and "exported 2 favorites" in result.stderr
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [(r["id"], r["text"], r["seed"], r["adapter"]) for r in rows] == [
+        (ids[0], "Morning coffee\nand a plan.", 100, None), (ids[2], "Coffee again, naturally.", 102, "demo-adapter"),
+    ]
+
+
+def test_export_without_favorites_writes_every_draft(ids, tmp_path):
+    out = tmp_path / "all.jsonl"
+    assert run_cli("export", out).returncode == 0
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ids
+
+
+def test_unknown_favorite_id_is_one_line_exit_1(ids):
+    result = run_cli("favorite", 999, check_one_line_error=True)
+    assert result.returncode == 1
+    assert str(db_path()) in result.stderr and "999" in result.stderr
+
+
+def test_bad_export_extension_is_one_line_exit_2(ids, tmp_path):
+    result = run_cli("export", "--favorites", tmp_path / "favs.txt", check_one_line_error=True)
+    assert result.returncode == 2 and "favs.txt" in result.stderr and ".md" in result.stderr
+    assert not (tmp_path / "favs.txt").exists()
+
+
+def test_a_corrupt_history_file_is_one_line_exit_1_and_kept(tmp_path):
+    db_path().parent.mkdir(parents=True)
+    db_path().write_bytes(b"definitely not sqlite")
+    result = run_cli("history", check_one_line_error=True)
+    assert result.returncode == 1 and str(db_path()) in result.stderr
+    assert db_path().read_bytes() == b"definitely not sqlite"
+
+
+@pytest.mark.parametrize("args", [["favorite", "abc"], ["history", "--limit", "0"], ["frobnicate"], ["post", "0"],
+                                  ["post", "--top-p", "1.5"], ["--model", "/m", "history"]])
+def test_bad_arguments_are_one_line_exit_2(args):
+    result = run_cli(*args, check_one_line_error=True)
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize("command", ["post", "history", "favorite", "unfavorite", "export", "inspect"])
+def test_every_command_has_help(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0 and f"usage: bobby-tui {command}" in result.stdout

@@ -1,0 +1,89 @@
+"""`bobby-tui post` on the demo model: drafts, JSON, seeds, streaming, and greedy parity with mlx_lm."""
+
+import json
+
+import pytest
+from cli_helpers import demo_dirs, run_cli
+
+from bobby_tui.composer import retry_seed
+from bobby_tui.paths import db_path
+from bobby_tui.storage import Store
+
+PROMPT = "Write a post about the sea."
+JSON_FIELDS = {"text", "prompt", "temperature", "top_p", "seed", "prompt_tokens", "generated_tokens", "decode_tok_s",
+               "model", "adapter"}
+
+
+def test_count_drafts_are_printed_and_recorded_for_the_demo_by_default():
+    model_dir, adapter_dir = demo_dirs()
+    result = run_cli("post", 3, PROMPT, "--max-tokens", 24)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # not a terminal: no progress bar, no notes
+    blocks = result.stdout.split("── draft ")[1:]
+    assert sorted(block.split("/")[0] for block in blocks) == ["1", "2", "3"]
+    printed = {block.split("\n", 1)[1].strip() for block in blocks}
+    with Store(db_path()) as store:
+        rows = store.history()
+    assert len(rows) == 3
+    assert {(r.prompt, r.model, r.adapter) for r in rows} == {(PROMPT, model_dir.name, adapter_dir.name)}
+    assert {r.text.strip() for r in rows} == printed
+    for row in rows:  # the header names each draft's history id
+        assert f"#{row.id} · seed {row.seed} ──" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def json_runs():
+    """The same seeded two-draft command, twice."""
+    args = ("post", 2, PROMPT, "--json", "--seed", 11, "--max-tokens", 24, "--temperature", 1.0, "--no-history")
+    return [run_cli(*args) for _ in range(2)]
+
+
+def test_json_lines_carry_the_fields(json_runs):
+    result = json_runs[0]
+    assert result.returncode == 0, result.stderr
+    drafts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(d["draft"] for d in drafts) == [0, 1]
+    model_dir, adapter_dir = demo_dirs()
+    for d in drafts:
+        assert JSON_FIELDS <= d.keys()
+        assert (d["prompt"], d["temperature"], d["top_p"]) == (PROMPT, 1.0, 0.9)
+        assert (d["model"], d["adapter"], d["id"]) == (model_dir.name, adapter_dir.name, None)
+        assert 0 < d["generated_tokens"] <= 24 and d["prompt_tokens"] > 0 and d["decode_tok_s"] > 0
+        assert d["seed"] == retry_seed(11 + d["draft"], d["attempts"])  # S+i, or the retry seed derived from it
+    assert not db_path().exists() or Store(db_path()).history() == []  # --no-history
+
+
+def test_seeded_drafts_are_reproducible(json_runs):
+    first, second = ([json.loads(line) for line in run.stdout.splitlines()] for run in json_runs)
+    key = lambda d: d["draft"]  # noqa: E731 - drafts print in finishing order
+    assert [(d["text"], d["seed"]) for d in sorted(first, key=key)] == [(d["text"], d["seed"]) for d in sorted(second, key=key)]
+
+
+@pytest.fixture(scope="module")
+def greedy_raw():
+    model_dir, adapter_dir = demo_dirs()
+    args = ("post", PROMPT, "--model", model_dir, "--adapter", adapter_dir, "--temperature", 0, "--raw",
+            "--max-tokens", 40, "--no-history")
+    return args, run_cli(*args)
+
+
+def test_greedy_raw_output_equals_mlx_lm(greedy_raw):
+    from mlx_lm import generate
+    from parity import mlx_lm_model
+
+    _, result = greedy_raw
+    assert result.returncode == 0, result.stderr
+    model_dir, adapter_dir = demo_dirs()
+    model, tokenizer = mlx_lm_model(model_dir, adapter_dir)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                           enable_thinking=False, tokenize=False)
+    expected = generate(model, tokenizer, prompt, max_tokens=40)
+    assert expected.strip()
+    assert result.stdout == expected + "\n"
+
+
+def test_streaming_prints_the_same_text(greedy_raw):
+    args, plain = greedy_raw
+    streamed = run_cli(*args, "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == plain.stdout
