@@ -367,7 +367,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 def _history_line(rec: GenerationRecord) -> str:
     star = "★" if rec.favorite else " "
     when = (rec.created_at or "")[:16].replace("T", " ")
-    text = rec.text.replace("\n", " ⏎ ")
+    # one line per draft, and no control character reaches the terminal
+    text = "".join(c if c.isprintable() else " " for c in rec.text.replace("\n", " ⏎ "))
     return f"{rec.id:>5} {star} {when}  {text}"
 
 

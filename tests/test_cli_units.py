@@ -1,0 +1,51 @@
+"""In-process checks of the CLI's small parts (no model, no subprocess)."""
+
+import io
+
+import pytest
+
+from bobby_tui.cli import ProgressBar, UsageError, _count_and_prompt, main
+from bobby_tui.config import Config
+from bobby_tui.inspect_report import _ranges
+
+
+@pytest.mark.parametrize("count, words, expected", [
+    (None, [], (1, "Write a post.")),
+    ("3", [], (3, "Write a post.")),
+    ("3", ["about", "tea"], (3, "about tea")),
+    ("Write about tea", [], (1, "Write about tea")),
+    ("12 reasons", ["to", "rest"], (1, "12 reasons to rest")),
+])
+def test_count_is_optional_before_the_prompt(count, words, expected):
+    assert _count_and_prompt(count, words, Config()) == expected
+
+
+def test_count_and_prompt_refusals():
+    with pytest.raises(UsageError):
+        _count_and_prompt("0", [], Config())
+    with pytest.raises(UsageError):
+        _count_and_prompt(None, ["  "], Config(default_prompt=""))
+
+
+def test_progress_bar_redraws_once_per_percent_and_clears_its_line():
+    from inference import LoadProgress
+
+    stream = io.StringIO()
+    bar = ProgressBar("loading demo", stream)
+    for done in (0, 1, 2, 500, 1000):
+        bar.update(LoadProgress(done, 1000))
+    bar.close()
+    frames = stream.getvalue().split("\r")[1:]
+    assert [f[-4:].strip() for f in frames[:-1]] == ["0%", "50%", "100%"]
+    assert frames[-1] == "\033[K"
+    assert frames[-2] == "loading demo  [" + "#" * 30 + "] 100%"
+
+
+def test_ranges_fold_consecutive_layers():
+    assert _ranges([5, 0, 1, 2, 7, 8]) == "0-2, 5, 7-8"
+    assert _ranges([3]) == "3"
+
+
+def test_stream_with_several_drafts_is_a_usage_error(capsys):
+    assert main(["post", "2", "--stream"]) == 2
+    assert "--stream" in capsys.readouterr().err
