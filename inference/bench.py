@@ -177,6 +177,17 @@ class OursRunner:
                        sum(s.generated_tokens for s in stats) / decode_s, first.peak_memory_bytes / 1e9, wall)
 
 
+class OursEagerRunner(OursRunner):
+    """Ours with the per-token step run op by op instead of compiled: what ``mx.compile`` gains."""
+
+    name = "ours_eager"
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None):
+        super().__init__(model_dir, adapter_dir)
+        model = self.engine.model
+        model.decode = lambda tokens, cache, use_lora=False: model(tokens, cache, use_lora)
+
+
 class MlxLmRunner:
     name = "mlx_lm"
 
@@ -211,7 +222,7 @@ class MlxLmRunner:
         return Measure(prefill, 1000 * len(ids) / prefill, decode, mx.get_peak_memory() / 1e9, wall)
 
 
-RUNNERS = {"ours": OursRunner, "mlx_lm": MlxLmRunner}
+RUNNERS = {"ours": OursRunner, "ours_eager": OursEagerRunner, "mlx_lm": MlxLmRunner}
 
 
 @dataclass
@@ -221,7 +232,7 @@ class Row:
     adapter: bool
     weights_gb: float
     load_s: float
-    first_generation_s: float  # load excluded; includes kernel compilation on the process's first model
+    first_generation_s: float  # load excluded; kernel compilation included on the process's first model and shape
     runs: dict[int, Measure] = field(default_factory=dict)  # batch size -> measure
 
 
@@ -233,6 +244,8 @@ def measure(shape: str, engine: str, model_dir: Path, adapter_dir: Path | None, 
     row = Row(shape, engine, adapter_dir is not None, weights_gb, runner.load_s, first.wall_s)
     for i, batch in enumerate(args.batches):
         text, ids = prompts[1 + i]
+        if batch != 1:  # kernels are compiled per shape: a batch size's first run is not its speed
+            runner.run(*prompts[-1], batch, 8)
         row.runs[batch] = runner.run(text, ids, batch, args.decode_tokens)
         log(f"  {shape} {engine} adapter={row.adapter} batch={batch}: {row.runs[batch]}")
     del runner
@@ -332,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = write_checkpoint(args.cache_dir / name, shape, tokenizer_dir)
         adapter_dir = write_adapter(args.cache_dir / f"{name}-lora", model_dir)
         log(f"{name}: checkpoint ready in {time.perf_counter() - started:.1f} s ({model_dir})")
-        prompts = make_prompts(Tokenizer(model_dir), args.prompt_tokens, 1 + len(args.batches))
+        prompts = make_prompts(Tokenizer(model_dir), args.prompt_tokens, 2 + len(args.batches))
         for with_adapter in adapter_modes:
             for engine in args.engines:
                 rows.append(measure(name, engine, model_dir, adapter_dir if with_adapter else None, prompts, args))
