@@ -3,6 +3,8 @@ snapshot tests and exact control for the service tests. Test code only; the app 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 import time
 from pathlib import Path
@@ -74,3 +76,21 @@ def fake_loader(engine: FakeEngine):
         return engine
 
     return load
+
+
+def run_async(test):
+    """Run an async test function with asyncio (the suite has no async pytest plugin)."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+async def wait_until(pilot, condition, timeout: float = 120.0) -> None:
+    """Let the app run until `condition()` holds; fail after `timeout` seconds (a deadline, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting after {timeout}s"
+        await pilot.pause(0.02)

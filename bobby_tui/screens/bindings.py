@@ -5,8 +5,6 @@ from __future__ import annotations
 from textual.binding import Binding
 
 _TEMPERATURE = Binding.Group("temp", compact=True)
-_TOP_P = Binding.Group("top_p", compact=True)
-_DRAFT = Binding.Group("draft", compact=True)
 
 
 def _bind(keys: str, action: str, description: str, help: str, priority: bool = True, **options) -> Binding:
@@ -16,25 +14,26 @@ def _bind(keys: str, action: str, description: str, help: str, priority: bool = 
 
 
 # ctrl+enter reaches the app only in terminals that report it (kitty keyboard protocol); F5 works everywhere.
+# The footer has room for the main actions; show=False ones are in the command palette (ctrl+p) and the README.
 COMPOSER_BINDINGS: list[Binding] = [
     _bind("f5,ctrl+enter", "generate", "Generate", "Generate a draft of the prompt (an empty prompt uses the default)",
           key_display="F5/^⏎"),
     _bind("f6", "spread", "Spread", "Generate several drafts at a spread of temperatures in one batch"),
-    _bind("ctrl+r", "regenerate", "Regenerate",
+    _bind("ctrl+r", "regenerate", "Rerun",
           "Run the last prompt again with the same seeds (compare a temperature or adapter change)"),
     _bind("escape", "cancel", "Cancel", "Stop generating; what was generated is kept", priority=False),
     _bind("f7,left_square_bracket", "temperature_down", "Temp −", "Temperature − 0.05", group=_TEMPERATURE),
     _bind("f8,right_square_bracket", "temperature_up", "Temp +", "Temperature + 0.05", group=_TEMPERATURE),
-    _bind("f9,left_curly_bracket", "top_p_down", "top_p −", "top_p − 0.05", group=_TOP_P),
-    _bind("f10,right_curly_bracket", "top_p_up", "top_p +", "top_p + 0.05", group=_TOP_P),
-    _bind("ctrl+up", "previous_draft", "Previous draft", "Select the previous draft", group=_DRAFT),
-    _bind("ctrl+down", "next_draft", "Next draft", "Select the next draft", group=_DRAFT),
+    _bind("f9,left_curly_bracket", "top_p_down", "top_p −", "top_p − 0.05", show=False),
+    _bind("f10,right_curly_bracket", "top_p_up", "top_p +", "top_p + 0.05", show=False),
+    _bind("ctrl+up", "previous_draft", "Previous draft", "Select the previous draft", show=False),
+    _bind("ctrl+down", "next_draft", "Next draft", "Select the next draft", show=False),
     _bind("f3", "favorite", "Fav", "Favorite / unfavorite the selected draft"),
     _bind("f4", "copy_draft", "Copy", "Copy the selected draft to the clipboard"),
     _bind("ctrl+t", "toggle_adapter", "Adapter", "Switch the fine-tune adapter on or off"),
     _bind("f2", "toggle_history", "History", "Show or hide past generations"),
-    _bind("ctrl+o", "edit_prompt", "$EDITOR", "Edit the prompt in $EDITOR"),
-    _bind("f12", "switch_theme", "Theme", "Switch to the next theme"),
+    _bind("ctrl+o", "edit_prompt", "Edit", "Edit the prompt in $EDITOR"),
+    _bind("f12", "switch_theme", "Theme", "Switch to the next theme", show=False),
 ]
 
 ACTION_NAMES: frozenset[str] = frozenset(binding.action for binding in COMPOSER_BINDINGS)

@@ -54,6 +54,7 @@ class _Run:
 
 class ComposerScreen(Screen):
     BINDINGS = COMPOSER_BINDINGS
+    AUTO_FOCUS = "#prompt"  # focused as the screen appears, so no early key press is lost
 
     def __init__(
         self, config: Config, model_dir: Path, adapter_dir: Path | None, use_adapter: bool, loader: EngineLoader
@@ -85,10 +86,9 @@ class ComposerScreen(Screen):
                 yield DraftsPane(hint="Type a prompt, then F5 for a draft or F6 for a spread.", id="drafts")
             yield HistoryPane(id="history")
         yield StatusBar(id="status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#prompt", PromptEditor).focus()
         self._show_status()
         try:
             self.store = Store(db_path())

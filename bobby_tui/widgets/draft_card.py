@@ -29,7 +29,7 @@ class DraftCard(Vertical, can_focus=True):
         self._dirty = True
 
     def compose(self) -> ComposeResult:
-        yield Label(classes="draft-header")
+        yield Static(classes="draft-header", markup=False)
         yield Static("", markup=False, classes="draft-body")
         yield Label(classes="draft-meter")
 
@@ -70,7 +70,7 @@ class DraftCard(Vertical, can_focus=True):
         if not self._dirty or not self.is_mounted:
             return
         self._dirty = False
-        self.query_one(".draft-header", Label).update(self._header())
+        self.query_one(".draft-header", Static).update(self._header())
         self.query_one(".draft-body", Static).update(self.text or "…")
         self.query_one(".draft-meter", Label).update(f"{len(self.text)} / {self.post_limit}")
         self.set_class(self.over_limit, "-over")

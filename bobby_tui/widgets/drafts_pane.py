@@ -11,7 +11,7 @@ from textual.widgets import Static
 from bobby_tui.widgets.draft_card import DraftCard
 
 REDRAWS_PER_SECOND = 20  # streamed text is buffered and redrawn at most this often, however fast tokens come
-SIDE_BY_SIDE_MIN_WIDTH = 40  # columns per draft needed to put drafts side by side
+SIDE_BY_SIDE_MIN_WIDTH = 36  # columns per draft needed to put drafts side by side
 
 
 class DraftsPane(VerticalScroll):

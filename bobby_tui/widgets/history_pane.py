@@ -44,6 +44,7 @@ class HistoryPane(Vertical):
         options = self.query_one("#history-list", OptionList)
         options.clear_options()
         options.add_options(Option(_label(rec), id=str(rec.id)) for rec in records)
+        options.highlighted = 0 if records else None
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()

@@ -1,0 +1,143 @@
+"""The engine service and the drafts pane, driven by the fake engine: threading, cancel, buffered redraws."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from inference import InferenceError, SamplingParams
+from textual.app import App
+from textual.message import Message
+from textual.widgets import Static
+
+from bobby_tui.config import PostProcess
+from bobby_tui.service import (
+    ComposeJob,
+    DraftDelta,
+    DraftFinished,
+    EngineService,
+    GenerationFinished,
+    Loaded,
+    LoadFailed,
+    LoadProgressed,
+)
+from bobby_tui.widgets.draft_card import DraftCard
+from test_app_fakes import WORDS, FakeEngine, fake_loader, run_async, wait_until
+
+MODEL = Path("/models/fake")
+
+
+class Recorder(App):
+    """An app that only collects the service's messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[Message] = []
+        self.done = threading.Event()
+
+    def record(self, message: Message) -> None:
+        self.received.append(message)
+
+    on_load_progressed = on_loaded = on_load_failed = on_draft_delta = on_draft_finished = record
+
+    def on_generation_finished(self, message: GenerationFinished) -> None:
+        self.record(message)
+        self.done.set()
+
+    def of(self, kind: type) -> list:
+        return [m for m in self.received if isinstance(m, kind)]
+
+
+def job(drafts: int = 1, max_tokens: int = 64) -> ComposeJob:
+    params = [SamplingParams(temperature=0.7 + 0.1 * i, seed=10 + i) for i in range(drafts)]
+    # min_length 0: no retries, so the fake's stream comes through as is
+    return ComposeJob("Write a post.", "", params, max_tokens, PostProcess(min_length=0), 300)
+
+
+async def run_until_done(pilot, app: Recorder) -> None:
+    await wait_until(pilot, app.done.is_set)
+
+
+@run_async
+async def test_the_engine_is_loaded_and_used_on_one_thread_that_is_not_the_ui_thread():
+    loaded_on: list[threading.Thread] = []
+    engine = FakeEngine()
+
+    def loader(model_dir, adapter_dir, progress):
+        loaded_on.append(threading.current_thread())
+        return fake_loader(engine)(model_dir, adapter_dir, progress)
+
+    app = Recorder()
+    async with app.run_test() as pilot:
+        service = EngineService(app, MODEL, None, use_adapter=False, loader=loader)
+        service.start()
+        service.submit(job(drafts=2))
+        await run_until_done(pilot, app)
+        service.stop()
+    assert engine.thread is loaded_on[0]
+    assert engine.thread is not threading.main_thread()
+    assert [(m.done, m.total) for m in app.of(LoadProgressed)] == [(50, 100), (100, 100)]
+    finished = app.of(DraftFinished)
+    assert sorted(m.index for m in finished) == [0, 1]
+    for message in finished:
+        streamed = "".join(d.text for d in app.of(DraftDelta) if d.index == message.index)
+        assert message.draft.text == streamed
+        assert message.record.text == streamed and message.record.model == "fake-qwen3"
+    assert app.of(GenerationFinished)[0].error is None
+
+
+@run_async
+async def test_cancel_stops_the_stream_and_keeps_what_was_generated():
+    engine = FakeEngine(token_delay=0.02)
+    app = Recorder()
+    async with app.run_test() as pilot:
+        service = EngineService(app, MODEL, None, use_adapter=False, loader=fake_loader(engine))
+        service.start()
+        running = job()
+        service.submit(running)
+        await wait_until(pilot, engine.started.is_set)
+        service.cancel(running)
+        await run_until_done(pilot, app)
+        service.stop()
+    (finished,) = app.of(DraftFinished)
+    assert finished.draft.finish_reason == "cancelled"
+    assert 0 < len(finished.draft.text.split()) < len(WORDS)
+    assert finished.draft.text == "".join(d.text for d in app.of(DraftDelta))
+    assert app.of(GenerationFinished)[0].cancelled
+
+
+@run_async
+async def test_a_load_error_is_one_message_and_later_jobs_are_answered():
+    def broken(model_dir, adapter_dir, progress):
+        raise InferenceError(model_dir / "config.json", "no such file")
+
+    app = Recorder()
+    async with app.run_test() as pilot:
+        service = EngineService(app, MODEL, None, use_adapter=False, loader=broken)
+        service.start()
+        service.submit(job())
+        await run_until_done(pilot, app)
+        service.stop()
+    assert [m.error for m in app.of(LoadFailed)] == ["/models/fake/config.json: no such file"]
+    assert app.of(GenerationFinished)[0].error == "no model is loaded"
+
+
+@run_async
+async def test_a_draft_card_buffers_streamed_text_until_it_is_flushed():
+    class CardApp(App):
+        def compose(self):
+            yield DraftCard(1, 0.7, 42, post_limit=10)
+
+    app = CardApp()
+    async with app.run_test() as pilot:
+        card = app.query_one(DraftCard)
+        body = card.query_one(".draft-body", Static)
+        card.append("Hello")
+        card.append(" world!")
+        await pilot.pause()
+        assert "Hello" not in str(body.render())  # not redrawn per token
+        card.flush()
+        await pilot.pause()
+        assert "Hello world!" in str(body.render())
+        assert card.has_class("-over")  # 12 characters against a limit of 10
+        assert "12 / 10" in str(card.query_one(".draft-meter").render())

@@ -1,0 +1,52 @@
+"""Pictures of the main screen in every shipped theme, with a fixed token stream in place of the model.
+
+Update them after a deliberate change with `pytest tests/test_app_snapshots.py --snapshot-update`, and look at
+the report before committing.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from bobby_tui.app import BobbyApp
+from bobby_tui.config import Config, PostProcess
+from test_app_fakes import FakeEngine, fake_loader, wait_until
+from themes import THEME_NAMES
+
+SIZE = (120, 36)
+
+
+def spread_app(theme: str) -> BobbyApp:
+    # A post limit the fake drafts overshoot (and no trimming to it), so the warning colour is in the picture.
+    config = Config(theme=theme, post_limit=140, postprocess=PostProcess(enforce_limit=False))
+    return BobbyApp(config, Path("/models/demo-qwen3"), Path("/models/demo-lora"), loader=fake_loader(FakeEngine()))
+
+
+async def type_and_spread(pilot) -> None:
+    await pilot.pause()  # the screen is up and its editor focused
+    screen = pilot.app.screen
+    await pilot.press(*"Write about the sea")
+    await pilot.press("f6")
+    await wait_until(pilot, lambda: screen.job is None and all(c.finish_reason for c in screen.drafts.cards))
+    screen.drafts.flush()
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("theme", THEME_NAMES)
+def test_main_screen_after_a_spread(theme, snap_compare, monkeypatch):
+    monkeypatch.setattr(random, "randrange", lambda stop: 4242)  # the seeds are in the picture
+    assert snap_compare(spread_app(theme), run_before=type_and_spread, terminal_size=SIZE)
+
+
+def test_history_pane(snap_compare, monkeypatch):
+    monkeypatch.setattr(random, "randrange", lambda stop: 4242)
+
+    async def spread_then_open_history(pilot) -> None:
+        await type_and_spread(pilot)
+        await pilot.press("f3", "f2")
+        await pilot.pause()
+
+    assert snap_compare(spread_app("bobby-dark"), run_before=spread_then_open_history, terminal_size=SIZE)

@@ -1,0 +1,99 @@
+"""The app in a real terminal: tmux runs `python -m bobby_tui` on the demo model, we type, and read the screen."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bobby_tui.paths import db_path
+from bobby_tui.storage import Store
+
+REPO = Path(__file__).resolve().parents[1]
+TMUX = shutil.which("tmux")
+DEADLINE_S = 300  # generous: the CI machine has 2 cores and loads the model from scratch
+PROMPT = "Write a post about the sea"
+
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+
+
+class Terminal:
+    """A 120x40 tmux pane on a private tmux server (-L), so tests neither see nor disturb the user's sessions."""
+
+    def __init__(self, command: str) -> None:
+        self.name = f"bobby-test-{uuid.uuid4().hex[:8]}"
+        self._tmux("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", command)
+
+    def _tmux(self, *args: str) -> str:
+        return subprocess.run([TMUX, "-L", self.name, *args], check=True, capture_output=True, text=True).stdout
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", self.name)
+
+    def type(self, text: str) -> None:
+        self._tmux("send-keys", "-t", self.name, "-l", text)
+
+    def press(self, key: str) -> None:
+        self._tmux("send-keys", "-t", self.name, key)
+
+    def wait_for(self, condition, what: str):
+        """Poll `condition()` until it is truthy; fail with the screen after DEADLINE_S."""
+        deadline = time.monotonic() + DEADLINE_S
+        while not (result := condition()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} after {DEADLINE_S}s; the screen:\n{self.screen()}")
+            time.sleep(0.25)
+        return result
+
+    def close(self) -> None:
+        subprocess.run([TMUX, "-L", self.name, "kill-server"], capture_output=True)
+
+
+def newest_record():
+    if not db_path().exists():
+        return None
+    store = Store(db_path())
+    try:
+        records = store.history(limit=1)
+    finally:
+        store.close()
+    return records[0] if records else None
+
+
+@pytest.fixture
+def app_terminal(tmp_path):
+    """The app running in tmux with this test's XDG dirs; its exit status lands in the returned file."""
+    rc_file = tmp_path / "rc"
+    exports = " ".join(f"{key}={shlex.quote(os.environ[key])}" for key in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"))
+    command = (
+        f"cd {shlex.quote(str(REPO))} && env {exports} {shlex.quote(sys.executable)} -m bobby_tui; "
+        f"echo $? > {shlex.quote(str(rc_file))}"
+    )
+    terminal = Terminal(command)
+    yield terminal, rc_file
+    terminal.close()
+
+
+def test_the_app_generates_in_a_real_terminal_and_quits_cleanly(app_terminal):
+    terminal, rc_file = app_terminal
+    terminal.wait_for(lambda: " · ready" in terminal.screen(), "'ready' in the status bar")
+    terminal.type(PROMPT)
+    terminal.wait_for(lambda: PROMPT in terminal.screen(), "typed prompt on the screen")
+    terminal.press("F5")
+
+    record = terminal.wait_for(newest_record, "stored draft")
+    assert record.prompt == PROMPT
+    opening = " ".join(record.text.split())[:20]
+    assert opening, "the model produced an empty draft"
+    terminal.wait_for(lambda: opening in " ".join(terminal.screen().split()), f"draft text {opening!r} on the screen")
+
+    terminal.press("C-q")
+    terminal.wait_for(rc_file.exists, "exit")
+    assert rc_file.read_text().strip() == "0"  # and no MLX abort at exit
