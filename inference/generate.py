@@ -205,7 +205,7 @@ class Engine:
             for n in range(request.max_tokens):
                 next_tokens = None
                 if n + 1 < request.max_tokens:  # queue the next step before reading this one: the device stays busy
-                    next_tokens = step(self.model(tokens[:, None], cache, use_lora))
+                    next_tokens = step(self.model.decode(tokens[:, None], cache, use_lora))
                     mx.async_eval(next_tokens)
                 for i, token in enumerate(tokens.tolist()):
                     draft = drafts[i]

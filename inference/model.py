@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import mlx.core as mx
 import mlx.nn as nn
 
-from .cache import KVCache
+from .cache import FixedCapacityView, KVCache
 from .checkpoint import CheckpointPlan
 from .config import ModelConfig
 from .layers import Linear, Projection
@@ -36,7 +38,7 @@ class Block:
         self.head_dim, self.eps, self.rope_theta = config.head_dim, config.rms_norm_eps, config.rope_theta
         self.scale = config.head_dim**-0.5
 
-    def attention(self, x: mx.array, cache: KVCache, use_lora: bool) -> mx.array:
+    def attention(self, x: mx.array, cache: KVCache | FixedCapacityView, use_lora: bool) -> mx.array:
         B, L, _ = x.shape
         q, k, v = self.projections["qkv"](x, use_lora)
         # (B, L, heads * head_dim) -> (B, heads, L, head_dim)
@@ -46,10 +48,10 @@ class Block:
         q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=cache.offset)
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=cache.offset)
         k, v = cache.update(self.index, k, v)  # (B, kv_heads, offset + L, head_dim)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal" if L > 1 else None)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=cache.attention_mask(L))
         return self.projections["o"](out.transpose(0, 2, 1, 3).reshape(B, L, -1), use_lora)[0]
 
-    def __call__(self, x: mx.array, cache: KVCache, use_lora: bool) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | FixedCapacityView, use_lora: bool) -> mx.array:
         h = x + self.attention(mx.fast.rms_norm(x, self.input_norm, self.eps), cache, use_lora)
         gate, up = self.projections["gate_up"](mx.fast.rms_norm(h, self.post_attention_norm, self.eps), use_lora)
         return h + self.projections["down"](nn.silu(gate) * up, use_lora)[0]
@@ -66,12 +68,31 @@ class Qwen3Model:
             if config.tie_word_embeddings
             else Linear.from_weights(weights, "lm_head", plan.quant["lm_head"])
         )
+        # Weights are constants of the traced graph; one compiled step per adapter switch position.
+        self._decode_steps = {flag: mx.compile(partial(self._decode_step, use_lora=flag)) for flag in (False, True)}
 
     def new_cache(self, batch: int = 1) -> KVCache:
         c = self.config
         return KVCache(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, self.dtype)
 
-    def __call__(self, tokens: mx.array, cache: KVCache, use_lora: bool = False, last_only: bool = True) -> mx.array:
+    def decode(self, tokens: mx.array, cache: KVCache, use_lora: bool = False) -> mx.array:
+        """One token per row, tokens (B, 1) -> logits (B, V), through the compiled step; advances the cache by 1.
+
+        One call replays the whole traced step (no per-op Python work) and fuses its elementwise ops.
+        """
+        cache.reserve(cache.offset + 1)
+        offset = mx.array(cache.offset, dtype=mx.int32)
+        logits, cache.keys, cache.values = self._decode_steps[use_lora](tokens, offset, cache.keys, cache.values)
+        cache.advance(1)
+        return logits
+
+    def _decode_step(self, tokens: mx.array, offset: mx.array, keys: list[mx.array], values: list[mx.array],
+                     use_lora: bool) -> tuple[mx.array, list[mx.array], list[mx.array]]:
+        view = FixedCapacityView(offset, keys, values)
+        return self(tokens, view, use_lora), view.keys, view.values
+
+    def __call__(self, tokens: mx.array, cache: KVCache | FixedCapacityView, use_lora: bool = False,
+                 last_only: bool = True) -> mx.array:
         """tokens (B, L) -> logits (B, V) for the last position, or (B, L, V) for all; advances the cache by L."""
         h = self.embed_tokens.embed(tokens)
         for layer in self.layers:
