@@ -63,8 +63,9 @@ class LoRA:
     a: mx.array  # (in, rank)
     b: mx.array  # (rank, out)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return (x @ self.a) @ self.b
+    def add_to(self, y: mx.array, x: mx.array) -> mx.array:
+        """``y + (x @ a) @ b``, the second product and the sum as one kernel (addmm)."""
+        return mx.addmm(y, x @ self.a, self.b)
 
 
 class Projection:
@@ -109,7 +110,7 @@ class Projection:
         for linear, lora in zip(self.linears, self.loras):
             y = linear(x)
             if use_lora and lora is not None:
-                y = y + lora(x)
+                y = lora.add_to(y, x)
             outs.append(y)
         if not self.fused or len(self.sizes) == 1:
             return outs
