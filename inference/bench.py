@@ -177,6 +177,21 @@ class OursRunner:
                        sum(s.generated_tokens for s in stats) / decode_s, first.peak_memory_bytes / 1e9, wall)
 
 
+    def model_only_tok_s(self, ids: list[int], steps: int) -> float:
+        """Greedy decode with no host work per token: each step's argmax feeds the next on the device. Against the
+        engine's speed this shows what the per-token host loop (sampling, detokenizing, events) costs."""
+        model, use_lora = self.engine.model, self.engine.adapter_enabled
+        cache = model.new_cache(1)
+        tokens = mx.argmax(model(mx.array([ids]), cache, use_lora), axis=-1)
+        mx.eval(tokens)
+        started = time.perf_counter()
+        for _ in range(steps):
+            tokens = mx.argmax(model.decode(tokens[:, None], cache, use_lora), axis=-1)
+            mx.async_eval(tokens)
+        mx.eval(tokens)
+        return steps / (time.perf_counter() - started)
+
+
 class OursEagerRunner(OursRunner):
     """Ours with the per-token step run op by op instead of compiled: what ``mx.compile`` gains."""
 
@@ -234,6 +249,7 @@ class Row:
     load_s: float
     first_generation_s: float  # load excluded; kernel compilation included on the process's first model and shape
     runs: dict[int, Measure] = field(default_factory=dict)  # batch size -> measure
+    model_only_tok_s: float | None = None  # our engines: see OursRunner.model_only_tok_s
 
 
 def measure(shape: str, engine: str, model_dir: Path, adapter_dir: Path | None, prompts, args) -> Row:
@@ -242,12 +258,17 @@ def measure(shape: str, engine: str, model_dir: Path, adapter_dir: Path | None, 
     text, ids = prompts[0]
     first = runner.run(text, ids, 1, 8)
     row = Row(shape, engine, adapter_dir is not None, weights_gb, runner.load_s, first.wall_s)
-    for i, batch in enumerate(args.batches):
-        text, ids = prompts[1 + i]
-        if batch != 1:  # kernels are compiled per shape: a batch size's first run is not its speed
-            runner.run(*prompts[-1], batch, 8)
-        row.runs[batch] = runner.run(text, ids, batch, args.decode_tokens)
-        log(f"  {shape} {engine} adapter={row.adapter} batch={batch}: {row.runs[batch]}")
+    for batch in args.batches:
+        # Kernels are compiled per shape (batch size, cache capacity): an untimed run of the same lengths first.
+        runner.run(*prompts[1], batch, args.decode_tokens)
+        repeats = [runner.run(*prompts[2 + i], batch, args.decode_tokens) for i in range(args.repeats)]
+        row.runs[batch] = sorted(repeats, key=lambda m: m.decode_tok_s)[len(repeats) // 2]  # the median run
+        log(f"  {shape} {engine} adapter={row.adapter} batch={batch}: decode tok/s "
+            f"{[round(m.decode_tok_s, 1) for m in repeats]}, median run {row.runs[batch]}")
+    if hasattr(runner, "model_only_tok_s"):
+        runs = [runner.model_only_tok_s(prompts[2 + i][1], args.decode_tokens) for i in range(args.repeats)]
+        row.model_only_tok_s = sorted(runs)[len(runs) // 2]
+        log(f"  {shape} {engine} adapter={row.adapter} model only: {[round(r, 1) for r in runs]}")
     del runner
     gc.collect()
     mx.clear_cache()
@@ -271,7 +292,7 @@ def environment() -> dict:
 def markdown(rows: list[Row], batches: list[int]) -> str:
     extra = [b for b in batches if b != 1]
     head = ["shape", "adapter", "engine", "load s", "1st gen s", "TTFT ms", "prefill tok/s", "decode tok/s"]
-    head += [f"N={b} tok/s" for b in extra] + ["peak GB", "weights GB/s"]
+    head += [f"N={b} tok/s" for b in extra] + ["model-only tok/s", "peak GB", "weights GB/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # ratios of times (load, TTFT): lower is better
     groups: dict[tuple[str, bool], dict[str, Row]] = {}
     for row in rows:
@@ -282,6 +303,7 @@ def markdown(rows: list[Row], batches: list[int]) -> str:
             cells = [shape, "lora" if adapter else "-", row.engine, f"{row.load_s:.2f}", f"{row.first_generation_s:.2f}"]
             cells += [f"{one.ttft_ms:.0f}", f"{one.prefill_tok_s:.0f}", f"{one.decode_tok_s:.1f}"] if one else ["", "", ""]
             cells += [f"{row.runs[b].decode_tok_s:.1f}" if b in row.runs else "" for b in extra]
+            cells += [f"{row.model_only_tok_s:.1f}" if row.model_only_tok_s else ""]
             cells += [f"{max(m.peak_gb for m in row.runs.values()):.2f}" if row.runs else "",
                       f"{row.weights_gb * one.decode_tok_s:.1f}" if one else ""]
             lines.append("| " + " | ".join(cells) + " |")
@@ -294,7 +316,7 @@ def markdown(rows: list[Row], batches: list[int]) -> str:
             cells += ([ratio(one_o.ttft_ms, one_r.ttft_ms), ratio(one_o.prefill_tok_s, one_r.prefill_tok_s),
                        ratio(one_o.decode_tok_s, one_r.decode_tok_s)] if one_o and one_r else ["", "", ""])
             cells += [ratio(ours.runs[b].decode_tok_s, ref.runs[b].decode_tok_s) if b in ours.runs and b in ref.runs
-                      else "" for b in extra] + ["", ""]
+                      else "" for b in extra] + ["", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -313,6 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=256)
     parser.add_argument("--batches", default="1,4,8", help="drafts per batch (default 1,4,8)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size; the median is reported")
     parser.add_argument("--engines", default="ours,mlx_lm")
     parser.add_argument("--adapter", choices=["both", "off", "on"], default="both")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -345,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = write_checkpoint(args.cache_dir / name, shape, tokenizer_dir)
         adapter_dir = write_adapter(args.cache_dir / f"{name}-lora", model_dir)
         log(f"{name}: checkpoint ready in {time.perf_counter() - started:.1f} s ({model_dir})")
-        prompts = make_prompts(Tokenizer(model_dir), args.prompt_tokens, 2 + len(args.batches))
+        prompts = make_prompts(Tokenizer(model_dir), args.prompt_tokens, 2 + args.repeats)
         for with_adapter in adapter_modes:
             for engine in args.engines:
                 rows.append(measure(name, engine, model_dir, adapter_dir if with_adapter else None, prompts, args))
