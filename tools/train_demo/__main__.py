@@ -1,0 +1,85 @@
+"""The demo model pipeline, run by hand (never in CI): `python -m tools.train_demo STEP`.
+
+Steps, in order: corpus, tokenizer, base, quantize, lora, evaluate (or `all`). Intermediate files
+go to build/demo/ (git-ignored); the shipped model and adapter to bobby_tui/demo/.
+Needs the Debian `fortunes` package and, for `base` and `lora`, torch (dev-only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = REPO / "build" / "demo"
+DATA = WORK / "data"
+TOKENIZER = WORK / "tokenizer"
+FLOAT_MODEL = WORK / "base-f32"
+DEMO = REPO / "bobby_tui" / "demo"
+STEPS = ("corpus", "tokenizer", "base", "quantize", "lora", "evaluate")
+
+
+def step_corpus(args) -> None:
+    from .corpus import read_fortunes, vocabulary, write_splits
+
+    fortunes = read_fortunes()
+    print("fortunes per split:", write_splits(fortunes, DATA))
+    (DEMO / "data").mkdir(parents=True, exist_ok=True)
+    (DEMO / "data" / "vocabulary.txt").write_text("\n".join(vocabulary(fortunes)) + "\n")
+
+
+def step_tokenizer(args) -> None:
+    from .bpe import save_tokenizer, train_tokenizer
+    from .chat import all_requests
+    from .corpus import load_split
+
+    texts = [f.text for name in ("train", "adapter_train") for f in load_split(DATA / f"{name}.jsonl")]
+    # The requests are few but every training example has one: weigh them like a sizeable text.
+    save_tokenizer(train_tokenizer(texts + all_requests() * 20), TOKENIZER)
+
+
+def step_base(args) -> None:
+    import torch
+
+    from .export import save_float_checkpoint
+    from .train_base import train_base
+
+    torch.set_num_threads(args.threads)
+    model = train_base(DATA, TOKENIZER, WORK, steps=args.steps, seed=args.seed, peak_lr=args.lr, init=args.init)
+    save_float_checkpoint(model, TOKENIZER, FLOAT_MODEL)
+
+
+def step_quantize(args) -> None:
+    from .export import quantize_checkpoint
+
+    quantize_checkpoint(FLOAT_MODEL, DEMO / "model")
+
+
+def step_lora(args) -> None:
+    import torch
+
+    from .lora import train_lora
+
+    torch.set_num_threads(args.threads)
+    train_lora(DEMO / "model", DATA, DEMO / "adapter", WORK)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.train_demo", description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=STEPS + ("all",))
+    parser.add_argument("--steps", type=int, default=1400, help="base model optimizer steps")
+    parser.add_argument("--lr", type=float, default=2e-3, help="base model peak learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="base model seed (init, shuffling, requests)")
+    parser.add_argument("--init", type=Path, help="continue the base model from these weights (build/demo/base.pt)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    for name in STEPS if args.step == "all" else (args.step,):
+        started = time.time()
+        globals()[f"step_{name}"](args)
+        print(f"{name}: {time.time() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
