@@ -15,7 +15,7 @@ from bobby_tui.config import Config, PostProcess, Sampling
 from bobby_tui.paths import db_path
 from bobby_tui.service import load_engine
 from bobby_tui.storage import Store
-from test_app_fakes import run_async, wait_until
+from test_app_support import generate, run_async, wait_until
 
 PROMPT = "Write a post about the sea"
 SIZE = (120, 40)
@@ -50,13 +50,6 @@ async def type_prompt(pilot, text: str) -> None:
     await pilot.press(*text)
 
 
-async def generate(pilot, key: str = "f5") -> None:
-    """Press `key` and let the generation it starts run to the end."""
-    screen = pilot.app.screen
-    await pilot.press(key)
-    await wait_until(pilot, lambda: screen.job is None and all(c.finish_reason for c in screen.drafts.cards))
-    screen.drafts.flush()
-    await pilot.pause()
 
 
 def body_text(card) -> str:

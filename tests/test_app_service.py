@@ -22,7 +22,7 @@ from bobby_tui.service import (
     LoadProgressed,
 )
 from bobby_tui.widgets.draft_card import DraftCard
-from test_app_fakes import WORDS, FakeEngine, fake_loader, run_async, wait_until
+from test_app_support import WORDS, FakeEngine, fake_loader, run_async, wait_until
 
 MODEL = Path("/models/fake")
 

@@ -13,7 +13,7 @@ import pytest
 
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import Config, PostProcess
-from test_app_fakes import FakeEngine, fake_loader, wait_until
+from test_app_support import FakeEngine, fake_loader, generate
 from themes import THEME_NAMES
 
 SIZE = (120, 36)
@@ -27,12 +27,9 @@ def spread_app(theme: str) -> BobbyApp:
 
 async def type_and_spread(pilot) -> None:
     await pilot.pause()  # the screen is up and its editor focused
-    screen = pilot.app.screen
+    pilot.app.screen.editor.cursor_blink = False  # a blinking cursor is in the picture or not, by chance
     await pilot.press(*"Write about the sea")
-    await pilot.press("f6")
-    await wait_until(pilot, lambda: screen.job is None and all(c.finish_reason for c in screen.drafts.cards))
-    screen.drafts.flush()
-    await pilot.pause()
+    await generate(pilot, "f6")
 
 
 @pytest.mark.parametrize("theme", THEME_NAMES)

@@ -1,5 +1,7 @@
-"""A fake engine with the `inference.Engine` interface, yielding a fixed token stream: stable pictures for the
-snapshot tests and exact control for the service tests. Test code only; the app always runs the real engine."""
+"""Shared by the app tests: a fake engine and pilot helpers.
+
+The fake engine has the `inference.Engine` interface and yields a fixed token stream: stable pictures for the
+snapshot tests, exact control for the service tests. Test code only; the app always runs the real engine."""
 
 from __future__ import annotations
 
@@ -94,3 +96,12 @@ async def wait_until(pilot, condition, timeout: float = 120.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting after {timeout}s"
         await pilot.pause(0.02)
+
+
+async def generate(pilot, key: str = "f5") -> None:
+    """Press `key` and let the generation it starts run to the end, all drafts redrawn."""
+    screen = pilot.app.screen
+    await pilot.press(key)
+    await wait_until(pilot, lambda: screen.job is None and all(card.finish_reason for card in screen.drafts.cards))
+    screen.drafts.flush()
+    await pilot.pause()

@@ -73,6 +73,7 @@ class ComposerScreen(Screen):
         self.service = EngineService(self, model_dir, adapter_dir, use_adapter, loader)
         self.store: Store | None = None
         self.job: ComposeJob | None = None  # the generation in progress
+        self.load_error: str | None = None
         self._last_run: _Run | None = None
 
     def compose(self) -> ComposeResult:
@@ -141,8 +142,11 @@ class ComposerScreen(Screen):
         )
 
     async def _start(self, run: _Run) -> None:
-        if self.status.state == "failed":
-            self.notify("No model is loaded (see the error above).", severity="error")
+        if self.load_error is not None:
+            self.notify(f"No model is loaded: {self.load_error}", severity="error")
+            return
+        if self.job is not None:
+            self.notify("A generation is running: wait for it or cancel it (escape).")
             return
         temperatures = list(self.config.sampling.spread) if run.spread else [self.status.temperature]
         drafts = [self._sampling(t, seed) for t, seed in zip(temperatures, run.seeds)]
@@ -287,7 +291,9 @@ class ComposerScreen(Screen):
         self._set_state("generating" if self.job is not None else "ready")
 
     def on_load_failed(self, message: LoadFailed) -> None:
+        self.load_error = message.error
         self.query_one("#status", StatusBar).loading_done()
+        self.drafts.set_hint(f"The model did not load: {message.error}")
         self._set_state("failed")
         self.notify(message.error, title="The model did not load", severity="error", timeout=60)
 
@@ -328,7 +334,7 @@ class ComposerScreen(Screen):
         self.drafts.flush()
         if message.error:
             self.notify(message.error, title="Generation failed", severity="error", timeout=30)
-        self._set_state("failed" if self.status.state == "failed" else "ready")
+        self._set_state("failed" if self.load_error else "ready")
         self.refresh_history()
 
     # --- history ---

@@ -29,7 +29,7 @@ def edit_in_editor(app: App, text: str) -> str:
             with app.suspend():
                 result = subprocess.run([*command, str(path)], check=False)
         except SuspendNotSupported:
-            raise EditorError("this terminal cannot hand over to an external editor") from None
+            raise EditorError("cannot hand the terminal over to $EDITOR here (it works without --inline)") from None
         except OSError as err:
             raise EditorError(f"cannot run {command[0]!r} ($EDITOR): {err.strerror or err}") from None
         if result.returncode != 0:

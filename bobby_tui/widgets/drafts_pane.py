@@ -34,6 +34,10 @@ class DraftsPane(VerticalScroll):
     def on_mount(self) -> None:
         self.set_interval(1 / REDRAWS_PER_SECOND, self.flush)
 
+    def set_hint(self, hint: str) -> None:
+        """What the pane says while it has no drafts."""
+        self.query_one(".drafts-hint", Static).update(hint)
+
     @property
     def cards(self) -> list[DraftCard]:
         return list(self.query(DraftCard))

@@ -1,0 +1,105 @@
+"""The composer's UI behaviour (config, keys, themes, history, regenerate) with the fake engine in place of the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.widgets import OptionList
+
+from bobby_tui.app import BobbyApp
+from bobby_tui.config import Config, PostProcess, load_config
+from bobby_tui.paths import config_path
+from test_app_support import FakeEngine, fake_loader, generate, run_async
+
+SIZE = (120, 40)
+
+
+def fake_app(config: Config | None = None, engine: FakeEngine | None = None, warning: str | None = None) -> BobbyApp:
+    config = config or Config(postprocess=PostProcess(min_length=0))
+    loader = fake_loader(engine or FakeEngine())
+    return BobbyApp(config, Path("/models/demo"), Path("/models/lora"), config_warning=warning, loader=loader)
+
+
+
+
+def messages(app: BobbyApp, severity: str) -> list[str]:
+    return [note.message for note in app._notifications if note.severity == severity]
+
+
+@run_async
+async def test_a_malformed_config_is_a_warning_in_the_app_which_starts_with_defaults():
+    path = config_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("theme = \n")
+    config, warning = load_config()
+    app = fake_app(config, warning=warning)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.pause()
+        assert messages(app, "warning") == [warning]
+        assert str(path) in warning
+        assert app.theme == "bobby-dark"
+
+
+@run_async
+async def test_unknown_theme_and_key_actions_in_the_config_are_warnings():
+    app = fake_app(Config(theme="neon", keys={"launch_rockets": "f1"}))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.pause()
+        warnings = messages(app, "warning")
+        assert any("'neon'" in w for w in warnings) and any("launch_rockets" in w for w in warnings)
+        assert app.theme == "bobby-dark"
+
+
+@run_async
+async def test_keys_remapped_in_the_config_replace_the_defaults():
+    app = fake_app(Config(keys={"generate": "ctrl+g"}, postprocess=PostProcess(min_length=0)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await pilot.pause()
+        assert app.screen.drafts.cards == []  # F5 no longer generates
+        await generate(pilot, "ctrl+g")
+        assert app.screen.drafts.cards[0].text
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        assert "Generate  (^g)" in titles
+
+
+@run_async
+async def test_the_switched_theme_is_remembered_in_the_config_file():
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f12")
+        assert app.theme == "bobby-light"
+    assert load_config()[0].theme == "bobby-light"
+
+
+@run_async
+async def test_rerun_repeats_the_last_prompt_and_seeds_at_the_current_temperature():
+    engine = FakeEngine()
+    app = fake_app(engine=engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*"first")
+        await generate(pilot)
+        await pilot.press("backspace", *"changed", "f8")
+        await generate(pilot, "ctrl+r")
+    first, rerun = engine.requests
+    assert rerun.prompt == first.prompt == "|first"
+    assert [p.seed for p in rerun.drafts] == [p.seed for p in first.drafts]
+    assert [p.temperature for p in rerun.drafts] == [1.0]
+
+
+@run_async
+async def test_history_search_filters_and_the_selected_draft_is_the_one_favorited_and_copied():
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await pilot.press(*"spread me")
+        await generate(pilot, "f6")
+        await pilot.press("ctrl+down", "f3", "f4")
+        second = screen.drafts.cards[1]
+        assert screen.drafts.selected is second and second.favorite
+        assert app.clipboard == second.text
+        await pilot.press("f2", *"Shipped a tiny")
+        await pilot.pause()
+        options = screen.query_one("#history-list", OptionList)
+        shown = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert len(shown) == 1 and "Shipped a tiny" in shown[0]  # only draft 1 has those words in a row
