@@ -196,6 +196,7 @@ class EngineService:
         try:
             engine = self._loader(self._model_dir, self._adapter_dir, progress)
             engine.adapter_enabled = self._use_adapter and engine.has_adapter
+            engine.warmup()  # compiles the kernels now, so the user's first generation streams at full speed
         except _Stop:
             return None
         except Exception as err:  # InferenceError's message names the file; anything else gets the model dir

@@ -85,14 +85,17 @@ async def test_loading_reports_progress_and_an_empty_prompt_uses_the_default(dem
 
 
 def held_after_first_delta(gate: threading.Event, deltas_after_gate: list):
-    """A loader of the real engine whose stream waits after its first text delta until `gate` opens: escape is
-    then pressed mid-stream, however fast the machine. The deltas that come after the gate are collected."""
+    """A loader of the real engine whose stream of PROMPT waits after its first text delta until `gate` opens:
+    escape is then pressed mid-stream, however fast the machine. The deltas that come after the gate are collected."""
 
     def load(model_dir, adapter_dir, progress):
         engine = load_engine(model_dir, adapter_dir, progress)
         generate = engine.generate
 
         def held(request, should_cancel=None):
+            if PROMPT not in request.prompt:  # the warm-up
+                yield from generate(request, should_cancel)
+                return
             for number, event in enumerate(generate(request, should_cancel)):
                 if gate.is_set() and isinstance(event, TokenDelta):
                     deltas_after_gate.append(event)
