@@ -103,3 +103,15 @@ async def test_history_search_filters_and_the_selected_draft_is_the_one_favorite
         options = screen.query_one("#history-list", OptionList)
         shown = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
         assert len(shown) == 1 and "Shipped a tiny" in shown[0]  # only draft 1 has those words in a row
+
+
+@run_async
+async def test_a_draft_the_composer_rejects_as_too_short_starts_over_and_says_which_attempt_it_is():
+    engine = FakeEngine(words=["Too", "short."])
+    app = fake_app(Config(postprocess=PostProcess(min_length=80, retries=1)), engine=engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await generate(pilot)
+        (card,) = app.screen.drafts.cards
+        assert len(engine.requests) == 2  # the first attempt and one retry
+        assert card.attempt == 2 and card.text == "Too short."  # the retry's text only, not both
+        assert "attempt 2" in str(card.query_one(".draft-header").render())
