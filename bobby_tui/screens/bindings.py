@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from textual.binding import Binding
 
-_TEMPERATURE = Binding.Group("temp", compact=True)
-
 
 def _bind(keys: str, action: str, description: str, help: str, priority: bool = True, **options) -> Binding:
     # Priority bindings win over the prompt editor's own (it binds F6 and F7 to selections). Printable keys
@@ -22,8 +20,9 @@ COMPOSER_BINDINGS: list[Binding] = [
     _bind("ctrl+r", "regenerate", "Rerun",
           "Run the last prompt again with the same seeds (compare a temperature or adapter change)"),
     _bind("escape", "cancel", "Cancel", "Stop generating; what was generated is kept", priority=False),
-    _bind("f7,left_square_bracket", "temperature_down", "Temp −", "Temperature − 0.05", group=_TEMPERATURE),
-    _bind("f8,right_square_bracket", "temperature_up", "Temp +", "Temperature + 0.05", group=_TEMPERATURE),
+    _bind("f7,left_square_bracket", "temperature_down", "Temp −", "Temperature − 0.05", show=False),
+    # one footer entry for the pair
+    _bind("f8,right_square_bracket", "temperature_up", "Temp −/+", "Temperature + 0.05", key_display="F7/F8"),
     _bind("f9,left_curly_bracket", "top_p_down", "top_p −", "top_p − 0.05", show=False),
     _bind("f10,right_curly_bracket", "top_p_up", "top_p +", "top_p + 0.05", show=False),
     _bind("ctrl+up", "previous_draft", "Previous draft", "Select the previous draft", show=False),
