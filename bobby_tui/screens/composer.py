@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference import SamplingParams  # a plain dataclass: building requests here never touches MLX
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -128,9 +129,7 @@ class ComposerScreen(Screen):
             return None
         return True
 
-    def _sampling(self, temperature: float, seed: int):
-        from inference import SamplingParams
-
+    def _sampling(self, temperature: float, seed: int) -> SamplingParams:
         sampling = self.config.sampling
         return SamplingParams(
             temperature=temperature,
