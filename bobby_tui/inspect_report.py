@@ -110,16 +110,18 @@ def inspect_adapter(adapter_dir: Path, model_dir: Path | None) -> Report:
 
 
 def _base_model_dir(adapter_dir: Path) -> Path | None:
-    """mlx_lm records the base model in adapter_config.json's "model": use it when it is a local directory."""
+    """mlx_lm records the base model in adapter_config.json's "model": use it when it is a local directory
+    (not a Hugging Face repo id)."""
     try:
         base = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8")).get("model")
     except (OSError, ValueError, AttributeError):
         return None
-    if isinstance(base, str) and base:
-        path = Path(base).expanduser()
-        path = path if path.is_absolute() else adapter_dir / path
-        return path if (path / "config.json").exists() else None
-    return None
+    if not isinstance(base, str) or not base:
+        return None
+    path = Path(base).expanduser()
+    # mlx_lm writes the path as it was typed: relative to where training ran, most likely here
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, adapter_dir / path]
+    return next((c for c in candidates if (c / "config.json").exists()), None)
 
 
 def _adapted_layers(config: AdapterConfig, model_config: ModelConfig | None, model_dir: Path | None) -> str:
