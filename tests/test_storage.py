@@ -135,6 +135,9 @@ WRITER = textwrap.dedent(
     from bobby_tui.storage import Store
     store = Store(Path(sys.argv[1]))
     count, tag = int(sys.argv[2]), sys.argv[3]
+    if sys.argv[4] == "together":  # wait for the test's go, so that the writers really overlap
+        print("ready", flush=True)
+        sys.stdin.readline()
     for i in range(count):
         store.add(make_record(i, prompt=tag))
         print(i, flush=True)
@@ -149,7 +152,8 @@ def start_writer(db, count, tag, mode="exit"):
 
     script = WRITER.format(tests_dir=str(pathlib.Path(__file__).parent))
     return subprocess.Popen(
-        [sys.executable, "-c", script, str(db), str(count), tag, mode], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, str(db), str(count), tag, mode],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
 
 
@@ -170,8 +174,13 @@ def test_rows_survive_a_killed_writer(db):
 
 def test_two_processes_writing_at_once_lose_nothing(db):
     Store(db).close()  # both writers find the schema; the race under test is the inserts
-    n = 150
-    writers = [start_writer(db, n, tag) for tag in ("a", "b")]
+    n = 300
+    writers = [start_writer(db, n, tag, mode="together") for tag in ("a", "b")]
+    for w in writers:
+        assert w.stdout.readline().strip() == "ready"
+    for w in writers:
+        w.stdin.write("go\n")
+        w.stdin.flush()
     for w in writers:
         w.communicate(timeout=120)
         assert w.returncode == 0
