@@ -64,7 +64,7 @@ class _Draft:
     string is held back, so the deltas always add up to the final text."""
 
     def __init__(self, tokenizer: Tokenizer, stop_strings: tuple[str, ...]):
-        self.detokenizer = StreamingDetokenizer(tokenizer)
+        self.detokenizer = StreamingDetokenizer(tokenizer, drop_leading_space=True)
         self.stop_strings = tuple(s for s in stop_strings if s)
         self.holdback = max((len(s) for s in self.stop_strings), default=1) - 1
         self.emitted = 0

@@ -101,25 +101,31 @@ class StreamingDetokenizer:
 
     A multi-byte character split across byte-level tokens decodes to U+FFFD until its last byte arrives, so tokens are
     held back while their decode ends in an incomplete character; only the held-back tokens are decoded each step.
+    With ``drop_leading_space`` the text's first character is dropped when it is a space, as mlx_lm's streaming
+    detokenizer does for generated text (a reply's first token often carries the space that separated it).
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, drop_leading_space: bool = False):
         self.tokenizer = tokenizer
         self.text = ""  # everything emitted so far
         self._held: list[int] = []  # tokens not yet emitted
+        self._leading_space_pending = drop_leading_space
 
     def add(self, token: int) -> str:
         self._held.append(token)
         decoded = self.tokenizer.decode(self._held)
         if decoded.endswith("\ufffd"):
             return ""
-        self._held = []
-        self.text += decoded
-        return decoded
+        return self._emit(decoded)
 
     def flush(self) -> str:
         """Emit whatever is held back (at the end of a generation an incomplete character stays as U+FFFD)."""
-        decoded = self.tokenizer.decode(self._held) if self._held else ""
+        return self._emit(self.tokenizer.decode(self._held) if self._held else "")
+
+    def _emit(self, decoded: str) -> str:
         self._held = []
+        if self._leading_space_pending and decoded:
+            self._leading_space_pending = False
+            decoded = decoded[1:] if decoded[0] == " " else decoded
         self.text += decoded
         return decoded

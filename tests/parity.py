@@ -41,6 +41,16 @@ def mlx_lm_greedy(model, tokenizer, prompt_ids: list[int], n: int) -> list[int]:
     return out
 
 
+def mlx_lm_text(tokenizer, tokens: list[int]) -> str:
+    """The text mlx_lm's generate would print for these tokens (through its own streaming detokenizer)."""
+    detokenizer = tokenizer.detokenizer
+    detokenizer.reset()
+    for token in tokens:
+        detokenizer.add_token(token)
+    detokenizer.finalize()
+    return detokenizer.text
+
+
 def ours_greedy_text(engine: Engine, prompt: str, n: int) -> str:
     request = GenerationRequest(prompt, [SamplingParams(temperature=0.0)], max_tokens=n)
     done = [event for event in engine.generate(request) if hasattr(event, "finish_reason")]

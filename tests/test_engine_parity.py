@@ -7,7 +7,7 @@ import mlx.core as mx
 import pytest
 
 from inference import Engine
-from parity import mlx_lm_greedy, mlx_lm_last_logits, mlx_lm_model, ours_greedy_text, ours_last_logits
+from parity import mlx_lm_greedy, mlx_lm_last_logits, mlx_lm_model, mlx_lm_text, ours_greedy_text, ours_last_logits
 
 PROMPT = "Write a post about the sea, the sky and the small boats."
 NAMES = ["q4-g64-tied", "q8-g32-untied", "bf16-2shards"]
@@ -28,7 +28,7 @@ def test_logits_and_greedy_tokens_match_mlx_lm(tiny_models, name, with_adapter):
     assert diff < 1e-4
 
     reference = mlx_lm_greedy(ref_model, ref_tokenizer, ids, 64)
-    assert ours_greedy_text(engine, prompt, 64) == ref_tokenizer.decode(reference)
+    assert ours_greedy_text(engine, prompt, 64) == mlx_lm_text(ref_tokenizer, reference)
 
 
 def test_adapter_changes_output_and_toggles_without_reload(tiny_models):

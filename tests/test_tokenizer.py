@@ -66,3 +66,15 @@ def test_template_runs_sandboxed(tmp_path, qwen_dir):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": evil, "eos_token": "<|im_end|>"}))
     with pytest.raises(TokenizerError, match="chat template"):
         Tokenizer(tmp_path).apply_chat_template(CONVERSATION)
+
+
+@pytest.mark.parametrize("text", ["  two spaces, then words", " one space 🍁", "none 漢字"])
+def test_generated_text_is_what_mlx_lm_prints(qwen, qwen_dir, text):
+    """mlx_lm drops one leading space of generated text; our drafts do the same, so --raw output matches it."""
+    from mlx_lm.utils import load_tokenizer
+    from parity import mlx_lm_text
+
+    ids = qwen.encode(text)
+    stream = StreamingDetokenizer(qwen, drop_leading_space=True)
+    ours = "".join(stream.add(i) for i in ids) + stream.flush()
+    assert ours == mlx_lm_text(load_tokenizer(qwen_dir), ids) == (text[1:] if text[0] == " " else text)
