@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from pathlib import Path
 
@@ -26,6 +27,13 @@ def demo() -> tuple[Path, Path]:
     from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_MODEL_DIR
 
     return DEMO_MODEL_DIR, DEMO_ADAPTER_DIR
+
+
+@pytest.fixture(autouse=True)
+def fixed_seeds(monkeypatch):
+    """Each draft's seed comes from random.randrange: fixed, every run decodes the same text."""
+    seeds = iter(range(1000, 2000))
+    monkeypatch.setattr(random, "randrange", lambda stop: next(seeds))
 
 
 def quick_config(max_tokens: int = 32) -> Config:

@@ -72,8 +72,10 @@ def app_terminal(tmp_path):
     """The app running in tmux with this test's XDG dirs; its exit status lands in the returned file."""
     rc_file = tmp_path / "rc"
     exports = " ".join(f"{key}={shlex.quote(os.environ[key])}" for key in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"))
+    # tmux exports COLUMNS / LINES of the pane as first created (80x24 here, before -x / -y apply), and Python's
+    # terminal size prefers them to the real one: unset, the app asks the terminal.
     command = (
-        f"cd {shlex.quote(str(REPO))} && env {exports} {shlex.quote(sys.executable)} -m bobby_tui; "
+        f"cd {shlex.quote(str(REPO))} && env -u COLUMNS -u LINES {exports} {shlex.quote(sys.executable)} -m bobby_tui; "
         f"echo $? > {shlex.quote(str(rc_file))}"
     )
     terminal = Terminal(command)
@@ -83,7 +85,7 @@ def app_terminal(tmp_path):
 
 def test_the_app_generates_in_a_real_terminal_and_quits_cleanly(app_terminal):
     terminal, rc_file = app_terminal
-    terminal.wait_for(lambda: " · ready" in terminal.screen(), "'ready' in the status bar")
+    terminal.wait_for(lambda: "ready · " in terminal.screen(), "'ready' in the status bar")
     terminal.type(PROMPT)
     terminal.wait_for(lambda: PROMPT in terminal.screen(), "typed prompt on the screen")
     terminal.press("F5")

@@ -24,8 +24,8 @@ class Status:
         adapter = f"{self.adapter} ({'on' if self.adapter_enabled else 'off'})" if self.adapter else "none"
         speed = f"{self.decode_tok_s:.1f} tok/s" if self.decode_tok_s is not None else "– tok/s"
         return (
-            f"{self.model} · adapter {adapter} · temp {self.temperature:.2f} · top_p {self.top_p:.2f}"
-            f" · max {self.max_tokens} · {speed} · {self.state}"
+            f"{self.state} · {self.model} · adapter {adapter} · temp {self.temperature:.2f} · top_p {self.top_p:.2f}"
+            f" · max {self.max_tokens} · {speed}"
         )
 
 
