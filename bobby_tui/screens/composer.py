@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from bobby_tui.config import Config
+from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_MODEL_DIR
 from bobby_tui.paths import db_path
 from bobby_tui.screens.bindings import COMPOSER_BINDINGS
 from bobby_tui.screens.external_editor import EditorError, edit_in_editor
@@ -44,6 +45,14 @@ HISTORY_LIMIT = 200
 _GENERATING_ACTIONS = {"generate", "spread", "regenerate"}
 
 
+def _shown_name(directory: Path | None, name: str | None) -> str | None:
+    """A model's or adapter's name on screen: the engine's (its directory's), but "demo" for the shipped demo,
+    whose directories are plainly called model/ and adapter/."""
+    if directory is not None and directory in (DEMO_MODEL_DIR, DEMO_ADAPTER_DIR):
+        return f"demo {name}"
+    return name
+
+
 @dataclass(frozen=True)
 class _Run:
     """What regenerate repeats: the prompt, the seeds, and whether it was a spread."""
@@ -63,9 +72,10 @@ class ComposerScreen(Screen):
         super().__init__()
         self.config = config
         sampling = config.sampling
+        self._dirs = (model_dir, adapter_dir)
         self.status = Status(
-            model=model_dir.name,
-            adapter=adapter_dir.name if adapter_dir else None,
+            model=_shown_name(model_dir, model_dir.name),
+            adapter=_shown_name(adapter_dir, adapter_dir.name if adapter_dir else None),
             adapter_enabled=use_adapter and adapter_dir is not None,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -284,7 +294,9 @@ class ComposerScreen(Screen):
         self.query_one("#status", StatusBar).progress(message.done, message.total)
 
     def on_loaded(self, message: Loaded) -> None:
-        self.status.model, self.status.adapter = message.model_name, message.adapter_name
+        model_dir, adapter_dir = self._dirs
+        self.status.model = _shown_name(model_dir, message.model_name)
+        self.status.adapter = _shown_name(adapter_dir, message.adapter_name)
         self.status.adapter_enabled = message.adapter_enabled
         self.query_one("#status", StatusBar).loading_done()
         self._set_state("generating" if self.job is not None else "ready")
