@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual.command import CommandList
 from textual.widgets import OptionList
 
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import Config, PostProcess, load_config
 from bobby_tui.paths import config_path
-from test_app_support import FakeEngine, fake_loader, generate, run_async
+from test_app_support import FakeEngine, fake_loader, generate, run_async, wait_until
 
 SIZE = (120, 40)
 
@@ -115,3 +116,15 @@ async def test_a_draft_the_composer_rejects_as_too_short_starts_over_and_says_wh
         assert len(engine.requests) == 2  # the first attempt and one retry
         assert card.attempt == 2 and card.text == "Too short."  # the retry's text only, not both
         assert "attempt 2" in str(card.query_one(".draft-header").render())
+
+
+@run_async
+async def test_the_command_palette_lists_the_composer_actions_with_their_keys_and_runs_them():
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p", *"spread")
+        results = app.screen.query_one(CommandList)
+        await wait_until(pilot, lambda: results.option_count > 0)
+        assert "Spread  (F6)" in str(results.get_option_at_index(0).prompt)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(app.screen.drafts.cards) == 3)
