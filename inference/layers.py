@@ -58,14 +58,23 @@ def concatenate_linears(linears: list[Linear]) -> Linear | None:
 
 @dataclass
 class LoRA:
-    """Low-rank update ``(x @ a) @ b``; the adapter's scale is folded into ``b`` at load."""
+    """Low-rank update ``(x @ A) @ B``; the adapter's scale is folded into B at load.
 
-    a: mx.array  # (in, rank)
-    b: mx.array  # (rank, out)
+    Both factors are stored transposed and used as ``(x @ a.T) @ b.T``: with a one-row ``x`` (one draft decoding)
+    MLX on CUDA then runs matrix-vector kernels, 8 us each on an H100, where the adapter's own layouts take a general
+    GEMM of 20-25 us (and addmm 21-26 us; the plain sum can fuse with the elementwise ops that follow it).
+    """
+
+    a: mx.array  # A transposed: (rank, in), contiguous
+    b: mx.array  # B transposed and scaled: (out, rank), contiguous
+
+    @classmethod
+    def build(cls, a: mx.array, b: mx.array, dtype: mx.Dtype) -> "LoRA":
+        """From the adapter's ``a`` (in, rank) and scaled ``b`` (rank, out)."""
+        return cls(mx.contiguous(a.T.astype(dtype)), mx.contiguous(b.T.astype(dtype)))
 
     def add_to(self, y: mx.array, x: mx.array) -> mx.array:
-        """``y + (x @ a) @ b``, the second product and the sum as one kernel (addmm)."""
-        return mx.addmm(y, x @ self.a, self.b)
+        return y + (x @ self.a.T) @ self.b.T
 
 
 class Projection:
@@ -91,7 +100,7 @@ class Projection:
             self.loras = [None] * len(self.linears)
             return
         if not self.fused:
-            self.loras = [None if p is None else LoRA(p[0].astype(dtype), (scale * p[1]).astype(dtype)) for p in pairs]
+            self.loras = [None if p is None else LoRA.build(p[0], scale * p[1], dtype) for p in pairs]
             return
         in_features = next(p[0].shape[0] for p in pairs if p is not None)
         a_blocks, b_blocks, total_out = [], [], sum(self.sizes)
@@ -103,7 +112,7 @@ class Projection:
                 b_blocks.append(mx.pad(scale * b, [(0, 0), (col, total_out - col - size)]))
             col += size
         a = mx.concatenate(a_blocks, axis=1) if a_blocks else mx.zeros((in_features, 0))
-        self.loras = [LoRA(a.astype(dtype), mx.concatenate(b_blocks, axis=0).astype(dtype))]
+        self.loras = [LoRA.build(a, mx.concatenate(b_blocks, axis=0), dtype)]
 
     def __call__(self, x: mx.array, use_lora: bool) -> list[mx.array]:
         outs = []
