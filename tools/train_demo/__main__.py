@@ -21,12 +21,18 @@ STEPS = ("corpus", "tokenizer", "base", "quantize", "lora", "evaluate")
 
 
 def step_corpus(args) -> None:
-    from .corpus import read_fortunes, vocabulary, write_splits
+    import json
+
+    from .corpus import load_split, read_fortunes, vocabulary, write_splits
 
     fortunes = read_fortunes()
     print("fortunes per split:", write_splits(fortunes, DATA))
     (DEMO / "data").mkdir(parents=True, exist_ok=True)
     (DEMO / "data" / "vocabulary.txt").write_text("\n".join(vocabulary(fortunes)) + "\n")
+    # The adapter category's held-out texts ship too: the tests measure the adapter on them.
+    with open(DEMO / "data" / "adapter_valid.jsonl", "w") as f:
+        for fortune in load_split(DATA / "adapter_valid.jsonl"):
+            f.write(json.dumps(fortune.text) + "\n")
 
 
 def step_tokenizer(args) -> None:
@@ -63,6 +69,19 @@ def step_lora(args) -> None:
 
     torch.set_num_threads(args.threads)
     train_lora(DEMO / "model", DATA, DEMO / "adapter", WORK)
+
+
+def step_evaluate(args) -> None:
+    import json
+
+    from .corpus import load_split
+    from .evaluate import evaluate, print_report
+
+    valid = [f.text for f in load_split(DATA / "valid.jsonl")]
+    adapter_valid = [f.text for f in load_split(DATA / "adapter_valid.jsonl")]
+    report = evaluate(DEMO / "model", DEMO / "adapter", valid, adapter_valid)
+    (WORK / "evaluation.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print_report(report)
 
 
 def main() -> None:

@@ -35,9 +35,9 @@ NUM_LAYERS = 4  # every layer of the demo base
 # mlx_lm's default keys: every linear projection of a layer.
 KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-EPOCHS = 12
+EPOCHS = 8
 BATCH_SIZE = 8
-LEARNING_RATE = 5e-4
+LEARNING_RATE = 2e-4
 SEED = 0
 
 
