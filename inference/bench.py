@@ -4,7 +4,7 @@
                               [--decode-tokens 256] [--batches 1,4,8] [--engines ours,mlx_lm] [--json PATH]
 
 Writes each checkpoint once (4-bit, group 64, mlx-community layout, the real Qwen3 tokenizer) and a rank-8 / scale-20
-LoRA adapter on the last 16 layers, then measures both engines in this one process, one model in memory at a time:
+LoRA adapter on the last 16 layers, then measures both engines in this one process, their timed runs interleaved:
 load time, the first generation after load, time to first token, prefill and decode speed, N drafts in one batch
 (total tokens/s), peak memory; without and with the adapter. Random weights may pick an end-of-sequence token at any
 step, so both engines run with their eos sets emptied: every run decodes exactly --decode-tokens tokens, greedily.
@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -252,27 +252,45 @@ class Row:
     model_only_tok_s: float | None = None  # our engines: see OursRunner.model_only_tok_s
 
 
-def measure(shape: str, engine: str, model_dir: Path, adapter_dir: Path | None, prompts, args) -> Row:
-    runner = RUNNERS[engine](model_dir, adapter_dir)
+def median(values: list, key=lambda v: v):
+    return sorted(values, key=key)[len(values) // 2]
+
+
+def measure(shape: str, engines: list[str], model_dir: Path, adapter_dir: Path | None, prompts, args) -> list[Row]:
+    """Every engine loaded side by side and their timed runs interleaved, so that the machine's drift (other
+    tenants, clocks: 20% between runs on the lent H100) hits them alike; the median of ``--repeats`` runs each."""
     weights_gb = (model_dir / "model.safetensors").stat().st_size / 1e9
-    text, ids = prompts[0]
-    first = runner.run(text, ids, 1, 8)
-    row = Row(shape, engine, adapter_dir is not None, weights_gb, runner.load_s, first.wall_s)
+    runners, rows, resident = {}, {}, {}
+    for engine in engines:
+        before = mx.get_active_memory()
+        runners[engine] = RUNNERS[engine](model_dir, adapter_dir)
+        resident[engine] = mx.get_active_memory() - before
+        first = runners[engine].run(*prompts[0], 1, 8)
+        rows[engine] = Row(shape, engine, adapter_dir is not None, weights_gb, runners[engine].load_s, first.wall_s)
+    others = {e: sum(r for o, r in resident.items() if o != e) / 1e9 for e in engines}  # subtracted from peaks
     for batch in args.batches:
-        # Kernels are compiled per shape (batch size, cache capacity): an untimed run of the same lengths first.
-        runner.run(*prompts[1], batch, args.decode_tokens)
-        repeats = [runner.run(*prompts[2 + i], batch, args.decode_tokens) for i in range(args.repeats)]
-        row.runs[batch] = sorted(repeats, key=lambda m: m.decode_tok_s)[len(repeats) // 2]  # the median run
-        log(f"  {shape} {engine} adapter={row.adapter} batch={batch}: decode tok/s "
-            f"{[round(m.decode_tok_s, 1) for m in repeats]}, median run {row.runs[batch]}")
-    if hasattr(runner, "model_only_tok_s"):
-        runs = [runner.model_only_tok_s(prompts[2 + i][1], args.decode_tokens) for i in range(args.repeats)]
-        row.model_only_tok_s = sorted(runs)[len(runs) // 2]
-        log(f"  {shape} {engine} adapter={row.adapter} model only: {[round(r, 1) for r in runs]}")
-    del runner
+        for runner in runners.values():  # kernels compile per shape (batch, cache capacity): same lengths, untimed
+            runner.run(*prompts[1], batch, args.decode_tokens)
+        timed = {e: [] for e in engines}
+        for i in range(args.repeats):
+            for engine, runner in runners.items():
+                timed[engine].append(runner.run(*prompts[2 + i], batch, args.decode_tokens))
+        for engine, runs in timed.items():
+            run = median(runs, key=lambda m: m.decode_tok_s)
+            rows[engine].runs[batch] = replace(run, peak_gb=run.peak_gb - others[engine])
+            log(f"  {shape} {engine} adapter={adapter_dir is not None} batch={batch}: decode tok/s "
+                f"{[round(m.decode_tok_s, 1) for m in runs]}, median run {rows[engine].runs[batch]}")
+    model_only = {e: [] for e in engines if hasattr(runners[e], "model_only_tok_s")}
+    for i in range(args.repeats):
+        for engine in model_only:
+            model_only[engine].append(runners[engine].model_only_tok_s(prompts[2 + i][1], args.decode_tokens))
+    for engine, runs in model_only.items():
+        rows[engine].model_only_tok_s = median(runs)
+        log(f"  {shape} {engine} adapter={adapter_dir is not None} model only: {[round(r, 1) for r in runs]}")
+    del runners
     gc.collect()
     mx.clear_cache()
-    return row
+    return list(rows.values())
 
 
 # --- report ------------------------------------------------------------------------------------------------------
@@ -370,10 +388,9 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{name}: checkpoint ready in {time.perf_counter() - started:.1f} s ({model_dir})")
         prompts = make_prompts(Tokenizer(model_dir), args.prompt_tokens, 2 + args.repeats)
         for with_adapter in adapter_modes:
-            for engine in args.engines:
-                rows.append(measure(name, engine, model_dir, adapter_dir if with_adapter else None, prompts, args))
-                if args.json:
-                    args.json.write_text(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=1))
+            rows += measure(name, args.engines, model_dir, adapter_dir if with_adapter else None, prompts, args)
+            if args.json:
+                args.json.write_text(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=1))
     print(f"\n{env}\n")
     print(markdown(rows, args.batches))
 
