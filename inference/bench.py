@@ -203,6 +203,21 @@ class OursEagerRunner(OursRunner):
         model.decode = lambda tokens, cache, use_lora=False: model(tokens, cache, use_lora)
 
 
+class OursUnfusedRunner(OursRunner):
+    """Ours with q/k/v and gate/up as separate matmuls, as the checkpoint has them: what fusing them gains."""
+
+    name = "ours_unfused"
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None):
+        from . import model
+
+        model.FUSE_PROJECTIONS = False
+        try:
+            super().__init__(model_dir, adapter_dir)
+        finally:
+            model.FUSE_PROJECTIONS = True
+
+
 class MlxLmRunner:
     name = "mlx_lm"
 
@@ -237,7 +252,7 @@ class MlxLmRunner:
         return Measure(prefill, 1000 * len(ids) / prefill, decode, mx.get_peak_memory() / 1e9, wall)
 
 
-RUNNERS = {"ours": OursRunner, "ours_eager": OursEagerRunner, "mlx_lm": MlxLmRunner}
+RUNNERS = {"ours": OursRunner, "ours_eager": OursEagerRunner, "ours_unfused": OursUnfusedRunner, "mlx_lm": MlxLmRunner}
 
 
 @dataclass

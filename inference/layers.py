@@ -84,9 +84,9 @@ class Projection:
     ``a`` matrices side by side and their ``b`` matrices block-diagonal, which gives each member exactly its own update.
     """
 
-    def __init__(self, members: list[Linear]):
+    def __init__(self, members: list[Linear], fuse: bool = True):
         self.sizes = [m.out_features for m in members]
-        fused = concatenate_linears(members) if len(members) > 1 else members[0]
+        fused = (concatenate_linears(members) if fuse else None) if len(members) > 1 else members[0]
         self.linears = [fused] if fused is not None else members
         self.loras: list[LoRA | None] = [None] * len(self.linears)
 

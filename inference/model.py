@@ -14,6 +14,7 @@ from .layers import Linear, Projection
 
 ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 MLP_IN_KEYS = ("mlp.gate_proj", "mlp.up_proj")
+FUSE_PROJECTIONS = True  # q/k/v as one matmul and gate/up as another (see docs/performance.md for what it costs)
 PROJECTION_GROUPS = {  # projection name -> the checkpoint modules it runs, in output order
     "qkv": ATTENTION_KEYS,
     "o": ("self_attn.o_proj",),
@@ -27,7 +28,8 @@ class Block:
         p = f"model.layers.{index}"
         self.index = index
         self.projections = {
-            name: Projection([Linear.from_weights(weights, f"{p}.{key}", plan.quant[f"{p}.{key}"]) for key in keys])
+            name: Projection([Linear.from_weights(weights, f"{p}.{key}", plan.quant[f"{p}.{key}"]) for key in keys],
+                             fuse=FUSE_PROJECTIONS)
             for name, keys in PROJECTION_GROUPS.items()
         }
         self.input_norm = weights[f"{p}.input_layernorm.weight"]
