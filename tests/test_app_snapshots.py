@@ -43,6 +43,7 @@ def test_history_pane(snap_compare, monkeypatch):
 
     async def spread_then_open_history(pilot) -> None:
         await type_and_spread(pilot)
+        pilot.app.screen.query_one("#history-search").cursor_blink = False
         await pilot.press("f3", "f2")
         await pilot.pause()
 
