@@ -80,9 +80,10 @@ class BobbyApp(App):
         if not isinstance(screen, ComposerScreen):
             return
         for binding in COMPOSER_BINDINGS:
+            # the binding's help as the title (the footer's short description can stand for a pair of keys)
             yield SystemCommand(
-                f"{binding.description}  ({self._keys_of(binding)})",
                 binding.tooltip,
+                f"key: {self._keys_of(binding)}",
                 lambda action=binding.action: screen.run_action(action),
             )
 

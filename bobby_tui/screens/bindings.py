@@ -14,25 +14,25 @@ def _bind(keys: str, action: str, description: str, help: str, priority: bool = 
 # ctrl+enter reaches the app only in terminals that report it (kitty keyboard protocol); F5 works everywhere.
 # The footer has room for the main actions; show=False ones are in the command palette (ctrl+p) and the README.
 COMPOSER_BINDINGS: list[Binding] = [
-    _bind("f5,ctrl+enter", "generate", "Generate", "Generate a draft of the prompt (an empty prompt uses the default)",
+    _bind("f5,ctrl+enter", "generate", "Generate", "Generate a draft of the prompt (an empty one uses the default prompt)",
           key_display="F5/^⏎"),
-    _bind("f6", "spread", "Spread", "Generate several drafts at a spread of temperatures in one batch"),
+    _bind("f6", "spread", "Spread", "Spread: several drafts at a spread of temperatures, in one batch"),
     _bind("ctrl+r", "regenerate", "Rerun",
-          "Run the last prompt again with the same seeds (compare a temperature or adapter change)"),
-    _bind("escape", "cancel", "Cancel", "Stop generating; what was generated is kept", priority=False),
-    _bind("f7,left_square_bracket", "temperature_down", "Temp −", "Temperature − 0.05", show=False),
+          "Rerun the last prompt with the same seeds (to compare a temperature or adapter change)"),
+    _bind("escape", "cancel", "Cancel", "Cancel the generation; what was generated is kept", priority=False),
+    _bind("f7,left_square_bracket", "temperature_down", "Temp −", "Temperature down by 0.05", show=False),
     # one footer entry for the pair
-    _bind("f8,right_square_bracket", "temperature_up", "Temp −/+", "Temperature + 0.05", key_display="F7/F8"),
-    _bind("f9,left_curly_bracket", "top_p_down", "top_p −", "top_p − 0.05", show=False),
-    _bind("f10,right_curly_bracket", "top_p_up", "top_p +", "top_p + 0.05", show=False),
-    _bind("ctrl+up", "previous_draft", "Previous draft", "Select the previous draft", show=False),
-    _bind("ctrl+down", "next_draft", "Next draft", "Select the next draft", show=False),
-    _bind("f3", "favorite", "Fav", "Favorite / unfavorite the selected draft"),
-    _bind("f4", "copy_draft", "Copy", "Copy the selected draft to the clipboard"),
-    _bind("ctrl+t", "toggle_adapter", "Adapter", "Switch the fine-tune adapter on or off"),
-    _bind("f2", "toggle_history", "History", "Show or hide past generations"),
+    _bind("f8,right_square_bracket", "temperature_up", "Temp −/+", "Temperature up by 0.05", key_display="F7/F8"),
+    _bind("f9,left_curly_bracket", "top_p_down", "top_p −", "top_p down by 0.05", show=False),
+    _bind("f10,right_curly_bracket", "top_p_up", "top_p +", "top_p up by 0.05", show=False),
+    _bind("ctrl+up", "previous_draft", "Previous draft", "Pick the previous draft", show=False),
+    _bind("ctrl+down", "next_draft", "Next draft", "Pick the next draft", show=False),
+    _bind("f3", "favorite", "Fav", "Favorite / unfavorite the picked draft"),
+    _bind("f4", "copy_draft", "Copy", "Copy the picked draft to the clipboard"),
+    _bind("ctrl+t", "toggle_adapter", "Adapter", "Adapter: switch the fine-tune on or off"),
+    _bind("f2", "toggle_history", "History", "History: show or hide past generations"),
     _bind("ctrl+o", "edit_prompt", "Edit", "Edit the prompt in $EDITOR"),
-    _bind("f12", "switch_theme", "Theme", "Switch to the next theme", show=False),
+    _bind("f12", "switch_theme", "Theme", "Theme: switch to the next one (ctrl+p Theme lists every theme)", show=False),
 ]
 
 ACTION_NAMES: frozenset[str] = frozenset(binding.action for binding in COMPOSER_BINDINGS)
