@@ -17,6 +17,7 @@ DATA = WORK / "data"
 TOKENIZER = WORK / "tokenizer"
 FLOAT_MODEL = WORK / "base-f32"
 DEMO = REPO / "bobby_tui" / "demo"
+EVAL_TEXTS = 200
 STEPS = ("corpus", "tokenizer", "base", "quantize", "lora", "evaluate")
 
 
@@ -71,15 +72,22 @@ def step_lora(args) -> None:
     train_lora(DEMO / "model", DATA, DEMO / "adapter", WORK)
 
 
+def spread_sample(items: list, n: int) -> list:
+    return items[::max(1, len(items) // n)][:n]
+
+
 def step_evaluate(args) -> None:
     import json
 
     from .corpus import load_split
     from .evaluate import evaluate, print_report
 
-    valid = [f.text for f in load_split(DATA / "valid.jsonl")]
+    # MLX on this CPU scores ~150 tokens/s: an evenly spread sample of the base splits (they are
+    # ordered by category), all of the adapter's.
+    train, valid = (spread_sample([f.text for f in load_split(DATA / f"{name}.jsonl")], EVAL_TEXTS)
+                    for name in ("train", "valid"))
     adapter_valid = [f.text for f in load_split(DATA / "adapter_valid.jsonl")]
-    report = evaluate(DEMO / "model", DEMO / "adapter", valid, adapter_valid)
+    report = evaluate(DEMO / "model", DEMO / "adapter", train, valid, adapter_valid)
     (WORK / "evaluation.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print_report(report)
 

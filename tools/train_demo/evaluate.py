@@ -34,10 +34,12 @@ def samples(engine: Engine, requests=SAMPLE_REQUESTS, seed: int = 1, temperature
     return out
 
 
-def evaluate(model_dir: Path, adapter_dir: Path, valid_texts: list[str], adapter_valid_texts: list[str]) -> dict:
+def evaluate(model_dir: Path, adapter_dir: Path, train_texts: list[str], valid_texts: list[str],
+             adapter_valid_texts: list[str]) -> dict:
+    """Perplexities of answers to "Write a post." (the 4-bit model as shipped), and seeded samples."""
     engine = Engine.load(model_dir, adapter_dir)
     engine.adapter_enabled = False
-    report = {"base_valid_ppl": perplexity(engine, valid_texts),
+    report = {"base_train_ppl": perplexity(engine, train_texts), "base_valid_ppl": perplexity(engine, valid_texts),
               "adapter_category_ppl_without_adapter": perplexity(engine, adapter_valid_texts),
               "samples_without_adapter": samples(engine)}
     engine.adapter_enabled = True
