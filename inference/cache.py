@@ -28,7 +28,7 @@ class KVCache:
         return self.keys[layer][..., : start + length, :], self.values[layer][..., : start + length, :]
 
     def reserve(self, needed: int) -> None:
-        """Make room for ``needed`` positions in every layer (the compiled decode step writes in place)."""
+        """Make room for ``needed`` positions in every layer (the compiled decode step needs the arrays to exist)."""
         for layer in range(len(self.keys)):
             if self.keys[layer] is None or needed > self.keys[layer].shape[2]:
                 self._grow(layer, needed)

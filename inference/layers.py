@@ -62,7 +62,7 @@ class LoRA:
 
     Both factors are stored transposed and used as ``(x @ a.T) @ b.T``: with a one-row ``x`` (one draft decoding)
     MLX on CUDA then runs matrix-vector kernels, 8 us each on an H100, where the adapter's own layouts take a general
-    GEMM of 20-25 us (and addmm 21-26 us; the plain sum can fuse with the elementwise ops that follow it).
+    GEMM of 20-25 us; ``addmm`` for the second product and the sum took 21-26 us against 8.5 + 7 us for the two.
     """
 
     a: mx.array  # A transposed: (rank, in), contiguous
