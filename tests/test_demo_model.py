@@ -10,6 +10,9 @@ import pytest
 
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_ADAPTER_VALIDATION, DEMO_MODEL_DIR, DEMO_VOCABULARY
 from inference import DraftDone, Engine, GenerationRequest, SamplingParams
+from inference.adapter import AdapterConfig, check_adapter_dir
+from inference.checkpoint import check_model_dir
+from inference.config import ModelConfig
 from parity import mlx_lm_greedy, mlx_lm_model, ours_greedy_text
 
 REQUEST = "Write a post."
@@ -25,6 +28,18 @@ def adapter_on(engine, request):
     engine.adapter_enabled = request.param
     yield request.param
     engine.adapter_enabled = True
+
+
+def test_shipped_files_are_a_4bit_qwen3_and_its_lora_within_10_mb():
+    config = ModelConfig.from_dir(DEMO_MODEL_DIR)
+    assert config.model_type == "qwen3" and config.tie_word_embeddings
+    assert (config.quant_for("model.embed_tokens").bits, config.quant_for("model.embed_tokens").group_size) == (4, 64)
+    assert check_model_dir(DEMO_MODEL_DIR) == []
+    assert check_adapter_dir(DEMO_ADAPTER_DIR, config) == []
+    adapter = AdapterConfig.from_dir(DEMO_ADAPTER_DIR)
+    assert (adapter.fine_tune_type, adapter.rank, adapter.scale) == ("lora", 8, 20.0)
+    shipped = [f for d in (DEMO_MODEL_DIR, DEMO_ADAPTER_DIR) for f in d.iterdir()]
+    assert sum(f.stat().st_size for f in shipped) <= 10 * 2**20
 
 
 @pytest.mark.parametrize("adapter_on", [False, True], ids=["base", "lora"], indirect=True)
