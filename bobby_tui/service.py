@@ -134,8 +134,10 @@ class EngineService:
         adapter_dir: Path | None,
         use_adapter: bool,
         loader: EngineLoader = load_engine,
+        warmup_batches: tuple[int, ...] = (1,),
     ) -> None:
         self._target = target
+        self._warmup_batches = warmup_batches
         self._model_dir, self._adapter_dir, self._use_adapter = model_dir, adapter_dir, use_adapter
         self._loader = loader
         self._requests: queue.Queue = queue.Queue()
@@ -196,7 +198,9 @@ class EngineService:
         try:
             engine = self._loader(self._model_dir, self._adapter_dir, progress)
             engine.adapter_enabled = self._use_adapter and engine.has_adapter
-            engine.warmup()  # compiles the kernels now, so the user's first generation streams at full speed
+            # Kernels compile per batch size on a GPU: do it now for one draft and a spread, so the user's first
+            # generation of either kind streams at full speed.
+            engine.warmup(self._warmup_batches)
         except _Stop:
             return None
         except Exception as err:  # InferenceError's message names the file; anything else gets the model dir

@@ -252,7 +252,10 @@ class Engine:
         picked = mx.take_along_axis(logprobs, mx.array(tokens[1:])[:, None], axis=-1)[:, 0]
         return picked.tolist()
 
-    def warmup(self) -> None:
-        """A two-token generation, so kernels are compiled before the user's first request."""
-        for _ in self.generate(GenerationRequest(self.render_prompt("hi"), [SamplingParams()], max_tokens=2)):
-            pass
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Two-token generations at each batch size, so kernels (compiled per shape on a GPU) are ready before the
+        user's first request: the app warms up one draft and a spread's N."""
+        for batch in sorted(set(batch_sizes)):
+            request = GenerationRequest(self.render_prompt("hi"), [SamplingParams()] * batch, max_tokens=2)
+            for _ in self.generate(request):
+                pass

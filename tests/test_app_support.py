@@ -37,7 +37,7 @@ class FakeEngine:
     def render_prompt(self, user: str, system: str | None = None) -> str:
         return f"{system or ''}|{user}"
 
-    def warmup(self) -> None:
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         pass
 
     def _words_of(self, draft: int) -> list[str]:

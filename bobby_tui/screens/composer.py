@@ -81,7 +81,9 @@ class ComposerScreen(Screen):
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
         )
-        self.service = EngineService(self, model_dir, adapter_dir, use_adapter, loader)
+        self.service = EngineService(
+            self, model_dir, adapter_dir, use_adapter, loader, warmup_batches=(1, len(sampling.spread))
+        )
         self.store: Store | None = None
         self.job: ComposeJob | None = None  # the generation in progress
         self.load_error: str | None = None
