@@ -73,3 +73,16 @@ def test_adapter_with_explicit_keys_matches_mlx_lm(tiny_models, tmp_path):
     ref_model, _ = mlx_lm_model(model_dir, adapter_dir)
     ids = engine.tokenizer.encode(engine.render_prompt(PROMPT))
     assert mx.abs(ours_last_logits(engine, ids) - mlx_lm_last_logits(ref_model, ids)).max().item() < 1e-4
+
+
+@pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
+def test_compiled_decode_step_matches_mlx_lm(tiny_models, with_adapter):
+    """The compiled one-token step (off by default, measured by the benchmark) must stay exact too."""
+    model_dir, adapter_dir = tiny_models["q4-g64-tied"]
+    adapter_dir = adapter_dir if with_adapter else None
+    engine = Engine.load(model_dir, adapter_dir)
+    engine.model.compile_decode = True
+    ref_model, ref_tokenizer = mlx_lm_model(model_dir, adapter_dir)
+    prompt = engine.render_prompt(PROMPT)
+    reference = mlx_lm_greedy(ref_model, ref_tokenizer, engine.tokenizer.encode(prompt), 64)
+    assert ours_greedy_text(engine, prompt, 64) == mlx_lm_text(ref_tokenizer, reference)
