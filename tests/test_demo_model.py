@@ -84,8 +84,8 @@ def test_sampled_posts_are_mostly_real_words(engine):
     vocabulary letter by letter and ~30% are not corpus words: MODEL_CARD.md says so.)"""
     vocabulary = set(DEMO_VOCABULARY.read_text().split())
     engine.adapter_enabled = False
-    # temperature 0.8 with the app's default top_p
-    drafts = [SamplingParams(temperature=0.8, top_p=0.9, seed=seed) for seed in range(20)]
+    # temperature 0.8 alone: no top-p or top-k cut-off to hide the model's tail
+    drafts = [SamplingParams(temperature=0.8, seed=seed) for seed in range(20)]
     events = list(engine.generate(GenerationRequest(engine.render_prompt(REQUEST), drafts, max_tokens=60)))
     engine.adapter_enabled = True
     words = [w for e in events if isinstance(e, DraftDone) for w in words_of(e.text)]
