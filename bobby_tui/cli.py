@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, TextIO
 
 from bobby_tui import __version__
 from bobby_tui.config import Config, ConfigError, load_config_checked, resolve_model
-from bobby_tui.paths import config_path, db_path
+from bobby_tui.paths import config_path, db_path, keep_compiled_kernels
 from bobby_tui.storage import GenerationRecord, Store, StoreError
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ def _add_model_options(parser: argparse.ArgumentParser, dest_prefix: str = "") -
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_compiled_kernels()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command and (args.tui_model or args.tui_adapter or args.tui_no_adapter or args.inline):

@@ -1,6 +1,7 @@
 """In-process checks of the CLI's small parts (no model, no subprocess)."""
 
 import io
+import os
 
 import pytest
 
@@ -49,3 +50,14 @@ def test_ranges_fold_consecutive_layers():
 def test_stream_with_several_drafts_is_a_usage_error(capsys):
     assert main(["post", "2", "--stream"]) == 2
     assert "--stream" in capsys.readouterr().err
+
+
+def test_mlx_kernel_cache_goes_to_the_user_cache_dir_unless_set(monkeypatch, isolated_user_dirs):
+    from bobby_tui.paths import keep_compiled_kernels
+
+    monkeypatch.delenv("MLX_PTX_CACHE_DIR", raising=False)
+    keep_compiled_kernels()
+    assert os.environ["MLX_PTX_CACHE_DIR"] == str(isolated_user_dirs / "xdg-cache" / "bobby-tui" / "mlx-kernels")
+    monkeypatch.setenv("MLX_PTX_CACHE_DIR", "/opt/kernels")
+    keep_compiled_kernels()
+    assert os.environ["MLX_PTX_CACHE_DIR"] == "/opt/kernels"
