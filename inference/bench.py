@@ -92,14 +92,15 @@ def write_checkpoint(model_dir: Path, shape: Shape, tokenizer_dir: Path, seed: i
     (model_dir / "config.json").write_text(json.dumps(config, indent=2))
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, model_dir / name)
+    model_config = ModelConfig.from_dir(model_dir)
     mx.random.seed(seed)
     weights = {}
-    for module, (out_f, in_f) in linear_shapes(ModelConfig.from_dir(model_dir)).items():
+    for module, (out_f, in_f) in linear_shapes(model_config).items():
         w = mx.random.normal((out_f, in_f), dtype=mx.bfloat16) * in_f**-0.5
         q, scales, biases = mx.quantize(w, group_size=GROUP_SIZE, bits=BITS)
         mx.eval(q, scales, biases)
         weights.update({f"{module}.weight": q, f"{module}.scales": scales, f"{module}.biases": biases})
-    for name, norm_shape in norm_shapes(ModelConfig.from_dir(model_dir)).items():
+    for name, norm_shape in norm_shapes(model_config).items():
         weights[name] = mx.ones(norm_shape, dtype=mx.bfloat16)
     mx.save_safetensors(str(model_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
     marker.touch()
