@@ -126,5 +126,6 @@ def apply_adapter(model: Qwen3Model, adapter_dir: Path | str) -> AdapterConfig:
                 else:
                     pairs.append(None)
             layer.projections[name].set_lora(pairs, adapter_config.scale, model.dtype)
+        layer.forget_traces()
     mx.eval([lora.a for layer in model.layers for p in layer.projections.values() for lora in p.loras if lora])
     return adapter_config

@@ -198,14 +198,15 @@ class OursRunner:
         return steps / (time.perf_counter() - started)
 
 
-class OursCompiledRunner(OursRunner):
-    """Ours with the one-token step compiled (``model.COMPILE_DECODE``): what ``mx.compile`` gains or costs."""
+class OursUncompiledRunner(OursRunner):
+    """Ours with one-token steps op by op (``model.COMPILE_BLOCK_HALVES`` off): what compiling the block halves gains."""
 
-    name = "ours_compiled"
+    name = "ours_uncompiled"
 
     def __init__(self, model_dir: Path, adapter_dir: Path | None):
         super().__init__(model_dir, adapter_dir)
-        self.engine.model.compile_decode = True
+        for layer in self.engine.model.layers:
+            layer.compile_halves = False
 
 
 class OursUnfusedRunner(OursRunner):
@@ -221,6 +222,21 @@ class OursUnfusedRunner(OursRunner):
             super().__init__(model_dir, adapter_dir)
         finally:
             model.FUSE_PROJECTIONS = True
+
+
+class OursMlxProductsRunner(OursRunner):
+    """Ours with MLX's own 4-bit products instead of our CUDA kernel (``inference.gemv``): what the kernel gains."""
+
+    name = "ours_mlx_products"
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None):
+        import os
+
+        os.environ["BOBBY_CUDA_GEMV"] = "0"
+        try:
+            super().__init__(model_dir, adapter_dir)
+        finally:
+            del os.environ["BOBBY_CUDA_GEMV"]
 
 
 class MlxLmRunner:
@@ -257,7 +273,8 @@ class MlxLmRunner:
         return Measure(prefill, 1000 * len(ids) / prefill, decode, mx.get_peak_memory() / 1e9, wall)
 
 
-RUNNERS = {"ours": OursRunner, "ours_compiled": OursCompiledRunner, "ours_unfused": OursUnfusedRunner, "mlx_lm": MlxLmRunner}
+RUNNERS = {"ours": OursRunner, "ours_uncompiled": OursUncompiledRunner, "ours_unfused": OursUnfusedRunner,
+           "ours_mlx_products": OursMlxProductsRunner, "mlx_lm": MlxLmRunner}
 
 
 @dataclass

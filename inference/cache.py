@@ -27,12 +27,6 @@ class KVCache:
         self.values[layer][..., start : start + length, :] = values
         return self.keys[layer][..., : start + length, :], self.values[layer][..., : start + length, :]
 
-    def reserve(self, needed: int) -> None:
-        """Make room for ``needed`` positions in every layer (the compiled decode step needs the arrays to exist)."""
-        for layer in range(len(self.keys)):
-            if self.keys[layer] is None or needed > self.keys[layer].shape[2]:
-                self._grow(layer, needed)
-
     def attention_mask(self, length: int) -> str | None:
         """Queries see the cached positions and themselves: a causal mask over the new ones when there are several."""
         return "causal" if length > 1 else None
@@ -63,27 +57,3 @@ class KVCache:
                 copy.keys[i] = mx.repeat(k, batch, axis=0)
                 copy.values[i] = mx.repeat(v, batch, axis=0)
         return copy
-
-
-class FixedCapacityView:
-    """The cache as the compiled one-token decode step sees it: the whole preallocated arrays, written at an offset
-    that is an array, and attention masked past it. Every step then has the same shapes, so ``mx.compile`` traces
-    once per capacity (a growth every ``KVCache.step`` positions) instead of once per position."""
-
-    def __init__(self, offset: mx.array, keys: list[mx.array], values: list[mx.array]):
-        self.offset = offset  # int32 scalar: positions filled before this step
-        self.keys, self.values = list(keys), list(values)
-        self._mask = mx.arange(self.keys[0].shape[2]) <= offset  # one mask for every layer
-
-    def update(self, layer: int, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        start = self.offset.reshape(1)
-        self.keys[layer] = mx.slice_update(self.keys[layer], keys, start, axes=(2,))
-        self.values[layer] = mx.slice_update(self.values[layer], values, start, axes=(2,))
-        return self.keys[layer], self.values[layer]
-
-    def attention_mask(self, length: int) -> mx.array:
-        assert length == 1, "the fixed-capacity view decodes one token per row"
-        return self._mask
-
-    def advance(self, length: int) -> None:
-        """The owner advances the real cache after the step."""

@@ -7,6 +7,7 @@ from itertools import accumulate
 
 import mlx.core as mx
 
+from . import gemv
 from .config import QuantSpec
 
 
@@ -35,6 +36,16 @@ class Linear:
         return mx.quantized_matmul(
             x, self.weight, self.scales, self.biases, transpose=True, group_size=self.spec.group_size, bits=self.spec.bits
         )
+
+    def apply(self, x: mx.array, lora: "LoRA | None", residual: mx.array | None, kernel: bool) -> mx.array:
+        """``residual + x @ W.T + lora(x)``; with ``kernel``, as one CUDA kernel where it covers the shapes."""
+        if kernel and self.spec is not None and gemv.covers(x, self.weight, self.spec.group_size, self.spec.bits):
+            return gemv.quantized_gemv(x, self.weight, self.scales, self.biases, self.spec.group_size,
+                                       lora=None if lora is None else (lora.a, lora.b), residual=residual)
+        y = self(x)
+        if lora is not None:
+            y = lora.add_to(y, x)
+        return y if residual is None else residual + y
 
     def embed(self, tokens: mx.array) -> mx.array:
         """Rows of the matrix: the embedding lookup (dequantizing only the rows needed)."""
@@ -84,7 +95,8 @@ class Projection:
     ``a`` matrices side by side and their ``b`` matrices block-diagonal, which gives each member exactly its own update.
     """
 
-    def __init__(self, members: list[Linear], fuse: bool = True):
+    def __init__(self, members: list[Linear], fuse: bool = True, kernel: bool = False):
+        self.kernel = kernel  # our CUDA matrix-vector kernel for few rows (inference/gemv.py)
         self.sizes = [m.out_features for m in members]
         fused = (concatenate_linears(members) if fuse else None) if len(members) > 1 else members[0]
         self.linears = [fused] if fused is not None else members
@@ -114,13 +126,11 @@ class Projection:
         a = mx.concatenate(a_blocks, axis=1) if a_blocks else mx.zeros((in_features, 0))
         self.loras = [LoRA.build(a, mx.concatenate(b_blocks, axis=0), dtype)]
 
-    def __call__(self, x: mx.array, use_lora: bool) -> list[mx.array]:
-        outs = []
-        for linear, lora in zip(self.linears, self.loras):
-            y = linear(x)
-            if use_lora and lora is not None:
-                y = lora.add_to(y, x)
-            outs.append(y)
+    def __call__(self, x: mx.array, use_lora: bool, residual: mx.array | None = None) -> list[mx.array]:
+        """One output per member; ``residual`` (single-member projections only) is added to the output."""
+        assert residual is None or len(self.sizes) == 1
+        outs = [linear.apply(x, lora if use_lora else None, residual, self.kernel)
+                for linear, lora in zip(self.linears, self.loras)]
         if not self.fused or len(self.sizes) == 1:
             return outs
         return mx.split(outs[0], list(accumulate(self.sizes[:-1])), axis=-1)

@@ -1,0 +1,97 @@
+"""Our CUDA 4-bit matrix-vector kernel (inference/gemv.py) against float32 products, and the engine with it against
+the engine with MLX's own products. Runs only where MLX has a CUDA GPU (the lent GPU machine: see
+docs/performance.md); elsewhere the engine never calls the kernel and these tests are skipped."""
+
+import os
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+from inference import Engine, gemv
+
+pytestmark = pytest.mark.skipif(not gemv.enabled(), reason="needs MLX with a CUDA GPU")
+
+
+def reference(x, w, scales, biases, group_size, lora=None, residual=None):
+    """The same sum in float32 from the dequantized weights, on the CPU (MLX's CUDA float32 matmuls may use TF32)."""
+    with mx.stream(mx.cpu):
+        f32 = lambda a: a.astype(mx.float32)  # noqa: E731
+        y = f32(x) @ mx.dequantize(w, f32(scales), f32(biases), group_size=group_size, bits=4).T
+        if lora is not None:
+            y = y + (f32(x) @ f32(lora[0]).T) @ f32(lora[1]).T
+        if residual is not None:
+            y = y + f32(residual)
+        mx.eval(y)
+    return y
+
+
+CASES = [  # (dtype, rows, K, N, group size, with LoRA and residual): each compiles its own kernel
+    (mx.bfloat16, 1, 4096, 6144, 64, False),
+    (mx.bfloat16, 1, 4096, 6144, 64, True),
+    (mx.bfloat16, 4, 12288, 4096, 64, True),
+    (mx.bfloat16, 2, 256, 512, 64, False),
+    (mx.bfloat16, 4, 512, 16384, 64, True),  # wide: blocks of one warp
+    (mx.bfloat16, 3, 768, 256, 32, True),
+    (mx.float16, 4, 1024, 1028, 128, False),
+    (mx.float32, 1, 256, 512, 64, True),
+    (mx.float32, 4, 1024, 1028, 128, False),
+]
+
+
+@pytest.mark.parametrize("dtype, rows, k, n, group_size, fused", CASES)
+def test_kernel_matches_float32_product(dtype, rows, k, n, group_size, fused):
+    mx.random.seed(rows * 7 + k)
+    w, scales, biases = mx.quantize(mx.random.normal((n, k)) * k**-0.5, group_size=group_size, bits=4)
+    scales, biases = scales.astype(dtype), biases.astype(dtype)
+    x = mx.random.normal((rows, k)).astype(dtype)
+    lora = ((mx.random.normal((24, k)) * k**-0.5).astype(dtype), (mx.random.normal((n, 24)) * 0.1).astype(dtype)) if fused else None
+    residual = mx.random.normal((rows, n)).astype(dtype) if fused else None
+    assert gemv.covers(x, w, group_size, 4)
+
+    ours = gemv.quantized_gemv(x, w, scales, biases, group_size, lora=lora, residual=residual).astype(mx.float32)
+    expected = reference(x, w, scales, biases, group_size, lora, residual)
+    tolerance = {mx.float32: 2e-5, mx.float16: 2e-3, mx.bfloat16: 1e-2}[dtype]  # the output's rounding
+    assert ours.shape == (rows, n)
+    assert (mx.abs(ours - expected).max() / mx.abs(expected).max()).item() < tolerance
+
+
+def test_kernel_leaves_prompt_sized_and_odd_products_to_mlx():
+    w = mx.zeros((512, 256 // 8), dtype=mx.uint32)
+    assert gemv.covers(mx.zeros((gemv.MAX_ROWS, 256)), w, 64, 4)
+    assert not gemv.covers(mx.zeros((gemv.MAX_ROWS + 1, 256)), w, 64, 4)  # a prompt, or many drafts: MLX's kernels
+    assert not gemv.covers(mx.zeros((1, 100)), mx.zeros((512, 13), dtype=mx.uint32), 64, 4)  # K not whole groups
+    assert not gemv.covers(mx.zeros((1, 256)), mx.zeros((512, 64), dtype=mx.uint32), 64, 8)  # 8 bits
+    assert not gemv.covers(mx.zeros((1, 256)), mx.zeros((510, 32), dtype=mx.uint32), 64, 4)  # N not whole blocks
+
+
+@pytest.fixture(scope="module")
+def bench_checkpoint(tmp_path_factory):
+    from inference.bench import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
+
+    tokenizer_dir = Path(os.environ.get("BOBBY_TEST_TOKENIZER_DIR") or qwen_tokenizer_dir())
+    root = tmp_path_factory.mktemp("gemv")
+    model_dir = write_checkpoint(root / "tiny", SHAPES["tiny"], tokenizer_dir)
+    return model_dir, write_adapter(root / "tiny-adapter", model_dir)
+
+
+@pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
+def test_engine_with_kernel_matches_engine_with_mlx_products(bench_checkpoint, monkeypatch, with_adapter):
+    model_dir, adapter_dir = bench_checkpoint
+    engines = {}
+    for name, flag in (("kernel", "1"), ("mlx", "0")):
+        monkeypatch.setenv("BOBBY_CUDA_GEMV", flag)
+        engines[name] = Engine.load(model_dir, adapter_dir if with_adapter else None)
+    assert engines["kernel"].model.lm_head.kernel and not engines["mlx"].model.lm_head.kernel
+
+    prompt = [[9707, 11, 1879, 0, 576, 2150]] * 4  # four drafts decoding together
+    logits = {}
+    for name, engine in engines.items():
+        model, cache = engine.model, engine.model.new_cache(4)
+        model(mx.array(prompt), cache, engine.adapter_enabled)  # the prompt goes through MLX's products in both
+        steps = [model.decode(mx.array([[t] for t in (13, 42, 7, 99)]), cache, engine.adapter_enabled)]
+        steps.append(model.decode(mx.argmax(steps[-1], axis=-1)[:, None], cache, engine.adapter_enabled))
+        logits[name] = mx.stack(steps)
+    scale = mx.abs(logits["mlx"]).max().item()
+    assert (mx.abs(logits["kernel"] - logits["mlx"]).max() / scale).item() < 3e-2  # bf16 end to end, 4 blocks
+    assert (mx.argmax(logits["kernel"], -1) == mx.argmax(logits["mlx"], -1)).all().item()
