@@ -224,19 +224,19 @@ class OursUnfusedRunner(OursRunner):
             model.FUSE_PROJECTIONS = True
 
 
-class OursMlxProductsRunner(OursRunner):
+class OursMlxOpsRunner(OursRunner):
     """Ours with MLX's own 4-bit products instead of our CUDA kernel (``inference.gemv``): what the kernel gains."""
 
-    name = "ours_mlx_products"
+    name = "ours_mlx_ops"
 
     def __init__(self, model_dir: Path, adapter_dir: Path | None):
         import os
 
-        os.environ["BOBBY_CUDA_GEMV"] = "0"
+        os.environ["BOBBY_CUDA_KERNELS"] = "0"
         try:
             super().__init__(model_dir, adapter_dir)
         finally:
-            del os.environ["BOBBY_CUDA_GEMV"]
+            del os.environ["BOBBY_CUDA_KERNELS"]
 
 
 class MlxLmRunner:
@@ -274,7 +274,7 @@ class MlxLmRunner:
 
 
 RUNNERS = {"ours": OursRunner, "ours_uncompiled": OursUncompiledRunner, "ours_unfused": OursUnfusedRunner,
-           "ours_mlx_products": OursMlxProductsRunner, "mlx_lm": MlxLmRunner}
+           "ours_mlx_ops": OursMlxOpsRunner, "mlx_lm": MlxLmRunner}
 
 
 @dataclass

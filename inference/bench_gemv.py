@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", help="launch shapes to compare first, e.g. 4x128,2x256 (outputs x threads)")
     args = parser.parse_args(argv)
     if not gemv.enabled():
-        raise SystemExit("bench_gemv: the kernel runs on CUDA only (mlx-cuda and a GPU), or BOBBY_CUDA_GEMV=0 is set")
+        raise SystemExit("bench_gemv: the kernel runs on CUDA only (mlx-cuda and a GPU), or BOBBY_CUDA_KERNELS=0 is set")
     print(f"mlx {mx.__version__} {mx.default_device()} {mx.device_info().get('device_name', '')}")
     if args.sweep:
         configs = [tuple(map(int, c.split("x"))) for c in args.sweep.split(",")]

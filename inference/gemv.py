@@ -16,6 +16,7 @@ On Metal and on the CPU, and for shapes the kernel does not cover, ``Linear`` us
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import mlx.core as mx
@@ -98,8 +99,9 @@ _QUANTIZED_BODY = _PROLOGUE + """
       const size_t g = (size_t)(n0 + r) * GROUPS + (j * 8) / GROUP;
       scale[r] = static_cast<float>(scales[g]);
       bias[r] = static_cast<float>(biases[g]);
+      // 2^23 + q as a float's bits, minus 2^23: full-rate integer and add ops instead of the quarter-rate convert.
 #pragma unroll
-      for (int e = 0; e < 8; ++e) q[r][e] = static_cast<float>((word >> (4 * e)) & 0xF);
+      for (int e = 0; e < 8; ++e) q[r][e] = __uint_as_float(0x4B000000u | ((word >> (4 * e)) & 0xFu)) - 8388608.f;
     }
 #pragma unroll
     for (int m = 0; m < M; ++m) {
@@ -149,9 +151,9 @@ _kernels: dict[tuple[str, bool, bool], object] = {}
 
 
 def enabled() -> bool:
-    """The kernel runs on CUDA only (BOBBY_CUDA_GEMV=0 turns it off, for comparisons)."""
+    """Our CUDA kernels (this one, ``qk_rope``) run on CUDA only; BOBBY_CUDA_KERNELS=0 turns them off, for comparisons."""
     return (
-        os.environ.get("BOBBY_CUDA_GEMV", "1") != "0"
+        os.environ.get("BOBBY_CUDA_KERNELS", "1") != "0"
         and mx.default_device().type == mx.DeviceType.gpu
         and mx.cuda.is_available()
     )
@@ -171,18 +173,26 @@ def covers(x: mx.array, w: mx.array, group_size: int, bits: int) -> bool:
     )
 
 
+def source_named_kernel(name: str, input_names: list[str], output_names: list[str], source: str, header: str = ""):
+    """``mx.fast.cuda_kernel`` named after a hash of its source: MLX keeps compiled kernels on disk by name alone
+    (``MLX_PTX_CACHE_DIR``), so a kernel whose source changed must not reuse an old name."""
+    digest = hashlib.sha1((header + source).encode()).hexdigest()[:12]
+    return mx.fast.cuda_kernel(name=f"{name}_{digest}", input_names=input_names, output_names=output_names,
+                               source=source, header=header)
+
+
 def _kernel(weights: str, lora: bool, residual: bool):
     key = (weights, lora, residual)
     if key not in _kernels:
         inputs = ["x", "w"] + (["scales", "biases"] if weights == "quantized" else [])
         inputs += (["lora_t", "lora_b"] if lora else []) + (["residual"] if residual else [])
         body = _QUANTIZED_BODY if weights == "quantized" else _DENSE_BODY
-        _kernels[key] = mx.fast.cuda_kernel(
-            name=f"bobby_gemv_{weights}{'_lora' if lora else ''}{'_res' if residual else ''}",
-            input_names=inputs,
-            output_names=["y"],
-            header=_HEADER,
-            source=body.replace("EPILOGUE", (_LORA if lora else "") + (_RESIDUAL if residual else "")),
+        _kernels[key] = source_named_kernel(
+            f"bobby_gemv_{weights}{'_lora' if lora else ''}{'_res' if residual else ''}",
+            inputs,
+            ["y"],
+            body.replace("EPILOGUE", (_LORA if lora else "") + (_RESIDUAL if residual else "")),
+            _HEADER,
         )
     return _kernels[key]
 

@@ -126,11 +126,12 @@ class Projection:
         a = mx.concatenate(a_blocks, axis=1) if a_blocks else mx.zeros((in_features, 0))
         self.loras = [LoRA.build(a, mx.concatenate(b_blocks, axis=0), dtype)]
 
-    def __call__(self, x: mx.array, use_lora: bool, residual: mx.array | None = None) -> list[mx.array]:
-        """One output per member; ``residual`` (single-member projections only) is added to the output."""
+    def __call__(self, x: mx.array, use_lora: bool, residual: mx.array | None = None, split: bool = True) -> list[mx.array]:
+        """One output per member (``split=False``: a fused projection's single output, members side by side);
+        ``residual`` (single-member projections only) is added to the output."""
         assert residual is None or len(self.sizes) == 1
         outs = [linear.apply(x, lora if use_lora else None, residual, self.kernel)
                 for linear, lora in zip(self.linears, self.loras)]
-        if not self.fused or len(self.sizes) == 1:
+        if not self.fused or len(self.sizes) == 1 or not split:
             return outs
         return mx.split(outs[0], list(accumulate(self.sizes[:-1])), axis=-1)

@@ -7,7 +7,7 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import gemv
+from . import gemv, qk_rope
 from .cache import KVCache
 from .checkpoint import CheckpointPlan
 from .config import ModelConfig
@@ -45,7 +45,7 @@ class Block:
         self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.eps, self.rope_theta = config.head_dim, config.rms_norm_eps, config.rope_theta
         self.scale = config.head_dim**-0.5
-
+        self.kernel = kernel  # our CUDA kernels: q/k norms and RoPE in one (inference/qk_rope.py)
         self.compile_halves = COMPILE_BLOCK_HALVES
         self._compiled: dict[bool, tuple] = {}  # use_lora -> (queries_keys_values, finish), traced on first use
 
@@ -56,7 +56,12 @@ class Block:
     def queries_keys_values(self, x: mx.array, offset: int | mx.array, use_lora: bool):
         """The block input (B, L, hidden) -> q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim)."""
         B, L, _ = x.shape
-        q, k, v = self.projections["qkv"](mx.fast.rms_norm(x, self.input_norm, self.eps), use_lora)
+        qkv_projection, normed = self.projections["qkv"], mx.fast.rms_norm(x, self.input_norm, self.eps)
+        if self.kernel and isinstance(offset, mx.array) and qkv_projection.fused and L == 1 and self.head_dim % 64 == 0:
+            (qkv,) = qkv_projection(normed, use_lora, split=False)
+            return qk_rope.queries_keys_values(qkv, self.q_norm, self.k_norm, offset, self.n_heads, self.n_kv_heads,
+                                               self.head_dim, self.eps, self.rope_theta)
+        q, k, v = qkv_projection(normed, use_lora)
         q = mx.fast.rms_norm(q.reshape(B, L, self.n_heads, -1), self.q_norm, self.eps).transpose(0, 2, 1, 3)
         k = mx.fast.rms_norm(k.reshape(B, L, self.n_kv_heads, -1), self.k_norm, self.eps).transpose(0, 2, 1, 3)
         v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)

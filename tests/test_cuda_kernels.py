@@ -1,5 +1,6 @@
-"""Our CUDA 4-bit matrix-vector kernel (inference/gemv.py) against float32 products, and the engine with it against
-the engine with MLX's own products. Runs only where MLX has a CUDA GPU (the lent GPU machine: see
+"""Our CUDA kernels against MLX: the 4-bit matrix-vector kernel (inference/gemv.py) against float32 products, the
+q/k norm + RoPE kernel (inference/qk_rope.py) against mx.fast.rms_norm + mx.fast.rope, and the engine with them
+against the engine with MLX's ops only. Runs only where MLX has a CUDA GPU (the lent GPU machine: see
 docs/performance.md); elsewhere the engine never calls the kernel and these tests are skipped."""
 
 import os
@@ -8,7 +9,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from inference import Engine, gemv
+from inference import Engine, gemv, qk_rope
 
 pytestmark = pytest.mark.skipif(not gemv.enabled(), reason="needs MLX with a CUDA GPU")
 
@@ -65,6 +66,33 @@ def test_kernel_leaves_prompt_sized_and_odd_products_to_mlx():
     assert not gemv.covers(mx.zeros((1, 256)), mx.zeros((510, 32), dtype=mx.uint32), 64, 4)  # N not whole blocks
 
 
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=str)
+@pytest.mark.parametrize("rows, heads, kv_heads, head_dim", [(1, 32, 8, 128), (3, 4, 2, 64)])
+@pytest.mark.parametrize("position", [0, 7, 1000, 40000])
+def test_qk_rope_matches_mlx_norms_and_rope(dtype, rows, heads, kv_heads, head_dim, position):
+    mx.random.seed(position + rows)
+    qkv = (mx.random.normal((rows, 1, (heads + 2 * kv_heads) * head_dim)) * 3).astype(dtype)
+    q_norm, k_norm = (mx.random.uniform(0.5, 1.5, (head_dim,)).astype(dtype) for _ in range(2))
+    eps, base = 1e-6, 1_000_000.0
+    q, k, v = qk_rope.queries_keys_values(qkv, q_norm, k_norm, mx.array(position, dtype=mx.int32), heads, kv_heads,
+                                          head_dim, eps, base)
+
+    def expected(part, count, norm):
+        x = part.reshape(rows, 1, count, head_dim)
+        if norm is not None:
+            x = mx.fast.rms_norm(x, norm, eps)
+        x = x.transpose(0, 2, 1, 3)
+        return x if norm is None else mx.fast.rope(x, head_dim, traditional=False, base=base, scale=1.0, offset=position)
+
+    q_ref, k_ref, v_ref = mx.split(qkv, [heads * head_dim, (heads + kv_heads) * head_dim], axis=-1)
+    tolerance = {mx.bfloat16: 2**-7, mx.float32: 1e-5}[dtype]  # a rounding or two of the dtype (bf16: 8 bits)
+    for ours, ref in ((q, expected(q_ref, heads, q_norm)), (k, expected(k_ref, kv_heads, k_norm)),
+                      (v, expected(v_ref, kv_heads, None))):
+        ours, ref = ours.astype(mx.float32), ref.astype(mx.float32)
+        assert ours.shape == ref.shape
+        assert (mx.abs(ours - ref) / mx.maximum(mx.abs(ref), 1.0)).max().item() < tolerance
+
+
 @pytest.fixture(scope="module")
 def bench_checkpoint(tmp_path_factory):
     from inference.bench import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
@@ -80,7 +108,7 @@ def test_engine_with_kernel_matches_engine_with_mlx_products(bench_checkpoint, m
     model_dir, adapter_dir = bench_checkpoint
     engines = {}
     for name, flag in (("kernel", "1"), ("mlx", "0")):
-        monkeypatch.setenv("BOBBY_CUDA_GEMV", flag)
+        monkeypatch.setenv("BOBBY_CUDA_KERNELS", flag)
         engines[name] = Engine.load(model_dir, adapter_dir if with_adapter else None)
     assert engines["kernel"].model.lm_head.kernel and not engines["mlx"].model.lm_head.kernel
 
