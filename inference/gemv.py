@@ -1,15 +1,16 @@
 """A 4-bit matrix-vector kernel of our own for CUDA, for the few rows that decoding multiplies.
 
 MLX's own 4-bit product for one row reads the weights at 0.6-0.8 TB/s on an H100 (a quarter to a third of the card's
-bandwidth), and for 4 rows it takes ~3x as long as for one: decoding is memory-bound, so that is where a token's time
+bandwidth), and for 4 rows it takes ~3.5x as long as for one: decoding is memory-bound, so that is where a token's time
 goes. This kernel reads each weight once for up to ``MAX_ROWS`` input rows and folds in what follows the product in a
 decoder block: the LoRA update's second factor and the residual sum, which would each be one more MLX op (~7 us each on
 CUDA, whatever their size).
 
 Layout (mlx-community's affine quantization): ``w`` (N, K/8) uint32, eight 4-bit values per word, lowest bits first;
-``scales`` and ``biases`` (N, K/group). Value = scale * q + bias. One warp computes ``ROWS`` outputs for all M input
-rows: each lane takes every 32nd word of the weight rows, dequantizes its 8 values once and multiplies them with the
-M input rows; the warp then sums its lanes with shuffles.
+``scales`` and ``biases`` (N, K/group). Value = scale * q + bias. A block computes ``BLOCK_OUTPUTS`` outputs for all M
+input rows: each lane dequantizes one word of each of those weight rows at a time, once for all M rows; the block's
+warps split K between them and add up their partial sums in shared memory (wide products use one-warp blocks). The
+LoRA's first product, t = x A^T (R outputs), runs through the same kernel shape with dense weights.
 
 On Metal and on the CPU, and for shapes the kernel does not cover, ``Linear`` uses ``mx.quantized_matmul``.
 """
