@@ -396,7 +396,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", default=defaults["batches"], help=f"drafts per batch (default {defaults['batches']})")
     parser.add_argument("--repeats", type=int, default=defaults["repeats"],
                         help="timed runs per batch size; the median is reported")
-    parser.add_argument("--engines", default="ours,mlx_lm")
+    parser.add_argument("--engines", default="ours,mlx_lm", help=f"comma-separated, of: {', '.join(RUNNERS)}")
     parser.add_argument("--adapter", choices=["both", "off", "on"], default="both")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
