@@ -14,6 +14,7 @@ from .adapter import AdapterConfig, apply_adapter
 from .cache import KVCache
 from .checkpoint import LoadProgress, load_weights, plan_checkpoint
 from .config import read_json
+from .dense_cpu import use_dense_cpu
 from .errors import ConfigError
 from .model import Qwen3Model
 from .sampling import BatchSampler, SamplingParams
@@ -118,6 +119,7 @@ class Engine:
         tokenizer = Tokenizer(model_dir)
         dtype = compute_dtype()
         model = Qwen3Model(plan.config, load_weights(plan, dtype, progress), plan, dtype)
+        use_dense_cpu(model)  # CPU: dense float32 projections, ~7x the 4-bit memory, ~1.6x the decode speed (dense_cpu.py)
         adapter = apply_adapter(model, adapter_dir) if adapter_dir is not None else None
         eos = set(plan.config.eos_token_ids) | tokenizer.eos_token_ids
         generation_config = model_dir / "generation_config.json"
