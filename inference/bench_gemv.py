@@ -1,13 +1,13 @@
 """Micro-benchmark of the decode products: our CUDA 4-bit kernel (``inference.gemv``) against MLX's own.
 
-    python -m inference.bench_gemv [--shapes 8B] [--rows 1,4,8] [--json PATH] [--sweep 4x128,2x256]
+    python -m inference.bench_gemv [--shapes 8B] [--rows 1,4,8] [--json PATH] [--sweep 2048,4096,8192]
 
 For each product of a decoder block at the given model shapes (q/k/v and gate/up fused, as the engine runs them, and
 the output head), with 1, 4 and 8 input rows, prints the time per product and the weight bytes read per second, with
 and without what the kernel folds in (a rank-8 LoRA update and the residual sum), and each one's largest error
 against a float32 product of the dequantized weights. Time per op: 64 independent products per ``mx.eval``, the
 median of 7 evaluations after a warm one, so MLX's per-op cost is included as the engine pays it. ``--sweep`` first
-times the plain product under other launch shapes (outputs per block x threads per block), to tune the defaults.
+times the plain product with other targets for the warps in flight (``gemv.TARGET_WARPS``), to tune the default.
 """
 
 from __future__ import annotations
@@ -47,20 +47,20 @@ def quantized_weights(k: int, n: int, dtype: mx.Dtype) -> tuple[mx.array, mx.arr
     return w, scales.astype(dtype), biases.astype(dtype)
 
 
-def sweep(shape: str, configs: list[tuple[int, int]], rows_list: list[int]) -> None:
-    defaults = gemv.BLOCK_OUTPUTS, gemv.THREADS
-    print("| product | rows | mlx us | " + " | ".join(f"{o} x {t} us" for o, t in configs) + " |")
-    print("|---" * (len(configs) + 3) + "|")
+def sweep(shape: str, targets: list[int], rows_list: list[int]) -> None:
+    default = gemv.TARGET_WARPS
+    print("| product | rows | mlx us | " + " | ".join(f"{t} warps us" for t in targets) + " |")
+    print("|---" * (len(targets) + 3) + "|")
     for name, k, n in products(shape):
         w, scales, biases = quantized_weights(k, n, mx.bfloat16)
         for rows in rows_list:
             xs = [(mx.random.normal((rows, k)).astype(mx.bfloat16),) for _ in range(OPS_PER_EVAL)]
             mlx_us = per_op_us(lambda x: mx.quantized_matmul(x, w, scales, biases, group_size=GROUP_SIZE, bits=BITS), xs)
             cells = []
-            for gemv.BLOCK_OUTPUTS, gemv.THREADS in configs:
+            for gemv.TARGET_WARPS in targets:
                 cells.append(per_op_us(lambda x: gemv.quantized_gemv(x, w, scales, biases, GROUP_SIZE), xs))
             print(f"| {name} | {rows} | {mlx_us:.1f} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
-    gemv.BLOCK_OUTPUTS, gemv.THREADS = defaults
+    gemv.TARGET_WARPS = default
 
 
 def measure(name: str, k: int, n: int, rows: int, dtype: mx.Dtype, rank: int = 8) -> dict:
@@ -106,15 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", default="8B")
     parser.add_argument("--rows", default="1,4,8")
     parser.add_argument("--json")
-    parser.add_argument("--sweep", help="launch shapes to compare first, e.g. 4x128,2x256 (outputs x threads)")
+    parser.add_argument("--sweep", help="targets for the warps in flight to compare first, e.g. 2048,4096,8192")
     args = parser.parse_args(argv)
     if not gemv.enabled():
         raise SystemExit("bench_gemv: the kernel runs on CUDA only (mlx-cuda and a GPU), or BOBBY_CUDA_KERNELS=0 is set")
     print(f"mlx {mx.__version__} {mx.default_device()} {mx.device_info().get('device_name', '')}")
     if args.sweep:
-        configs = [tuple(map(int, c.split("x"))) for c in args.sweep.split(",")]
         for shape in args.shapes.split(","):
-            sweep(shape, configs, [int(r) for r in args.rows.split(",")])
+            sweep(shape, [int(t) for t in args.sweep.split(",")], [int(r) for r in args.rows.split(",")])
     rows_out = []
     header = ("| shape | product | K x N | rows | MB | mlx us | ours us | ours GB/s | speedup | +LoRA+res: mlx us | ours us |"
               " speedup | max rel err mlx / ours |")

@@ -1,7 +1,7 @@
 """Our CUDA kernels against MLX: the 4-bit matrix-vector kernel (inference/gemv.py) against float32 products, the
 q/k norm + RoPE kernel (inference/qk_rope.py) against mx.fast.rms_norm + mx.fast.rope, and the engine with them
-against the engine with MLX's ops only. Runs only where MLX has a CUDA GPU (the lent GPU machine: see
-docs/performance.md); elsewhere the engine never calls the kernel and these tests are skipped."""
+against the engine with MLX's ops only. All but the first test run only where MLX has a CUDA GPU (the lent GPU
+machine: see docs/performance.md); elsewhere the engine never calls the kernels and they are skipped."""
 
 import os
 from pathlib import Path
@@ -12,7 +12,7 @@ import pytest
 
 from inference import Engine, gemv, qk_rope
 
-pytestmark = pytest.mark.skipif(not gemv.enabled(), reason="needs MLX with a CUDA GPU")
+needs_cuda = pytest.mark.skipif(not gemv.enabled(), reason="needs MLX with a CUDA GPU")
 
 
 def reference(x, w, scales, biases, group_size, lora=None, residual=None):
@@ -31,16 +31,18 @@ def reference(x, w, scales, biases, group_size, lora=None, residual=None):
 CASES = [  # (dtype, rows, K, N, group size, with LoRA and residual): each compiles its own kernel
     (mx.bfloat16, 1, 4096, 6144, 64, False),
     (mx.bfloat16, 1, 4096, 6144, 64, True),
-    (mx.bfloat16, 4, 12288, 4096, 64, True),
+    (mx.bfloat16, 4, 12288, 4096, 64, True),  # 16 warps a tile
+    (mx.bfloat16, 8, 4096, 151936, 64, False),  # the head: one warp a tile
     (mx.bfloat16, 2, 256, 512, 64, False),
-    (mx.bfloat16, 4, 512, 16384, 64, True),  # wide: blocks of one warp
-    (mx.bfloat16, 3, 768, 256, 32, True),
-    (mx.float16, 4, 1024, 1028, 128, False),
-    (mx.float32, 1, 256, 512, 64, True),
-    (mx.float32, 4, 1024, 1028, 128, False),
+    (mx.bfloat16, 5, 512, 16384, 64, True),
+    (mx.bfloat16, 3, 768, 256, 32, True),  # a lane's word of each group
+    (mx.bfloat16, 7, 1024, 1040, 128, True),  # four words
+    (mx.float16, 4, 1024, 1024, 128, False),
+    (mx.float16, 8, 2048, 512, 64, True),
 ]
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype, rows, k, n, group_size, fused", CASES)
 def test_kernel_matches_float32_product(dtype, rows, k, n, group_size, fused):
     mx.random.seed(rows * 7 + k)
@@ -53,18 +55,22 @@ def test_kernel_matches_float32_product(dtype, rows, k, n, group_size, fused):
 
     ours = gemv.quantized_gemv(x, w, scales, biases, group_size, lora=lora, residual=residual).astype(mx.float32)
     expected = reference(x, w, scales, biases, group_size, lora, residual)
-    tolerance = {mx.float32: 2e-5, mx.float16: 2e-3, mx.bfloat16: 1e-2}[dtype]  # the output's rounding
+    tolerance = {mx.float16: 2e-3, mx.bfloat16: 1e-2}[dtype]  # the output's rounding
     assert ours.shape == (rows, n)
     assert (mx.abs(ours - expected).max() / mx.abs(expected).max()).item() < tolerance
 
 
 def test_kernel_leaves_prompt_sized_and_odd_products_to_mlx():
+    """Runs everywhere: which products the engine would give the kernel."""
     w = mx.zeros((512, 256 // 8), dtype=mx.uint32)
-    assert gemv.covers(mx.zeros((gemv.MAX_ROWS, 256)), w, 64, 4)
-    assert not gemv.covers(mx.zeros((gemv.MAX_ROWS + 1, 256)), w, 64, 4)  # a prompt, or many drafts: MLX's kernels
-    assert not gemv.covers(mx.zeros((1, 100)), mx.zeros((512, 13), dtype=mx.uint32), 64, 4)  # K not whole groups
-    assert not gemv.covers(mx.zeros((1, 256)), mx.zeros((512, 64), dtype=mx.uint32), 64, 8)  # 8 bits
-    assert not gemv.covers(mx.zeros((1, 256)), mx.zeros((510, 32), dtype=mx.uint32), 64, 4)  # N not whole blocks
+    x = lambda rows, k=256, dtype=mx.bfloat16: mx.zeros((rows, k), dtype=dtype)  # noqa: E731
+    assert gemv.covers(x(gemv.MAX_ROWS), w, 64, 4) and gemv.covers(x(1, dtype=mx.float16), w, 128, 4)
+    assert not gemv.covers(x(gemv.MAX_ROWS + 1), w, 64, 4)  # a prompt, or many drafts: MLX's kernels
+    assert not gemv.covers(x(1, 100), mx.zeros((512, 13), dtype=mx.uint32), 64, 4)  # K not whole groups
+    assert not gemv.covers(x(1), mx.zeros((512, 64), dtype=mx.uint32), 64, 8)  # 8 bits
+    assert not gemv.covers(x(1), mx.zeros((520, 32), dtype=mx.uint32), 64, 4)  # N not whole tiles of 16
+    assert not gemv.covers(x(1, dtype=mx.float32), w, 64, 4)  # float32 activations: no 16-bit mma
+    assert not gemv.covers(x(1), w, 16, 4)  # groups smaller than a quad's 4 words
 
 
 def norm_rope_float64(x: np.ndarray, weight: np.ndarray, eps: float, base: float, position: int, dtype) -> np.ndarray:
@@ -77,6 +83,7 @@ def norm_rope_float64(x: np.ndarray, weight: np.ndarray, eps: float, base: float
     return np.concatenate([a * np.cos(angle) - b * np.sin(angle), a * np.sin(angle) + b * np.cos(angle)], axis=-1)
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=str)
 @pytest.mark.parametrize("rows, heads, kv_heads, head_dim", [(1, 32, 8, 128), (3, 4, 2, 64)])
 @pytest.mark.parametrize("position", [0, 7, 1000, 40000])
@@ -115,6 +122,7 @@ def bench_checkpoint(tmp_path_factory):
     return model_dir, write_adapter(root / "tiny-adapter", model_dir)
 
 
+@needs_cuda
 @pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
 def test_engine_with_kernel_matches_engine_with_mlx_products(bench_checkpoint, monkeypatch, with_adapter):
     model_dir, adapter_dir = bench_checkpoint
