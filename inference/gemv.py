@@ -38,8 +38,8 @@ BITS = 4
 GROUP_SIZES = (32, 64, 128)  # a quad's 4 lanes take 1, 2 or 4 words of a group each
 TILE = 16  # outputs per warp: the mma's rows
 # Warps in flight over the whole product: each block's warps split K until there are about this many, so enough loads
-# are in flight to cover memory latency for small products too (o_proj: 256 tiles, 16 warps each).
-TARGET_WARPS = 4096
+# are in flight to cover memory latency for small products too (o_proj: 256 tiles, 8 warps each; bench_gemv --sweep).
+TARGET_WARPS = 2048
 MAX_WARPS = 16
 DENSE_THREADS = 128  # the LoRA's first product: one block per output, its warps splitting K
 
@@ -73,6 +73,55 @@ __device__ __forceinline__ void load_words(const uint32_t* p, uint32_t* out) {
     out[0] = __ldg(p);
   }
 }
+// Adds BATCH groups' sums to out (see _QUANTIZED_BODY): loads of all BATCH groups first, so they are in flight
+// together, then their arithmetic.
+template <typename T, bool BF16, int GROUP, int BATCH>
+__device__ __forceinline__ void accumulate_groups(const uint32_t* w_lo, const uint32_t* w_hi, const T* x_row,
+                                                  const T* scales, const T* biases, size_t s_lo, size_t s_hi,
+                                                  int group, int group_stride, float* out) {
+  constexpr int LANE_WORDS = GROUP / 32;  // a lane's words of each group: the quad's 4 lanes hold the group
+  constexpr uint32_t MAGIC = BF16 ? 0x43004300u : 0x64006400u;  // (128, 128) in bf16, (1024, 1024) in fp16
+  constexpr float MAGIC_VALUE = BF16 ? 128.f : 1024.f;
+  constexpr uint32_t ONES = BF16 ? 0x3F803F80u : 0x3C003C00u;
+  uint32_t lo[BATCH][LANE_WORDS], hi[BATCH][LANE_WORDS];
+  uint4 xv[BATCH][LANE_WORDS];
+  T scale[BATCH][2], bias[BATCH][2];
+#pragma unroll
+  for (int u = 0; u < BATCH; ++u) {
+    const int gr = group + u * group_stride;
+    load_words<LANE_WORDS>(w_lo + gr * (GROUP / 8), lo[u]);
+    load_words<LANE_WORDS>(w_hi + gr * (GROUP / 8), hi[u]);
+#pragma unroll
+    for (int j = 0; j < LANE_WORDS; ++j) xv[u][j] = __ldg(reinterpret_cast<const uint4*>(x_row + gr * GROUP + j * 8));
+    scale[u][0] = __ldg(scales + s_lo + gr), scale[u][1] = __ldg(scales + s_hi + gr);
+    bias[u][0] = __ldg(biases + s_lo + gr), bias[u][1] = __ldg(biases + s_hi + gr);
+  }
+#pragma unroll
+  for (int u = 0; u < BATCH; ++u) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f}, xsum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < LANE_WORDS; ++j) {
+      // The word's 8 inputs x0..x7 go to the mma as pairs (x0, x4), (x1, x5) | (x2, x6), (x3, x7): the pairs of
+      // nibbles one mask takes from a word (bits 0-3 and 16-19, then shifted by 4, 8, 12). The mma's sum does not
+      // care which of its 16 columns holds which input, as long as A and B agree.
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t xa = h ? xv[u][j].y : xv[u][j].x, xb = h ? xv[u][j].w : xv[u][j].z;
+        const uint32_t b0 = __byte_perm(xa, xb, 0x5410), b1 = __byte_perm(xa, xb, 0x7632);
+        const uint32_t wl = lo[u][j] >> (8 * h), wh = hi[u][j] >> (8 * h);
+        mma_16x8x16<BF16>(acc, (wl & 0x000F000Fu) | MAGIC, (wh & 0x000F000Fu) | MAGIC,
+                          ((wl >> 4) & 0x000F000Fu) | MAGIC, ((wh >> 4) & 0x000F000Fu) | MAGIC, b0, b1);
+        mma_16x8x16<BF16>(xsum, ONES, ONES, ONES, ONES, b0, b1);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {  // rows g and g + 8
+      const float sc = static_cast<float>(scale[u][r]), offset = static_cast<float>(bias[u][r]) - MAGIC_VALUE * sc;
+      out[2 * r] = fmaf(sc, acc[2 * r], fmaf(offset, xsum[2 * r], out[2 * r]));
+      out[2 * r + 1] = fmaf(sc, acc[2 * r + 1], fmaf(offset, xsum[2 * r + 1], out[2 * r + 1]));
+    }
+  }
+}
 __device__ __forceinline__ void load8(const float* p, float* out) {
   const float4 a = *reinterpret_cast<const float4*>(p);
   const float4 b = *reinterpret_cast<const float4*>(p + 4);
@@ -92,71 +141,34 @@ __device__ __forceinline__ void load8(const __nv_bfloat16* p, float* out) { load
 __device__ __forceinline__ void load8(const __half* p, float* out) { load8_half<__half2>(p, out); }
 """
 
-# Template constants: T (activation dtype), BF16, M (input rows), K (in features), N (out features), GROUP, WARPS.
+# Template constants: T (activation dtype), BF16, GROUP. Shapes are read at run time (x_shape, w_shape, lora_b_shape),
+# so one compiled kernel serves every product and row count: MLX compiles each instantiation of a custom kernel in
+# every process (~1.3 s each on the H100 machine; it keeps only its own fused kernels on disk).
 _QUANTIZED_BODY = """
-  constexpr int WORDS = K / 8, GROUPS = K / GROUP;
-  constexpr int LANE_WORDS = GROUP / 32;  // a lane's words of each group: the quad's 4 lanes hold the group
-  constexpr uint32_t MAGIC = BF16 ? 0x43004300u : 0x64006400u;  // (128, 128) in bf16, (1024, 1024) in fp16
-  constexpr float MAGIC_VALUE = BF16 ? 128.f : 1024.f;
-  constexpr uint32_t ONES = BF16 ? 0x3F803F80u : 0x3C003C00u;
+  const int M = x_shape[0], K = x_shape[1], N = w_shape[0];
+  const int WORDS = K / 8, GROUPS = K / GROUP, WARPS = blockDim.x / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;  // the lane's weight rows (g, g + 8) and input row (g); its quarter of a group
   const int n0 = blockIdx.x * 16;
-  const uint32_t* w_lo = w + (size_t)(n0 + g) * WORDS + t * LANE_WORDS;
+  const uint32_t* w_lo = w + (size_t)(n0 + g) * WORDS + t * (GROUP / 32);
   const uint32_t* w_hi = w_lo + (size_t)8 * WORDS;
+  const size_t s_lo = (size_t)(n0 + g) * GROUPS, s_hi = s_lo + (size_t)8 * GROUPS;
   // mma columns g >= M compute a copy of the last row's outputs, which is never stored.
-  const T* x_row = x + (size_t)min(g, M - 1) * K + t * LANE_WORDS * 8;
+  const T* x_row = x + (size_t)min(g, M - 1) * K + t * (GROUP / 32) * 8;
   float out[4] = {0.f, 0.f, 0.f, 0.f};  // D of all groups: outputs n0 + g, n0 + g + 8 for input rows 2t, 2t + 1
-  constexpr int STEPS = GROUPS / WARPS;  // groups per warp
-  constexpr int BATCH = (STEPS % 4 == 0 && LANE_WORDS <= 2) ? 4 : STEPS % 2 == 0 ? 2 : 1;  // groups loaded at once
-  for (int i = 0; i < STEPS; i += BATCH) {
-    // Loads of BATCH groups first, then their arithmetic: the loads are in flight together.
-    uint32_t lo[BATCH][LANE_WORDS], hi[BATCH][LANE_WORDS];
-    uint4 xv[BATCH][LANE_WORDS];
-    T scale[BATCH][2], bias[BATCH][2];
-#pragma unroll
-    for (int u = 0; u < BATCH; ++u) {
-      const int group = (i + u) * WARPS + warp;  // a block's warps read neighbouring groups of its 16 rows
-      load_words<LANE_WORDS>(w_lo + group * (GROUP / 8), lo[u]);
-      load_words<LANE_WORDS>(w_hi + group * (GROUP / 8), hi[u]);
-#pragma unroll
-      for (int j = 0; j < LANE_WORDS; ++j) xv[u][j] = __ldg(reinterpret_cast<const uint4*>(x_row + group * GROUP + j * 8));
-      const size_t s = (size_t)(n0 + g) * GROUPS + group;
-      scale[u][0] = __ldg(scales + s), scale[u][1] = __ldg(scales + s + (size_t)8 * GROUPS);
-      bias[u][0] = __ldg(biases + s), bias[u][1] = __ldg(biases + s + (size_t)8 * GROUPS);
-    }
-#pragma unroll
-    for (int u = 0; u < BATCH; ++u) {
-      float acc[4] = {0.f, 0.f, 0.f, 0.f}, xsum[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int j = 0; j < LANE_WORDS; ++j) {
-        // The word's 8 inputs x0..x7 go to the mma as pairs (x0, x4), (x1, x5) | (x2, x6), (x3, x7): the pairs of
-        // nibbles one mask takes from a word (bits 0-3 and 16-19, then shifted by 4, 8, 12). The mma's sum does not
-        // care which of its 16 columns holds which input, as long as A and B agree.
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t xa = h ? xv[u][j].y : xv[u][j].x, xb = h ? xv[u][j].w : xv[u][j].z;
-          const uint32_t b0 = __byte_perm(xa, xb, 0x5410), b1 = __byte_perm(xa, xb, 0x7632);
-          const uint32_t wl = lo[u][j] >> (8 * h), wh = hi[u][j] >> (8 * h);
-          mma_16x8x16<BF16>(acc, (wl & 0x000F000Fu) | MAGIC, (wh & 0x000F000Fu) | MAGIC,
-                            ((wl >> 4) & 0x000F000Fu) | MAGIC, ((wh >> 4) & 0x000F000Fu) | MAGIC, b0, b1);
-          mma_16x8x16<BF16>(xsum, ONES, ONES, ONES, ONES, b0, b1);
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {  // rows g and g + 8
-        const float sc = static_cast<float>(scale[u][r]), offset = static_cast<float>(bias[u][r]) - MAGIC_VALUE * sc;
-        out[2 * r] = fmaf(sc, acc[2 * r], fmaf(offset, xsum[2 * r], out[2 * r]));
-        out[2 * r + 1] = fmaf(sc, acc[2 * r + 1], fmaf(offset, xsum[2 * r + 1], out[2 * r + 1]));
-      }
-    }
-  }
-  if constexpr (WARPS > 1) {
-    __shared__ float4 partial[WARPS][32];
+  // The block's warps take turns over the groups (neighbouring groups of its 16 rows at a time), 4 at once.
+  constexpr int BATCH = GROUP <= 64 ? 4 : 2;
+  const int steps = GROUPS / WARPS;
+  int i = 0;
+  for (; i + BATCH <= steps; i += BATCH)
+    accumulate_groups<T, BF16, GROUP, BATCH>(w_lo, w_hi, x_row, scales, biases, s_lo, s_hi, i * WARPS + warp, WARPS, out);
+  for (; i < steps; ++i)
+    accumulate_groups<T, BF16, GROUP, 1>(w_lo, w_hi, x_row, scales, biases, s_lo, s_hi, i * WARPS + warp, WARPS, out);
+  __shared__ float4 partial[MAX_WARPS][32];
+  if (WARPS > 1) {
     partial[warp][lane] = make_float4(out[0], out[1], out[2], out[3]);
     __syncthreads();
     if (warp != 0) return;
-#pragma unroll
     for (int i = 1; i < WARPS; ++i) {
       const float4 p = partial[i][lane];
       out[0] += p.x; out[1] += p.y; out[2] += p.z; out[3] += p.w;
@@ -176,26 +188,28 @@ _QUANTIZED_BODY = """
 # Dense weights (the LoRA's first factor, A stored (N = R, K)): t = x A^T for the few input rows, one block per
 # output, its warps splitting K and adding up their partial sums in shared memory.
 _DENSE_BODY = """
+  const int M = x_shape[0], K = x_shape[1], N = w_shape[0];
   constexpr int WARPS = THREADS / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n = blockIdx.x;
-  float acc[M];
+  float acc[MAX_ROWS];
 #pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = 0.f;
+  for (int m = 0; m < MAX_ROWS; ++m) acc[m] = 0.f;
 #pragma unroll 2
   for (int j = threadIdx.x; j < K / 8; j += THREADS) {
     float a[8];
     load8(w + (size_t)n * K + j * 8, a);
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
+    for (int m = 0; m < MAX_ROWS; ++m) {
+      if (m >= M) break;
       float xs[8];
       load8(x + (size_t)m * K + j * 8, xs);
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[m] = fmaf(xs[e], a[e], acc[m]);
     }
   }
-  __shared__ float partial[WARPS][M];
+  __shared__ float partial[WARPS][MAX_ROWS];
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
+  for (int m = 0; m < MAX_ROWS; ++m) {
     float v = acc[m];
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffff, v, offset);
@@ -212,7 +226,7 @@ _DENSE_BODY = """
 
 _LORA = """
       // LoRA: the input's low-rank projection t = x A^T (M, R), times this output's row of B (stored (N, R)).
-#pragma unroll
+      const int R = lora_b_shape[1];
       for (int r = 0; r < R; ++r) v = fmaf(static_cast<float>(lora_t[m * R + r]), static_cast<float>(lora_b[(size_t)n * R + r]), v);"""
 _RESIDUAL = """
       v += static_cast<float>(residual[(size_t)m * N + n]);"""
@@ -278,7 +292,7 @@ def _dense_product(x: mx.array, a: mx.array) -> mx.array:
     rows, k = x.shape
     (t,) = _kernel("dense", False, False)(
         inputs=[x, a],
-        template=[("T", x.dtype), ("M", rows), ("K", k), ("N", a.shape[0]), ("THREADS", DENSE_THREADS)],
+        template=[("T", x.dtype), ("MAX_ROWS", MAX_ROWS), ("THREADS", DENSE_THREADS)],
         grid=(a.shape[0] * DENSE_THREADS, 1, 1),
         threadgroup=(DENSE_THREADS, 1, 1),
         output_shapes=[(rows, a.shape[0])],
@@ -298,12 +312,10 @@ def quantized_gemv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array,
     x = x.reshape(rows, k)
     warps = warps_per_tile(n, k // group_size)
     inputs = [x, w, scales, biases]
-    template = [("T", x.dtype), ("BF16", x.dtype == mx.bfloat16), ("M", rows), ("K", k), ("N", n),
-                ("GROUP", group_size), ("WARPS", warps)]
+    template = [("T", x.dtype), ("BF16", x.dtype == mx.bfloat16), ("GROUP", group_size), ("MAX_WARPS", MAX_WARPS)]
     if lora is not None:
         a, b = lora
         inputs += [_dense_product(x, a), b]
-        template.append(("R", b.shape[1]))
     if residual is not None:
         inputs.append(residual.reshape(rows, n))
     (y,) = _kernel("quantized", lora is not None, residual is not None)(

@@ -22,7 +22,7 @@ _SOURCE = """
   constexpr int HALF = HEAD_DIM / 2;
   const int lane = threadIdx.x & 31;
   const int task = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  if (task >= ROWS * HEADS_ALL) return;
+  if (task >= qkv_shape[0] * HEADS_ALL) return;  // rows: read at run time, so one compiled kernel serves every batch
   const int m = task / HEADS_ALL, head = task % HEADS_ALL;
   const T* in = qkv + (size_t)m * HEADS_ALL * HEAD_DIM + (size_t)head * HEAD_DIM;
   float lo[PAIRS], hi[PAIRS];
@@ -77,7 +77,7 @@ def queries_keys_values(qkv: mx.array, q_norm: mx.array, k_norm: mx.array, offse
     tasks = rows * (heads + 2 * kv_heads)
     return tuple(_kernels[key](
         inputs=[qkv, q_norm, k_norm, offset],
-        template=[("T", qkv.dtype), ("ROWS", rows), ("HEADS", heads), ("KV_HEADS", kv_heads), ("HEAD_DIM", head_dim)],
+        template=[("T", qkv.dtype), ("HEADS", heads), ("KV_HEADS", kv_heads), ("HEAD_DIM", head_dim)],
         grid=(tasks * 32, 1, 1),
         threadgroup=(128, 1, 1),
         output_shapes=[(rows, heads, 1, head_dim), (rows, kv_heads, 1, head_dim), (rows, kv_heads, 1, head_dim)],
