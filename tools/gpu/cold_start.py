@@ -1,11 +1,16 @@
-"""Where a process's first generation spends its time on CUDA, phase by phase, and how many kernels MLX compiled.
+"""Where a process's first generation spends its time on CUDA, phase by phase; then warm one-token steps by batch.
 
-    python tools/gpu/cold_start.py [--shape 8B] [--cache-dir /tmp/bench-cache] [--tokenizer-dir DIR]
+    python tools/gpu/cold_start.py [--shape 8B] [--cache-dir /tmp/bench-cache] [--tokenizer-dir DIR] [--batches 1,4,8]
 
 Loads our engine on the bench's random checkpoint (written if missing), then times, each evaluated on its own: a
 512-token prompt pass, two one-token steps of one draft, two of 4 drafts, then the same with the adapter on. After each
 phase it counts the files in MLX's kernel cache (MLX_PTX_CACHE_DIR, default /tmp/mlx/VERSION/ptx), so a phase that
 compiled kernels shows it. Run it twice in fresh processes: the second run's cache is warm.
+
+The second table: 64 warm one-token steps per batch size, queued as the engine queues them (each step's graph built
+while the previous one runs), with the time spent building graphs on the host. Where building takes about as long as
+a step, the host bounds decoding, not the GPU; likewise for dispatching (``mx.async_eval``: MLX encodes each kernel
+launch on the calling thread).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--shape", default="8B")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/bench-cache"))
     parser.add_argument("--tokenizer-dir", type=Path)
+    parser.add_argument("--batches", default="1,2,4,8")
     args = parser.parse_args()
     model_dir = write_checkpoint(args.cache_dir / args.shape, SHAPES[args.shape],
                                  args.tokenizer_dir or qwen_tokenizer_dir())
@@ -63,6 +69,31 @@ def main() -> None:
         for step in (1, 2):
             tokens = mx.argmax(phase(f"{label}: step {step}, 4 drafts", lambda: model.decode(tokens, batch, use_lora)),
                                axis=-1)[:, None]
+    print("\n| batch | adapter | ms a step | host: building graphs | host: dispatching | tokens/s |\n|---|---|---|---|---|---|")
+    cache = model.new_cache(1)
+    mx.eval(model(prompt, cache))
+    for rows in map(int, args.batches.split(",")):
+        for use_lora in (False, True):
+            print(steady_steps(model, cache.repeat(rows), rows, use_lora), flush=True)
+
+
+def steady_steps(model, cache, rows: int, use_lora: bool, steps: int = 64) -> str:
+    tokens = mx.zeros((rows, 1), dtype=mx.uint32)
+    for _ in range(3):  # traces and kernels for this batch size
+        tokens = mx.argmax(model.decode(tokens, cache, use_lora), axis=-1)[:, None]
+        mx.eval(tokens)
+    building = dispatching = 0.0
+    started = time.perf_counter()
+    for _ in range(steps):
+        built = time.perf_counter()
+        tokens = mx.argmax(model.decode(tokens, cache, use_lora), axis=-1)[:, None]
+        dispatched = time.perf_counter()
+        mx.async_eval(tokens)
+        building, dispatching = building + dispatched - built, dispatching + time.perf_counter() - dispatched
+    mx.eval(tokens)
+    step_ms = 1000 * (time.perf_counter() - started) / steps
+    return (f"| {rows} | {'on' if use_lora else 'off'} | {step_ms:.2f} | {1000 * building / steps:.2f} "
+            f"| {1000 * dispatching / steps:.2f} | {1000 * rows / step_ms:.0f} |")
 
 
 if __name__ == "__main__":
