@@ -40,7 +40,7 @@ TILE = 16  # outputs per warp: the mma's rows
 # Warps in flight over the whole product: each block's warps split K until there are about this many, so enough loads
 # are in flight to cover memory latency for small products too (o_proj: 256 tiles, 8 warps each; bench_gemv --sweep).
 TARGET_WARPS = 2048
-MAX_WARPS = 16
+MAX_WARPS = 8  # 256 threads: launchable at any register count (a block may hold 64K registers)
 DENSE_THREADS = 128  # the LoRA's first product: one block per output, its warps splitting K
 
 _HEADER = """
