@@ -73,78 +73,18 @@ __device__ __forceinline__ void load_words(const uint32_t* p, uint32_t* out) {
     out[0] = __ldg(p);
   }
 }
-// The product's input at 8 consecutive columns k of a row: x itself; silu(gate) * up from a fused gate/up output
-// (SWIGLU: the row holds gate, then up, K values each); or x times the RMSNorm's weight (NORM: the norm's 1/rms needs
-// the whole row, so it scales the finished sums, and ss collects the row's squares for it). Values are rounded to T
-// where MLX rounds them (after the sigmoid, the SiLU and the product; the norm's output).
-struct Input8 {
-  uint4 a, b;  // x or gate; up or the norm's weight
-};
-template <typename T, bool NORM, bool SWIGLU>
-__device__ __forceinline__ Input8 load_input8(const T* row, const T* norm_weight, int k, int K) {
-  Input8 in;
-  in.a = __ldg(reinterpret_cast<const uint4*>(row + k));
-  if constexpr (SWIGLU) in.b = __ldg(reinterpret_cast<const uint4*>(row + K + k));
-  if constexpr (NORM) in.b = __ldg(reinterpret_cast<const uint4*>(norm_weight + k));
-  return in;
-}
-template <typename T, bool NORM, bool SWIGLU>
-__device__ __forceinline__ void input_values(const Input8& in, float* v, float& ss) {
-  const T* a = reinterpret_cast<const T*>(&in.a);
-  const T* b = reinterpret_cast<const T*>(&in.b);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const float x = static_cast<float>(a[e]);
-    if constexpr (SWIGLU) {
-      const float sigmoid = static_cast<float>(static_cast<T>(1.f / (1.f + __expf(-x))));
-      v[e] = static_cast<float>(static_cast<T>(static_cast<float>(static_cast<T>(x * sigmoid)) * static_cast<float>(b[e])));
-    } else if constexpr (NORM) {
-      ss = fmaf(x, x, ss);
-      v[e] = static_cast<float>(static_cast<T>(x * static_cast<float>(b[e])));
-    } else {
-      v[e] = x;
-    }
-  }
-}
-template <typename T, bool NORM, bool SWIGLU>
-__device__ __forceinline__ uint4 input_packed(const Input8& in, float& ss) {
-  if constexpr (!NORM && !SWIGLU) {
-    return in.a;
-  } else {
-    float v[8];
-    input_values<T, NORM, SWIGLU>(in, v, ss);
-    uint4 packed;
-    T* p = reinterpret_cast<T*>(&packed);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) p[e] = static_cast<T>(v[e]);
-    return packed;
-  }
-}
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* out) {
-  const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-  const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&v);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) out[e] = static_cast<float>(h[e]);
-}
-__device__ __forceinline__ void load8(const __half* p, float* out) {
-  const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-  const __half* h = reinterpret_cast<const __half*>(&v);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) out[e] = static_cast<float>(h[e]);
-}
 // Adds BATCH groups' sums to out (see _QUANTIZED_BODY): loads of all BATCH groups first, so they are in flight
 // together, then their arithmetic.
-template <typename T, bool BF16, int GROUP, int BATCH, bool NORM, bool SWIGLU>
+template <typename T, bool BF16, int GROUP, int BATCH>
 __device__ __forceinline__ void accumulate_groups(const uint32_t* w_lo, const uint32_t* w_hi, const T* x_row,
-                                                  const T* norm_weight, int K, const T* scales, const T* biases,
-                                                  size_t s_lo, size_t s_hi, int group, int group_stride, float* out,
-                                                  float& ss) {
+                                                  const T* scales, const T* biases, size_t s_lo, size_t s_hi,
+                                                  int group, int group_stride, float* out) {
   constexpr int LANE_WORDS = GROUP / 32;  // a lane's words of each group: the quad's 4 lanes hold the group
   constexpr uint32_t MAGIC = BF16 ? 0x43004300u : 0x64006400u;  // (128, 128) in bf16, (1024, 1024) in fp16
   constexpr float MAGIC_VALUE = BF16 ? 128.f : 1024.f;
   constexpr uint32_t ONES = BF16 ? 0x3F803F80u : 0x3C003C00u;
   uint32_t lo[BATCH][LANE_WORDS], hi[BATCH][LANE_WORDS];
-  Input8 xin[BATCH][LANE_WORDS];
+  uint4 xv[BATCH][LANE_WORDS];
   T scale[BATCH][2], bias[BATCH][2];
 #pragma unroll
   for (int u = 0; u < BATCH; ++u) {
@@ -152,7 +92,7 @@ __device__ __forceinline__ void accumulate_groups(const uint32_t* w_lo, const ui
     load_words<LANE_WORDS>(w_lo + gr * (GROUP / 8), lo[u]);
     load_words<LANE_WORDS>(w_hi + gr * (GROUP / 8), hi[u]);
 #pragma unroll
-    for (int j = 0; j < LANE_WORDS; ++j) xin[u][j] = load_input8<T, NORM, SWIGLU>(x_row, norm_weight, gr * GROUP + j * 8, K);
+    for (int j = 0; j < LANE_WORDS; ++j) xv[u][j] = __ldg(reinterpret_cast<const uint4*>(x_row + gr * GROUP + j * 8));
     scale[u][0] = __ldg(scales + s_lo + gr), scale[u][1] = __ldg(scales + s_hi + gr);
     bias[u][0] = __ldg(biases + s_lo + gr), bias[u][1] = __ldg(biases + s_hi + gr);
   }
@@ -161,13 +101,12 @@ __device__ __forceinline__ void accumulate_groups(const uint32_t* w_lo, const ui
     float acc[4] = {0.f, 0.f, 0.f, 0.f}, xsum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int j = 0; j < LANE_WORDS; ++j) {
-      const uint4 xv = input_packed<T, NORM, SWIGLU>(xin[u][j], ss);
       // The word's 8 inputs x0..x7 go to the mma as pairs (x0, x4), (x1, x5) | (x2, x6), (x3, x7): the pairs of
       // nibbles one mask takes from a word (bits 0-3 and 16-19, then shifted by 4, 8, 12). The mma's sum does not
       // care which of its 16 columns holds which input, as long as A and B agree.
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const uint32_t xa = h ? xv.y : xv.x, xb = h ? xv.w : xv.z;
+        const uint32_t xa = h ? xv[u][j].y : xv[u][j].x, xb = h ? xv[u][j].w : xv[u][j].z;
         const uint32_t b0 = __byte_perm(xa, xb, 0x5410), b1 = __byte_perm(xa, xb, 0x7632);
         const uint32_t wl = lo[u][j] >> (8 * h), wh = hi[u][j] >> (8 * h);
         mma_16x8x16<BF16>(acc, (wl & 0x000F000Fu) | MAGIC, (wh & 0x000F000Fu) | MAGIC,
@@ -183,61 +122,63 @@ __device__ __forceinline__ void accumulate_groups(const uint32_t* w_lo, const ui
     }
   }
 }
+__device__ __forceinline__ void load8(const float* p, float* out) {
+  const float4 a = *reinterpret_cast<const float4*>(p);
+  const float4 b = *reinterpret_cast<const float4*>(p + 4);
+  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w; out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+}
+template <typename H2, typename H>
+__device__ __forceinline__ void load8_half(const H* p, float* out) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  const H2* h = reinterpret_cast<const H2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = static_cast<float>(h[i].x);
+    out[2 * i + 1] = static_cast<float>(h[i].y);
+  }
+}
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* out) { load8_half<__nv_bfloat162>(p, out); }
+__device__ __forceinline__ void load8(const __half* p, float* out) { load8_half<__half2>(p, out); }
 """
 
-# Template constants: T (activation dtype), BF16, GROUP, NORM, SWIGLU (see load_input8). Shapes are read at run time
-# (x_shape, w_shape, lora_b_shape), so one compiled kernel serves every product and row count: MLX compiles each
-# instantiation of a custom kernel in every process (~1.3 s each on the H100 machine; it keeps only its own fused
-# kernels on disk). NORM_WEIGHT and EPS are replaced in the source (EPS is a float: template arguments are integers).
+# Template constants: T (activation dtype), BF16, GROUP. Shapes are read at run time (x_shape, w_shape, lora_b_shape),
+# so one compiled kernel serves every product and row count: MLX compiles each instantiation of a custom kernel in
+# every process (~1.3 s each on the H100 machine; it keeps only its own fused kernels on disk).
 _QUANTIZED_BODY = """
-  const int M = x_shape[0], K = SWIGLU ? x_shape[1] / 2 : x_shape[1], N = w_shape[0];
+  const int M = x_shape[0], K = x_shape[1], N = w_shape[0];
   const int WORDS = K / 8, GROUPS = K / GROUP, WARPS = blockDim.x / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;  // the lane's weight rows (g, g + 8) and input row (g); its quarter of a group
   const int n0 = blockIdx.x * 16;
-  const int lane_column = t * (GROUP / 32) * 8;
   const uint32_t* w_lo = w + (size_t)(n0 + g) * WORDS + t * (GROUP / 32);
   const uint32_t* w_hi = w_lo + (size_t)8 * WORDS;
   const size_t s_lo = (size_t)(n0 + g) * GROUPS, s_hi = s_lo + (size_t)8 * GROUPS;
   // mma columns g >= M compute a copy of the last row's outputs, which is never stored.
-  const T* x_row = x + (size_t)min(g, M - 1) * x_shape[1] + lane_column;
-  const T* norm_weight = NORM ? NORM_WEIGHT + lane_column : nullptr;
+  const T* x_row = x + (size_t)min(g, M - 1) * K + t * (GROUP / 32) * 8;
   float out[4] = {0.f, 0.f, 0.f, 0.f};  // D of all groups: outputs n0 + g, n0 + g + 8 for input rows 2t, 2t + 1
-  float ss = 0.f;  // NORM: squares of input row g
   // The block's warps take turns over the groups (neighbouring groups of its 16 rows at a time), 4 at once.
   constexpr int BATCH = GROUP <= 64 ? 4 : 2;
   const int steps = GROUPS / WARPS;
   int i = 0;
   for (; i + BATCH <= steps; i += BATCH)
-    accumulate_groups<T, BF16, GROUP, BATCH, NORM, SWIGLU>(w_lo, w_hi, x_row, norm_weight, K, scales, biases, s_lo, s_hi,
-                                                           i * WARPS + warp, WARPS, out, ss);
+    accumulate_groups<T, BF16, GROUP, BATCH>(w_lo, w_hi, x_row, scales, biases, s_lo, s_hi, i * WARPS + warp, WARPS, out);
   for (; i < steps; ++i)
-    accumulate_groups<T, BF16, GROUP, 1, NORM, SWIGLU>(w_lo, w_hi, x_row, norm_weight, K, scales, biases, s_lo, s_hi,
-                                                       i * WARPS + warp, WARPS, out, ss);
+    accumulate_groups<T, BF16, GROUP, 1>(w_lo, w_hi, x_row, scales, biases, s_lo, s_hi, i * WARPS + warp, WARPS, out);
   __shared__ float4 partial[MAX_WARPS][32];
-  __shared__ float squares[MAX_WARPS][8];
-  if (NORM) {  // row g's squares: the quad's lanes, then the warps
-    ss += __shfl_xor_sync(0xffffffff, ss, 1);
-    ss += __shfl_xor_sync(0xffffffff, ss, 2);
-    if (t == 0) squares[warp][g] = ss;
-  }
-  if (WARPS > 1) partial[warp][lane] = make_float4(out[0], out[1], out[2], out[3]);
-  if (NORM || WARPS > 1) __syncthreads();
-  if (warp != 0) return;
-  for (int i = 1; i < WARPS; ++i) {
-    const float4 p = partial[i][lane];
-    out[0] += p.x; out[1] += p.y; out[2] += p.z; out[3] += p.w;
+  if (WARPS > 1) {
+    partial[warp][lane] = make_float4(out[0], out[1], out[2], out[3]);
+    __syncthreads();
+    if (warp != 0) return;
+    for (int i = 1; i < WARPS; ++i) {
+      const float4 p = partial[i][lane];
+      out[0] += p.x; out[1] += p.y; out[2] += p.z; out[3] += p.w;
+    }
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int n = n0 + g + 8 * (i >> 1), m = 2 * t + (i & 1);
     if (m < M) {
       float v = out[i];
-      if (NORM) {
-        float total = 0.f;
-        for (int w = 0; w < WARPS; ++w) total += squares[w][m];
-        v *= rsqrtf(total / K + EPS);
-      }
       EPILOGUE
       y[(size_t)m * N + n] = static_cast<T>(v);
     }
@@ -245,15 +186,14 @@ _QUANTIZED_BODY = """
 """
 
 # Dense weights (the LoRA's first factor, A stored (N = R, K)): t = x A^T for the few input rows, one block per
-# output, its warps splitting K and adding up their partial sums (and NORM's squares) in shared memory.
+# output, its warps splitting K and adding up their partial sums in shared memory.
 _DENSE_BODY = """
-  const int M = x_shape[0], K = SWIGLU ? x_shape[1] / 2 : x_shape[1], N = w_shape[0];
+  const int M = x_shape[0], K = x_shape[1], N = w_shape[0];
   constexpr int WARPS = THREADS / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n = blockIdx.x;
-  const T* norm_weight = NORM ? NORM_WEIGHT : nullptr;
-  float acc[MAX_ROWS], ss[MAX_ROWS];
+  float acc[MAX_ROWS];
 #pragma unroll
-  for (int m = 0; m < MAX_ROWS; ++m) acc[m] = ss[m] = 0.f;
+  for (int m = 0; m < MAX_ROWS; ++m) acc[m] = 0.f;
 #pragma unroll 2
   for (int j = threadIdx.x; j < K / 8; j += THREADS) {
     float a[8];
@@ -262,28 +202,24 @@ _DENSE_BODY = """
     for (int m = 0; m < MAX_ROWS; ++m) {
       if (m >= M) break;
       float xs[8];
-      input_values<T, NORM, SWIGLU>(load_input8<T, NORM, SWIGLU>(x + (size_t)m * x_shape[1], norm_weight, j * 8, K), xs, ss[m]);
+      load8(x + (size_t)m * K + j * 8, xs);
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[m] = fmaf(xs[e], a[e], acc[m]);
     }
   }
-  __shared__ float partial[WARPS][MAX_ROWS][2];
+  __shared__ float partial[WARPS][MAX_ROWS];
 #pragma unroll
   for (int m = 0; m < MAX_ROWS; ++m) {
-    float v = acc[m], q = ss[m];
+    float v = acc[m];
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      v += __shfl_xor_sync(0xffffffff, v, offset);
-      q += __shfl_xor_sync(0xffffffff, q, offset);
-    }
-    if (lane == 0) partial[warp][m][0] = v, partial[warp][m][1] = q;
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffff, v, offset);
+    if (lane == 0) partial[warp][m] = v;
   }
   __syncthreads();
   if (warp == 0 && lane < M) {
-    float v = 0.f, q = 0.f;
+    float v = 0.f;
 #pragma unroll
-    for (int i = 0; i < WARPS; ++i) v += partial[i][lane][0], q += partial[i][lane][1];
-    if (NORM) v *= rsqrtf(q / K + EPS);
+    for (int i = 0; i < WARPS; ++i) v += partial[i][lane];
     y[(size_t)lane * N + n] = static_cast<T>(v);
   }
 """
@@ -295,7 +231,7 @@ _LORA = """
 _RESIDUAL = """
       v += static_cast<float>(residual[(size_t)m * N + n]);"""
 
-_kernels: dict[tuple, object] = {}
+_kernels: dict[tuple[str, bool, bool], object] = {}
 
 
 def enabled() -> bool:
@@ -327,15 +263,19 @@ def source_named_kernel(name: str, input_names: list[str], output_names: list[st
                                source=source, header=header)
 
 
-def _kernel(weights: str, lora: bool, residual: bool, norm_eps: float | None):
-    key = (weights, lora, residual, norm_eps)
+def _kernel(weights: str, lora: bool, residual: bool):
+    key = (weights, lora, residual)
     if key not in _kernels:
-        inputs = ["x", "w"] + (["scales", "biases"] if weights == "quantized" else []) + (["norm"] if norm_eps is not None else [])
+        inputs = ["x", "w"] + (["scales", "biases"] if weights == "quantized" else [])
         inputs += (["lora_t", "lora_b"] if lora else []) + (["residual"] if residual else [])
-        body = (_QUANTIZED_BODY if weights == "quantized" else _DENSE_BODY).replace("EPILOGUE", (_LORA if lora else "") + (_RESIDUAL if residual else ""))
-        body = body.replace("NORM_WEIGHT", "norm" if norm_eps is not None else "x").replace("EPS", f"{norm_eps or 0.0!r}f")
-        name = f"bobby_gemv_{weights}{'_norm' if norm_eps is not None else ''}{'_lora' if lora else ''}{'_res' if residual else ''}"
-        _kernels[key] = source_named_kernel(name, inputs, ["y"], body, _HEADER)
+        body = _QUANTIZED_BODY if weights == "quantized" else _DENSE_BODY
+        _kernels[key] = source_named_kernel(
+            f"bobby_gemv_{weights}{'_lora' if lora else ''}{'_res' if residual else ''}",
+            inputs,
+            ["y"],
+            body.replace("EPILOGUE", (_LORA if lora else "") + (_RESIDUAL if residual else "")),
+            _HEADER,
+        )
     return _kernels[key]
 
 
@@ -347,38 +287,40 @@ def warps_per_tile(n: int, groups: int) -> int:
     return warps
 
 
-def quantized_gemv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int,
-                   lora: tuple[mx.array, mx.array] | None = None, residual: mx.array | None = None,
-                   norm: tuple[mx.array, float] | None = None, swiglu: bool = False) -> mx.array:
-    """``f(x) @ dequantize(w).T`` (+ ``(f(x) @ a.T) @ b.T`` for ``lora = (a, b)``, + ``residual``), x (..., K) -> (..., N).
+def _dense_product(x: mx.array, a: mx.array) -> mx.array:
+    """x (M, K) @ a.T for a dense a (R, K): the LoRA's first factor."""
+    rows, k = x.shape
+    (t,) = _kernel("dense", False, False)(
+        inputs=[x, a],
+        template=[("T", x.dtype), ("MAX_ROWS", MAX_ROWS), ("THREADS", DENSE_THREADS)],
+        grid=(a.shape[0] * DENSE_THREADS, 1, 1),
+        threadgroup=(DENSE_THREADS, 1, 1),
+        output_shapes=[(rows, a.shape[0])],
+        output_dtypes=[x.dtype],
+    )
+    return t
 
-    ``f(x)`` is x, or ``mx.fast.rms_norm(x, *norm)``, or with ``swiglu`` ``silu(gate) * up`` where x (..., 2K) is
-    gate and up side by side. ``a`` is the LoRA's first factor stored (R, K), ``b`` its scaled second factor (N, R).
+
+def quantized_gemv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int,
+                   lora: tuple[mx.array, mx.array] | None = None, residual: mx.array | None = None) -> mx.array:
+    """``x @ dequantize(w).T`` (+ ``(x @ a.T) @ b.T`` for ``lora = (a, b)``, + ``residual``), x (..., K) -> (..., N).
+
+    ``a`` is the LoRA's first factor stored (R, K), ``b`` its scaled second factor stored (N, R).
     """
-    lead, n = x.shape[:-1], w.shape[0]
-    rows = x.size // x.shape[-1]
-    x = x.reshape(rows, x.shape[-1])
-    k = x.shape[1] // 2 if swiglu else x.shape[1]
-    norm_inputs, norm_eps = ([norm[0]], norm[1]) if norm is not None else ([], None)
-    flags = [("T", x.dtype), ("NORM", norm is not None), ("SWIGLU", swiglu)]
-    inputs = [x, w, scales, biases] + norm_inputs
+    lead, k, n = x.shape[:-1], x.shape[-1], w.shape[0]
+    rows = x.size // k
+    x = x.reshape(rows, k)
+    warps = warps_per_tile(n, k // group_size)
+    inputs = [x, w, scales, biases]
+    template = [("T", x.dtype), ("BF16", x.dtype == mx.bfloat16), ("GROUP", group_size), ("MAX_WARPS", MAX_WARPS)]
     if lora is not None:
         a, b = lora
-        (t,) = _kernel("dense", False, False, norm_eps)(
-            inputs=[x, a] + norm_inputs,
-            template=flags + [("MAX_ROWS", MAX_ROWS), ("THREADS", DENSE_THREADS)],
-            grid=(a.shape[0] * DENSE_THREADS, 1, 1),
-            threadgroup=(DENSE_THREADS, 1, 1),
-            output_shapes=[(rows, a.shape[0])],
-            output_dtypes=[x.dtype],
-        )
-        inputs += [t, b]
+        inputs += [_dense_product(x, a), b]
     if residual is not None:
         inputs.append(residual.reshape(rows, n))
-    warps = warps_per_tile(n, k // group_size)
-    (y,) = _kernel("quantized", lora is not None, residual is not None, norm_eps)(
+    (y,) = _kernel("quantized", lora is not None, residual is not None)(
         inputs=inputs,
-        template=flags + [("BF16", x.dtype == mx.bfloat16), ("GROUP", group_size), ("MAX_WARPS", MAX_WARPS)],
+        template=template,
         grid=(n // TILE * warps * 32, 1, 1),
         threadgroup=(warps * 32, 1, 1),
         output_shapes=[(rows, n)],

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from . import gemv
 from .config import QuantSpec
@@ -38,15 +37,11 @@ class Linear:
             x, self.weight, self.scales, self.biases, transpose=True, group_size=self.spec.group_size, bits=self.spec.bits
         )
 
-    def apply(self, x: mx.array, lora: "LoRA | None", residual: mx.array | None, kernel: bool,
-              norm: tuple[mx.array, float] | None = None, swiglu: bool = False) -> mx.array:
-        """``residual + f(x) @ W.T + lora(f(x))``, where f is nothing, the RMSNorm ``norm = (weight, eps)``, or with
-        ``swiglu`` ``silu(gate) * up`` of x = [gate, up]; with ``kernel``, as one CUDA kernel where it covers the shapes."""
+    def apply(self, x: mx.array, lora: "LoRA | None", residual: mx.array | None, kernel: bool) -> mx.array:
+        """``residual + x @ W.T + lora(x)``; with ``kernel``, as one CUDA kernel where it covers the shapes."""
         if kernel and self.spec is not None and gemv.covers(x, self.weight, self.spec.group_size, self.spec.bits):
             return gemv.quantized_gemv(x, self.weight, self.scales, self.biases, self.spec.group_size,
-                                       lora=None if lora is None else (lora.a, lora.b), residual=residual,
-                                       norm=norm, swiglu=swiglu)
-        x = input_transform(x, norm, swiglu)
+                                       lora=None if lora is None else (lora.a, lora.b), residual=residual)
         y = self(x)
         if lora is not None:
             y = lora.add_to(y, x)
@@ -59,16 +54,6 @@ class Linear:
         return mx.dequantize(
             self.weight[tokens], self.scales[tokens], self.biases[tokens], group_size=self.spec.group_size, bits=self.spec.bits
         )
-
-
-def input_transform(x: mx.array, norm: tuple[mx.array, float] | None, swiglu: bool) -> mx.array:
-    """What a projection's input goes through first, as MLX ops (see ``Linear.apply``)."""
-    if norm is not None:
-        x = mx.fast.rms_norm(x, *norm)
-    if swiglu:
-        gate, up = mx.split(x, 2, axis=-1)
-        x = nn.silu(gate) * up
-    return x
 
 
 def concatenate_linears(linears: list[Linear]) -> Linear | None:
@@ -141,15 +126,11 @@ class Projection:
         a = mx.concatenate(a_blocks, axis=1) if a_blocks else mx.zeros((in_features, 0))
         self.loras = [LoRA.build(a, mx.concatenate(b_blocks, axis=0), dtype)]
 
-    def __call__(self, x: mx.array, use_lora: bool, residual: mx.array | None = None, split: bool = True,
-                 norm: tuple[mx.array, float] | None = None, swiglu: bool = False) -> list[mx.array]:
+    def __call__(self, x: mx.array, use_lora: bool, residual: mx.array | None = None, split: bool = True) -> list[mx.array]:
         """One output per member (``split=False``: a fused projection's single output, members side by side);
-        ``residual`` (single-member projections only) is added to the output; ``norm`` and ``swiglu`` transform the
-        input first (see ``Linear.apply``: our CUDA kernel does it as it reads the input)."""
+        ``residual`` (single-member projections only) is added to the output."""
         assert residual is None or len(self.sizes) == 1
-        if len(self.linears) > 1:  # transformed once for all members
-            x, norm, swiglu = input_transform(x, norm, swiglu), None, False
-        outs = [linear.apply(x, lora if use_lora else None, residual, self.kernel, norm, swiglu)
+        outs = [linear.apply(x, lora if use_lora else None, residual, self.kernel)
                 for linear, lora in zip(self.linears, self.loras)]
         if not self.fused or len(self.sizes) == 1 or not split:
             return outs

@@ -56,12 +56,12 @@ class Block:
     def queries_keys_values(self, x: mx.array, offset: int | mx.array, use_lora: bool):
         """The block input (B, L, hidden) -> q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim)."""
         B, L, _ = x.shape
-        qkv_projection, norm = self.projections["qkv"], (self.input_norm, self.eps)
+        qkv_projection, normed = self.projections["qkv"], mx.fast.rms_norm(x, self.input_norm, self.eps)
         if self.kernel and isinstance(offset, mx.array) and qkv_projection.fused and L == 1 and self.head_dim % 64 == 0:
-            (qkv,) = qkv_projection(x, use_lora, split=False, norm=norm)
+            (qkv,) = qkv_projection(normed, use_lora, split=False)
             return qk_rope.queries_keys_values(qkv, self.q_norm, self.k_norm, offset, self.n_heads, self.n_kv_heads,
                                                self.head_dim, self.eps, self.rope_theta)
-        q, k, v = qkv_projection(x, use_lora, norm=norm)
+        q, k, v = qkv_projection(normed, use_lora)
         q = mx.fast.rms_norm(q.reshape(B, L, self.n_heads, -1), self.q_norm, self.eps).transpose(0, 2, 1, 3)
         k = mx.fast.rms_norm(k.reshape(B, L, self.n_kv_heads, -1), self.k_norm, self.eps).transpose(0, 2, 1, 3)
         v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
@@ -73,11 +73,7 @@ class Block:
         """Attention output (B, heads, L, head_dim) and the block input x -> the block output (B, L, hidden)."""
         B, L, _ = x.shape
         h = self.projections["o"](attention.transpose(0, 2, 1, 3).reshape(B, L, -1), use_lora, residual=x)[0]
-        gate_up, norm = self.projections["gate_up"], (self.post_attention_norm, self.eps)
-        if gate_up.fused:  # SiLU(gate) * up as the down projection reads its input (in our CUDA kernel)
-            (both,) = gate_up(h, use_lora, split=False, norm=norm)
-            return self.projections["down"](both, use_lora, residual=h, swiglu=True)[0]
-        gate, up = gate_up(h, use_lora, norm=norm)
+        gate, up = self.projections["gate_up"](mx.fast.rms_norm(h, self.post_attention_norm, self.eps), use_lora)
         return self.projections["down"](nn.silu(gate) * up, use_lora, residual=h)[0]
 
     def __call__(self, x: mx.array, cache: KVCache, use_lora: bool, offset: mx.array | None = None) -> mx.array:
@@ -129,4 +125,4 @@ class Qwen3Model:
         cache.advance(tokens.shape[1])
         if last_only:
             h = h[:, -1, :]
-        return self.lm_head(h, False, norm=(self.norm, self.config.rms_norm_eps))[0].astype(mx.float32)
+        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), False)[0].astype(mx.float32)
