@@ -1,0 +1,67 @@
+"""GPU time per kernel of warm one-token steps, by batch size, through torch's profiler (CUPTI sees MLX's kernels).
+
+    python tools/gpu/kernel_profile.py [--shape 8B] [--batches 1,4,8] [--steps 16] [--adapter]
+
+Needs torch with CUDA in the same environment (the lent GPU machine has it). Per batch size: the GPU's busy time per
+step (the sum of its kernels' durations) against the wall time per step, and the kernels that take the most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from inference import Engine  # noqa: E402
+from inference.bench import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint  # noqa: E402
+
+
+def device_us(event) -> float:
+    return getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="8B")
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/bench-cache"))
+    parser.add_argument("--tokenizer-dir", type=Path)
+    parser.add_argument("--batches", default="1,4,8")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--adapter", action="store_true")
+    args = parser.parse_args()
+    model_dir = write_checkpoint(args.cache_dir / args.shape, SHAPES[args.shape], args.tokenizer_dir or qwen_tokenizer_dir())
+    adapter_dir = write_adapter(args.cache_dir / f"{args.shape}-lora", model_dir) if args.adapter else None
+    model = Engine.load(model_dir, adapter_dir).model
+    prompt_cache = model.new_cache(1)
+    mx.eval(model(mx.array([[1000 + (i * 7919) % 50000 for i in range(512)]]), prompt_cache, args.adapter))
+    torch.cuda.init()
+    for rows in map(int, args.batches.split(",")):
+        cache = prompt_cache.repeat(rows)
+        tokens = mx.zeros((rows, 1), dtype=mx.uint32)
+        for _ in range(3):
+            tokens = mx.argmax(model.decode(tokens, cache, args.adapter), axis=-1)[:, None]
+            mx.eval(tokens)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                tokens = mx.argmax(model.decode(tokens, cache, args.adapter), axis=-1)[:, None]
+                mx.async_eval(tokens)
+            mx.eval(tokens)
+            wall_ms = 1000 * (time.perf_counter() - started) / args.steps
+            torch.cuda.synchronize()
+        events = [e for e in prof.key_averages() if device_us(e) > 0]
+        busy_ms = sum(device_us(e) for e in events) / 1000 / args.steps
+        print(f"\n## batch {rows}{' (adapter on)' if args.adapter else ''}: {wall_ms:.2f} ms a step wall, "
+              f"{busy_ms:.2f} ms of kernels\n\n| kernel | calls a step | us a step |\n|---|---|---|")
+        for e in sorted(events, key=lambda e: -device_us(e))[:14]:
+            print(f"| {e.key[:90]} | {e.count / args.steps:.0f} | {device_us(e) / args.steps:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
