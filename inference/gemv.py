@@ -122,11 +122,6 @@ __device__ __forceinline__ void accumulate_groups(const uint32_t* w_lo, const ui
     }
   }
 }
-__device__ __forceinline__ void load8(const float* p, float* out) {
-  const float4 a = *reinterpret_cast<const float4*>(p);
-  const float4 b = *reinterpret_cast<const float4*>(p + 4);
-  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w; out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
-}
 template <typename H2, typename H>
 __device__ __forceinline__ void load8_half(const H* p, float* out) {
   const uint4 v = *reinterpret_cast<const uint4*>(p);
