@@ -251,8 +251,9 @@ def covers(x: mx.array, w: mx.array, group_size: int, bits: int) -> bool:
 
 
 def source_named_kernel(name: str, input_names: list[str], output_names: list[str], source: str, header: str = ""):
-    """``mx.fast.cuda_kernel`` named after a hash of its source: MLX keeps compiled kernels on disk by name alone
-    (``MLX_PTX_CACHE_DIR``), so a kernel whose source changed must not reuse an old name."""
+    """``mx.fast.cuda_kernel`` named after a hash of its source. MLX's kernel cache (``MLX_PTX_CACHE_DIR``) is keyed by
+    name alone; 0.32.4 keeps only its own kernels there, but should it keep custom ones, a kernel whose source changed
+    must not find an old build under its name."""
     digest = hashlib.sha1((header + source).encode()).hexdigest()[:12]
     return mx.fast.cuda_kernel(name=f"{name}_{digest}", input_names=input_names, output_names=output_names,
                                source=source, header=header)
