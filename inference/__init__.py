@@ -1,11 +1,30 @@
-"""bobby-tui's inference engine: MLX 4-bit Qwen3 with runtime LoRA, no mlx_lm or transformers at run time."""
+"""bobby-tui's inference engine: MLX 4-bit Qwen3 with runtime LoRA, no mlx_lm or transformers at run time.
 
-from .checkpoint import LoadProgress
+The parameter, request and event types (``inference.api``) and the errors import without MLX, so a front end's UI
+thread can build requests; the engine itself (``Engine``, ``compute_dtype``) loads MLX on first use, which should be
+on the thread that will own the model.
+"""
+
+from .api import (
+    DraftDone, GenerationRequest, GenerationStats, LoadProgress, ParameterError, SamplingParams, TokenDelta,
+)
 from .errors import AdapterError, CheckpointError, ConfigError, InferenceError, TokenizerError
-from .generate import DraftDone, Engine, GenerationRequest, GenerationStats, TokenDelta, compute_dtype
-from .sampling import SamplingParams
+
+_ENGINE_NAMES = {"Engine": "generate", "compute_dtype": "generate"}
+
+
+def __getattr__(name: str):
+    if name in _ENGINE_NAMES:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_ENGINE_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AdapterError", "CheckpointError", "ConfigError", "DraftDone", "Engine", "GenerationRequest", "GenerationStats",
-    "InferenceError", "LoadProgress", "SamplingParams", "TokenDelta", "TokenizerError", "compute_dtype",
+    "InferenceError", "LoadProgress", "ParameterError", "SamplingParams", "TokenDelta", "TokenizerError",
+    "compute_dtype",
 ]

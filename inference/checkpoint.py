@@ -12,17 +12,12 @@ from typing import Callable
 
 import mlx.core as mx
 
+from .api import LoadProgress
 from .config import ModelConfig, QuantSpec, read_json
 from .errors import CheckpointError, InferenceError
 from .safetensors_reader import SafetensorsFile, TensorInfo
 
 FLOAT_DTYPES = ("F32", "F16", "BF16")
-
-
-@dataclass(frozen=True)
-class LoadProgress:
-    done: int  # bytes of tensors loaded so far
-    total: int  # bytes of tensors to load in all
 
 
 def weight_files(model_dir: Path | str) -> list[Path]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -12,12 +11,13 @@ import mlx.core as mx
 
 from .adapter import AdapterConfig, apply_adapter
 from .cache import KVCache
-from .checkpoint import LoadProgress, load_weights, plan_checkpoint
+from .api import DraftDone, GenerationRequest, GenerationStats, LoadProgress, SamplingParams, TokenDelta
+from .checkpoint import load_weights, plan_checkpoint
 from .config import read_json
 from .dense_cpu import use_dense_cpu
 from .errors import ConfigError
 from .model import Qwen3Model
-from .sampling import BatchSampler, SamplingParams
+from .sampling import BatchSampler
 from .tokenizer import StreamingDetokenizer, Tokenizer
 
 PREFILL_CHUNK = 512  # prompt tokens per forward pass: bounds the attention scores' memory on long prompts
@@ -26,38 +26,6 @@ PREFILL_CHUNK = 512  # prompt tokens per forward pass: bounds the attention scor
 def compute_dtype() -> mx.Dtype:
     """bf16 on a GPU; float32 on the CPU, where MLX's bf16 matmuls are ~10x slower."""
     return mx.bfloat16 if mx.default_device().type == mx.DeviceType.gpu else mx.float32
-
-
-@dataclass
-class GenerationRequest:
-    prompt: str  # fully rendered prompt text (see Engine.render_prompt)
-    drafts: list[SamplingParams] = field(default_factory=lambda: [SamplingParams()])
-    max_tokens: int = 256
-    stop_strings: tuple[str, ...] = ()
-
-
-@dataclass
-class TokenDelta:
-    draft: int
-    text: str
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int
-    generated_tokens: int
-    prefill_tok_s: float
-    decode_tok_s: float
-    peak_memory_bytes: int
-
-
-@dataclass
-class DraftDone:
-    draft: int
-    text: str
-    finish_reason: str  # "stop" | "length" | "cancelled"
-    params: SamplingParams  # with the seed that was used
-    stats: GenerationStats
 
 
 class _Draft:

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, replace
-
 import mlx.core as mx
 
+from .api import SamplingParams
+
 REPETITION_CONTEXT = 20  # tokens looked back at by the repetition penalty (mlx_lm's default)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None  # None: one is picked, and reported back, so any draft can be reproduced
-
-    def resolved(self) -> "SamplingParams":
-        return self if self.seed is not None else replace(self, seed=random.randrange(2**31))
 
 
 class BatchSampler:
