@@ -103,10 +103,14 @@ class GenerationRequest:
     stop_strings: tuple[str, ...] = ()
 
 
+LOAD_PHASES = ("reading", "preparing", "warming up")  # in order: tensors read, weights transformed, kernels warmed
+
+
 @dataclass(frozen=True)
 class LoadProgress:
-    done: int  # bytes of tensors loaded so far
-    total: int  # bytes of tensors to load in all
+    done: int  # bytes of tensors loaded so far (while reading); 0 / 1 / ... steps in the later phases
+    total: int  # bytes of tensors to load in all (while reading); steps of the phase in the later ones
+    phase: str = "reading"  # one of LOAD_PHASES
 
 
 @dataclass
