@@ -1,14 +1,21 @@
-"""The user's config.toml: defaults, validation that never stops the app, and line-preserving edits."""
+"""The user's config.toml: defaults, validation that never stops the app, and edits that keep the file's layout."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
+import os
 import re
+import stat
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomlkit
+import tomlkit.items
+from inference.api import SAMPLING_LIMITS, Limit
 
 from bobby_tui.paths import config_path
 
@@ -139,17 +146,14 @@ def _apply(target: Any, data: dict, prefix: str, problems: list[str], base_dir: 
                 setattr(target, key, converted)
 
 
-# Allowed ranges of the numeric settings: (lowest, highest), inclusive; None is unbounded.
-_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "temperature": (0.0, None),
-    "top_p": (0.0, 1.0),
-    "top_k": (0, None),
-    "min_p": (0.0, 1.0),
-    "repetition_penalty": (0.0, None),
-    "max_tokens": (1, None),
-    "post_limit": (1, None),
-    "min_length": (0, None),
-    "retries": (0, None),
+# Allowed ranges of the numeric settings. The sampling ones are the engine's own (inference.api.SAMPLING_LIMITS),
+# so the config never accepts what a generation would refuse.
+_RANGES: dict[str, Limit] = {
+    **{key: SAMPLING_LIMITS[key] for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")},
+    "max_tokens": Limit(1, None, integer=True),
+    "post_limit": Limit(1, None, integer=True),
+    "min_length": Limit(0, None, integer=True),
+    "retries": Limit(0, None, integer=True),
 }
 _PATH_KEYS = {"model", "adapter"}
 _BOOL_KEYS = {"use_adapter", "strip_think", "trim", "strip_hashtags", "strip_emoji", "enforce_limit"}
@@ -182,149 +186,102 @@ def _convert(key: str, value: Any, base_dir: Path) -> tuple[Any, str | None]:
 
 
 def _convert_number(key: str, value: Any) -> tuple[Any, str | None]:
-    # bool is an int in Python; `true` is never a number in the config
-    wants_int = key in _INT_KEYS
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (wants_int and not isinstance(value, int)):
-        return None, "must be an integer" if wants_int else "must be a number"
-    if not math.isfinite(value):
-        return None, "must be a finite number"
-    low, high = _RANGES[key]
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        return None, f"must be {bounds} (got {value})"
-    return (value if wants_int else float(value)), None
+    # bool is an int in Python; `true` is never a number in the config (Limit.problem refuses it)
+    problem = _RANGES[key].problem(value)
+    if problem:
+        return None, problem
+    return (value if key in _INT_KEYS else float(value)), None
 
 
 # --- writing -------------------------------------------------------------------------------------------
 
 
 def save_setting(key: str, value: Any, path: Path | None = None) -> None:
-    """Set one setting in the user's file, keeping every other line (comments included) as it is.
+    """Set one setting in the user's file, keeping everything else (comments, blank lines, order) as it is.
 
-    `key` is a top-level key ("theme") or "table.key" ("sampling.temperature"). `value` None removes
-    the setting. The line is edited in place, or inserted (top-level keys before the first table).
-    Raises ConfigError when the existing file does not parse, OSError when it cannot be written.
+    `key` is a top-level key ("theme") or "table.key" ("sampling.temperature"). `value` None removes the setting.
+    A new key goes after the last setting of its table (a new table at the end of the file). A symlinked config is
+    written through the link: the file it points to is replaced atomically and keeps its mode.
+    Raises ConfigError when the existing file does not parse or cannot be written.
     """
     path = path or config_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        target = path.resolve()  # write through symlinks: the link stays, the file it points to changes
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise ConfigError(f"{path}: cannot follow the link: {_reason(err)}") from None
+    try:
+        text = target.read_text(encoding="utf-8")
     except FileNotFoundError:
         text = ""
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {_reason(err)}") from None
     try:
-        tomllib.loads(text)
+        tomllib.loads(text)  # tomllib's message and position, the same as load_config reports
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}:{_decode_error_location(err, text)} (not changing the file)") from None
-    table, _, name = key.rpartition(".")
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    new_line = None if value is None else f"{_bare_or_quoted(name)} = {_toml_value(value)}"
-    _set_line(lines, table, name, new_line)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(path)  # atomic: a crash leaves the old file or the new one, never half of one
-
-
-_TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-
-
-def _set_line(lines: list[str], table: str, name: str, new_line: str | None) -> None:
-    """Replace, insert or (new_line None) remove `name = ...` inside `table` ("" = top level), in place."""
-    start, end = _table_span(lines, table)
-    if start is None:
-        if new_line is not None:
-            if lines and lines[-1].strip():
-                lines.append("\n")
-            lines.extend([f"[{table}]\n", new_line + "\n"])
-        return
-    key_pattern = re.compile(rf"^\s*(?:{re.escape(name)}|\"{re.escape(name)}\"|'{re.escape(name)}')\s*=")
-    for i in range(start, end):
-        if key_pattern.match(lines[i]):
-            span = _value_span(lines, i, end)
-            comment = _trailing_comment(lines[i]) if span == 1 else ""
-            replacement = [] if new_line is None else [new_line + comment + "\n"]
-            lines[i : i + span] = replacement
+    document = tomlkit.parse(text)
+    table_name, _, name = key.rpartition(".")
+    if table_name and table_name not in document:
+        if value is None:
             return
-    if new_line is not None:
-        # after the table's last setting, so blank lines and comments that introduce the next table stay with it
-        insert_at = start
-        for i in range(start, end):
-            stripped = lines[i].strip()
-            if stripped and not stripped.startswith("#"):
-                insert_at = i + 1
-        lines.insert(insert_at, new_line + "\n")
+        document[table_name] = tomlkit.table()
+    container = document[table_name] if table_name else document
+    _set_item(container, name, _toml_item(value))
+    _write_atomically(target, tomlkit.dumps(document), path)
 
 
-def _table_span(lines: list[str], table: str) -> tuple[int | None, int]:
-    """[start, end) of the lines of `table`'s body; start None when the file has no such table."""
-    current, start = "", (0 if table == "" else None)
-    for i, line in enumerate(lines):
-        header = _TABLE_HEADER.match(line)
-        if header and not _inside_multiline_value(lines, i):
-            if start is not None:
-                return start, i
-            current = header.group(1)
-            if current == table:
-                start = i + 1
-    return start, len(lines)
+def _set_item(container: Any, name: str, item: Any) -> None:
+    """Replace, add or (item None) remove `name` in a tomlkit table, leaving every other line alone."""
+    if item is None:
+        container.pop(name, None)
+    elif name in container:
+        container[name] = item  # tomlkit keeps the line's trailing comment
+    else:
+        keys = [k for k in container if not isinstance(container[k], (tomlkit.items.Table, tomlkit.items.AoT))]
+        if keys:
+            # right after the table's last setting, so the comments and blank lines that introduce what follows stay
+            # with it (tomlkit's public `add` appends after them); `_insert_after` is tomlkit's own placement helper
+            body = container if isinstance(container, tomlkit.TOMLDocument) else container.value
+            body._insert_after(keys[-1], name, item)
+        else:
+            container.add(name, item)
 
 
-def _inside_multiline_value(lines: list[str], i: int) -> bool:
-    """Whether line i continues a value begun on an earlier line (a '[' line inside a multi-line array or string)."""
-    try:
-        tomllib.loads("".join(lines[:i]))
-        return False
-    except tomllib.TOMLDecodeError:
-        return True
-
-
-def _value_span(lines: list[str], i: int, end: int) -> int:
-    """How many lines the `key = value` starting at line i takes (multi-line strings and arrays take several)."""
-    for span in range(1, end - i + 1):
-        try:
-            tomllib.loads("".join(lines[i : i + span]))
-            return span
-        except tomllib.TOMLDecodeError:
-            continue
-    return 1
-
-
-def _trailing_comment(line: str) -> str:
-    """The ` # comment` after a one-line value: the first '#' before which the line parses alone."""
-    body = line.rstrip("\n")
-    for match in re.finditer("#", body):
-        try:
-            tomllib.loads(body[: match.start()])
-        except tomllib.TOMLDecodeError:
-            continue
-        return "  " + body[match.start() :].strip()
-    return ""
-
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _bare_or_quoted(name: str) -> str:
-    return name if _BARE_KEY.match(name) else _toml_value(name)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
+def _toml_item(value: Any) -> Any:
+    if value is None:
+        return None
     if isinstance(value, Path):
-        value = str(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-        escaped = "".join(c if c.isprintable() or c in "\\" else f"\\u{ord(c):04x}" for c in escaped)
-        return f'"{escaped}"'
+        return str(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_bare_or_quoted(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} to config.toml")
+        return [_toml_item(v) for v in value]
+    return value
+
+
+def _write_atomically(target: Path, text: str, shown: Path) -> None:
+    """Replace `target` with `text`: a crash leaves the old file or the new one, never half of one. The temporary
+    file has a unique name in the target's directory (two writers never share one) and the target's mode."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            mode = stat.S_IMODE(target.stat().st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        raise ConfigError(f"{shown}: cannot write: {_reason(err)}") from None
 
 
 # --- which model to run --------------------------------------------------------------------------------

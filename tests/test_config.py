@@ -1,9 +1,13 @@
+import os
+import stat
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from bobby_tui import paths
+from inference.api import SAMPLING_LIMITS
+
 from bobby_tui.config import Config, ConfigError, load_config, resolve_model, save_setting
 
 
@@ -112,13 +116,13 @@ def test_save_setting_keeps_comments_and_other_lines(tmp_path):
     text = path.read_text()
     assert text == (
         "# my settings\n"
-        'theme = "say \\"hi\\""  # the dark one\n'
+        'theme = "say \\"hi\\""   # the dark one\n'
         'default_prompt = "one line"\n'
         "post_limit = 140\n"
         "\n"
         "# sampling below\n"
         "[sampling]\n"
-        "temperature = 1.1  # warm\n"
+        "temperature = 1.1 # warm\n"
         "top_k = 20\n"
         "\n"
         "# the end\n"
@@ -168,3 +172,48 @@ def test_resolve_model_falls_back_to_the_demo():
     demo = pytest.importorskip("bobby_tui.demo")
     assert resolve_model(Config(), None, None, False) == (demo.DEMO_MODEL_DIR, demo.DEMO_ADAPTER_DIR, True)
     assert resolve_model(Config(), None, None, True) == (demo.DEMO_MODEL_DIR, None, True)
+
+
+def test_sampling_ranges_are_the_engines(tmp_path):
+    path = tmp_path / "config.toml"
+    too_hot = SAMPLING_LIMITS["temperature"].high + 1
+    path.write_text(f"[sampling]\ntemperature = {too_hot}\ntop_p = 0.0\nrepetition_penalty = 0\nspread = [0.5, {too_hot}]\n")
+    config, warning = load_config(path)
+    assert config.sampling == Config().sampling
+    for name in ("sampling.temperature", "sampling.top_p", "sampling.repetition_penalty", "sampling.spread"):
+        assert f"'{name}'" in warning
+    assert f"got {too_hot}" in warning and "(0, 1]" in warning  # top_p's range as the engine states it
+
+
+def test_save_setting_writes_through_a_symlink_and_keeps_the_mode(tmp_path):
+    real = tmp_path / "dotfiles" / "bobby.toml"
+    real.parent.mkdir()
+    real.write_text("# managed in my dotfiles\ntheme = \"bobby-dark\"\n")
+    real.chmod(0o600)
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    save_setting("theme", "bobby-light", link)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert real.read_text() == "# managed in my dotfiles\ntheme = \"bobby-light\"\n"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert sorted(os.listdir(real.parent)) == ["bobby.toml"]  # no temporary file left behind
+
+
+def test_save_setting_never_edits_inside_a_multi_line_string(tmp_path):
+    path = tmp_path / "config.toml"
+    prompt = 'Notes:\ntheme = "inside the prompt"\n[sampling]\ntemperature = 5\n'
+    path.write_text(f'system_prompt = """{prompt}"""\n\n[sampling]\ntemperature = 0.8\n')
+    save_setting("theme", "bobby-light", path)
+    save_setting("sampling.temperature", 1.2, path)
+    data = tomllib.loads(path.read_text())
+    assert data == {"system_prompt": prompt, "theme": "bobby-light", "sampling": {"temperature": 1.2}}
+    assert path.read_text().startswith(f'system_prompt = """{prompt}"""\n')
+
+
+def test_save_setting_through_a_symlink_loop_is_one_line(tmp_path):
+    loop = tmp_path / "config.toml"
+    loop.symlink_to(tmp_path / "other.toml")
+    (tmp_path / "other.toml").symlink_to(loop)
+    with pytest.raises(ConfigError) as info:
+        save_setting("theme", "x", loop)
+    assert str(info.value).startswith(str(loop)) and "\n" not in str(info.value)
