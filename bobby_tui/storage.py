@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @dataclass
@@ -37,10 +38,8 @@ class StoreError(Exception):
     """The history database cannot be used. The message is one line naming the db file."""
 
 
-# Each entry upgrades the schema by one version; the list index + 1 is the version it reaches.
-# Append new migrations, never edit a released one.
-MIGRATIONS: list[str] = [
-    """
+# Version 1's tables, as the first bobby-tui wrote them (it kept its version in a `schema_version` table).
+_SCHEMA_1 = """
     CREATE TABLE generations (
         id               INTEGER PRIMARY KEY AUTOINCREMENT,
         created_at       TEXT    NOT NULL,
@@ -61,36 +60,78 @@ MIGRATIONS: list[str] = [
         favorite         INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX generations_favorite ON generations (favorite, id);
-    """,
-]
+"""
+
+
+def _version_in_pragma(db: sqlite3.Connection) -> None:
+    """Version 2: the version lives in SQLite's own header field (PRAGMA user_version), which a foreign file
+    cannot carry by accident under our number, instead of a table of ours."""
+    db.execute("DROP TABLE IF EXISTS schema_version")
+
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _script(sql: str) -> Migration:
+    def run(db: sqlite3.Connection) -> None:
+        for statement in filter(str.strip, sql.split(";")):
+            db.execute(statement)
+
+    return run
+
+
+# MIGRATIONS[n] upgrades a database at version n to version n + 1, inside the migrating transaction; a step is
+# SQL or Python. Append new steps, never edit a released one.
+MIGRATIONS: list[Migration] = [_script(_SCHEMA_1), _version_in_pragma]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # How long a writer waits for another instance's transaction; ours are a single INSERT/UPDATE each.
 _BUSY_TIMEOUT_S = 10.0
 _COLUMNS = [f.name for f in dataclasses.fields(GenerationRecord) if f.name != "id"]
+_OUR_TABLES = {"generations", "schema_version", "sqlite_sequence"}
 
 
 class Store:
+    """The history database at `db_path`, created or upgraded on open. A database this user cannot write is
+    opened read-only: it lists, and `add` / `set_favorite` raise StoreError."""
+
     def __init__(self, db_path: Path):
         self.path = Path(db_path)
         self._lock = threading.Lock()  # one connection, usable from the app's threads one at a time
         self._refuse_foreign_file()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # autocommit mode: every statement outside an explicit BEGIN commits at once, so a killed
-            # process loses at most the row it was writing
-            self._db = sqlite3.connect(
-                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as err:
-            raise StoreError(f"{self.path}: cannot open the history database: {err}") from None
+        self.read_only = self.path.exists() and not os.access(self.path, os.W_OK)
+        self._db = self._connect()
         try:
             self._db.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._migrate()
+            if self.read_only:
+                self._check_readable_version()
+            else:
+                self._migrate()
+                # only once the file is known to be ours: WAL changes the file's header
+                self._db.execute("PRAGMA journal_mode = WAL")
+            self._identity = self._file_identity()
+        except StoreError:
+            self._db.close()
+            raise
         except sqlite3.Error as err:
             self._db.close()
             raise StoreError(f"{self.path}: {_describe(err)}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.read_only:
+                # a WAL database in a directory we cannot write has no -shm to share: read it as an immutable file
+                mode = "ro" if os.access(self.path.parent, os.W_OK) else "ro&immutable=1"
+                uri = f"{self.path.resolve().as_uri()}?mode={mode}"
+                return sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # autocommit mode: every statement outside an explicit BEGIN commits at once, so a killed
+            # process loses at most the row it was writing
+            return sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(f"{self.path}: cannot open the history database: {err}") from None
 
     def _refuse_foreign_file(self) -> None:
         """A file that is not SQLite is someone's data: refuse it before SQLite could touch it."""
@@ -104,29 +145,59 @@ class Store:
         if head and head != _SQLITE_MAGIC:
             raise StoreError(f"{self.path}: not a SQLite database (left untouched; move it away to start a new history)")
 
+    def _version(self) -> int:
+        """The schema version of the open file; StoreError for a SQLite file that is not a bobby-tui history."""
+        db = self._db
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version == 0 and tables:
+            if "schema_version" in tables and "generations" in tables and tables <= _OUR_TABLES:
+                (version,) = db.execute("SELECT version FROM schema_version").fetchone() or (0,)
+            else:
+                raise StoreError(
+                    f"{self.path}: a SQLite database of another program (tables: {', '.join(sorted(tables))}); "
+                    "left untouched: move it away or point bobby-tui elsewhere"
+                )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: history schema version {version} is newer than this bobby-tui knows "
+                f"({SCHEMA_VERSION}); upgrade bobby-tui"
+            )
+        return version
+
+    def _check_readable_version(self) -> None:
+        # Every version so far has the same `generations` columns, so a read-only file of any version lists as is.
+        if self._version() == 0:
+            raise StoreError(f"{self.path}: the history database is read-only and holds no history yet")
+
     def _migrate(self) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")  # one instance migrates; the others wait, then see the new version
         try:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            version = row[0] if row else 0
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"{self.path}: history schema version {version} is newer than this bobby-tui knows "
-                    f"({len(MIGRATIONS)}); upgrade bobby-tui"
-                )
-            for script in MIGRATIONS[version:]:
-                for statement in filter(str.strip, script.split(";")):
-                    db.execute(statement)
-            if row is None:
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS),))
-            else:
-                db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+            version = self._version()
+            for step in MIGRATIONS[version:]:
+                step(db)
+            if version != SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def _check_writable(self) -> None:
+        """Refuse a write that would be lost: to a read-only file, or to a database file removed or replaced since
+        it was opened (SQLite would go on writing to the deleted file)."""
+        if self.read_only:
+            raise StoreError(f"{self.path}: the history database is read-only")
+        if self._file_identity() != self._identity:
+            raise StoreError(f"{self.path}: the history database was removed or replaced while in use")
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[sqlite3.Connection]:
@@ -139,6 +210,7 @@ class Store:
 
     def add(self, rec: GenerationRecord) -> int:
         """Store `rec` (committed before returning) and return its id."""
+        self._check_writable()
         values = dataclasses.asdict(rec)
         values["created_at"] = rec.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
         values["favorite"] = int(rec.favorite)
@@ -151,6 +223,7 @@ class Store:
         return cursor.lastrowid
 
     def set_favorite(self, gen_id: int, favorite: bool) -> None:
+        self._check_writable()
         with self._guard() as db:
             cursor = db.execute("UPDATE generations SET favorite = ? WHERE id = ?", (int(favorite), gen_id))
         if cursor.rowcount == 0:

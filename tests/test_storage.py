@@ -1,14 +1,18 @@
 import dataclasses
+import os
+import pathlib
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 
 import pytest
 
-from bobby_tui.storage import MIGRATIONS, GenerationRecord, Store, StoreError
+from bobby_tui.storage import MIGRATIONS, SCHEMA_VERSION, GenerationRecord, Store, StoreError
 
 
 def make_record(i: int = 0, **overrides) -> GenerationRecord:
@@ -64,7 +68,7 @@ def test_schema_version_is_recorded_and_reopening_keeps_rows(db):
     with Store(db) as store:
         assert len(store.history()) == 1
     con = sqlite3.connect(db)
-    assert con.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == len(MIGRATIONS)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
 
@@ -72,7 +76,7 @@ def test_schema_version_is_recorded_and_reopening_keeps_rows(db):
 def test_a_newer_schema_is_refused(db):
     Store(db).close()
     con = sqlite3.connect(db)
-    con.execute("UPDATE schema_version SET version = 99")
+    con.execute("PRAGMA user_version = 99")
     con.commit()
     con.close()
     with pytest.raises(StoreError, match="version 99 is newer"):
@@ -199,3 +203,125 @@ def test_two_processes_creating_the_database_at_once(db):
         assert w.returncode == 0
     with Store(db) as store:
         assert len(store.history()) == 10
+
+
+# --- the database file as another version or another program left it --------------------------------------
+
+# Schema version 1 exactly as the first bobby-tui wrote it: its CREATE statements and its version table, copied
+# here (not imported), so this test keeps checking the upgrade of real old files whatever the code becomes.
+SCHEMA_1_SQL = """
+CREATE TABLE generations (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at       TEXT    NOT NULL,
+    prompt           TEXT    NOT NULL,
+    system_prompt    TEXT    NOT NULL DEFAULT '',
+    text             TEXT    NOT NULL,
+    raw_text         TEXT    NOT NULL DEFAULT '',
+    temperature      REAL    NOT NULL,
+    top_p            REAL    NOT NULL,
+    seed             INTEGER NOT NULL,
+    model            TEXT    NOT NULL,
+    adapter          TEXT,
+    prompt_tokens    INTEGER NOT NULL,
+    generated_tokens INTEGER NOT NULL,
+    decode_tok_s     REAL    NOT NULL,
+    prefill_tok_s    REAL    NOT NULL,
+    finish_reason    TEXT    NOT NULL,
+    favorite         INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX generations_favorite ON generations (favorite, id);
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version (version) VALUES (1);
+INSERT INTO generations (created_at, prompt, system_prompt, text, raw_text, temperature, top_p, seed, model, adapter,
+    prompt_tokens, generated_tokens, decode_tok_s, prefill_tok_s, finish_reason, favorite)
+VALUES ('2026-05-01T10:00:00+00:00', 'old prompt', 'be brief', 'old text', '<think></think>old text', 0.7, 0.9, 7,
+        'qwen', 'bobby', 10, 20, 30.0, 300.0, 'stop', 1),
+       ('2026-05-02T11:00:00+00:00', 'newer prompt', '', 'newer text', '', 1.1, 1.0, 8,
+        'qwen', NULL, 11, 21, 31.0, 301.0, 'length', 0);
+"""
+
+
+def test_a_database_written_by_schema_1_is_upgraded_and_keeps_its_rows(db):
+    db.parent.mkdir(parents=True)
+    con = sqlite3.connect(db)
+    con.executescript(SCHEMA_1_SQL)
+    con.close()
+    with Store(db) as store:
+        newer, old = store.history()
+        new_id = store.add(make_record(3))
+        assert [r.id for r in store.history()] == [new_id, newer.id, old.id]
+    assert (old.prompt, old.system_prompt, old.text, old.raw_text, old.seed, old.adapter, old.favorite) == (
+        "old prompt", "be brief", "old text", "<think></think>old text", 7, "bobby", True)
+    assert (newer.created_at, newer.adapter, newer.finish_reason, newer.top_p) == (
+        "2026-05-02T11:00:00+00:00", None, "length", 1.0)
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "schema_version" not in tables  # the version moved into the header
+    con.close()
+
+
+def test_a_sqlite_file_of_another_program_is_refused_before_anything_changes(db):
+    db.parent.mkdir(parents=True)
+    con = sqlite3.connect(db)
+    con.executescript("CREATE TABLE contacts (name TEXT, phone TEXT); INSERT INTO contacts VALUES ('Ada', '555');")
+    con.close()
+    before = db.read_bytes()
+    with pytest.raises(StoreError) as info:
+        Store(db)
+    message = str(info.value)
+    assert message.startswith(f"{db}: ") and "contacts" in message and "\n" not in message
+    assert db.read_bytes() == before  # not switched to WAL, no table of ours added
+    assert sorted(p.name for p in db.parent.iterdir()) == [db.name]
+
+
+def test_a_history_file_removed_while_open_refuses_the_write(db):
+    store = Store(db)
+    store.add(make_record(1))
+    db.unlink()
+    with pytest.raises(StoreError, match=rf"^{db}: the history database was removed"):
+        store.add(make_record(2))
+    store.close()
+
+
+READ_ONLY_LISTER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from bobby_tui.storage import Store, StoreError
+    from test_storage import make_record
+    store = Store(Path(sys.argv[1]))
+    print(",".join(r.prompt for r in store.history()))
+    try:
+        store.add(make_record(9))
+    except StoreError as err:
+        print(err)
+    """
+)
+
+
+def test_a_read_only_history_still_lists_and_refuses_writes_in_one_line(tmp_path):
+    # a directory any user can read: as root the check runs as "nobody", for whom the file really is read-only
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="bobby-ro-"))
+    try:
+        path = folder / "history.sqlite3"
+        with Store(path) as store:
+            store.add(make_record(1))
+            store.add(make_record(2))
+        path.chmod(0o444)
+        folder.chmod(0o555)
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        tests_dir = pathlib.Path(__file__).parent
+        env = {**os.environ, "PYTHONPATH": f"{tests_dir.parent}{os.pathsep}{tests_dir}"}
+        result = subprocess.run(
+            [*as_user, sys.executable, "-c", READ_ONLY_LISTER, str(path)],
+            capture_output=True, text=True, timeout=60, env=env, cwd="/",
+        )
+        assert result.returncode == 0, result.stderr
+        listed, refusal = result.stdout.splitlines()
+        assert listed == "prompt 2,prompt 1"
+        assert refusal == f"{path}: the history database is read-only"
+    finally:
+        folder.chmod(0o755)
+        path.chmod(0o644)
+        shutil.rmtree(folder)
