@@ -13,7 +13,8 @@ from textual.screen import Screen
 from textual.theme import Theme
 
 from bobby_tui.config import Config, ConfigError, load_config, resolve_model, save_setting
-from bobby_tui.screens.bindings import ACTION_NAMES, COMPOSER_BINDINGS
+from bobby_tui.keymap import plan_keys
+from bobby_tui.screens.bindings import ACTION_NAMES, COMPOSER_BINDINGS, RESERVED_KEYS
 from bobby_tui.screens.composer import ComposerScreen
 from bobby_tui.service import EngineLoader, load_engine
 from themes import DEFAULT_THEME, STYLESHEET, THEME_NAMES, THEMES
@@ -24,6 +25,14 @@ _FUNCTION_KEY = re.compile(r"f\d{1,2}")
 class BobbyApp(App):
     CSS_PATH = STYLESHEET
     TITLE = "bobby-tui"
+    # Classes on the screen by terminal size: the stylesheet gives small terminals a layout that keeps every action
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
+    BINDINGS = [
+        # not remappable, and at the app so they outlive any [keys] remap of the composer's actions
+        Binding("question_mark", "screen.show_keys", "Keys", show=False),
+        Binding("escape", "hide_keys", "Close keys", show=False),
+    ]
 
     def __init__(
         self,
@@ -51,14 +60,22 @@ class BobbyApp(App):
         unknown = sorted(set(config.keys) - ACTION_NAMES)
         if unknown:
             yield f"unknown action(s) in [keys]: {', '.join(unknown)} (actions: {', '.join(sorted(ACTION_NAMES))})"
-        self.set_keymap({action: key for action, key in config.keys.items() if action in ACTION_NAMES})
+        plan = plan_keys(
+            config.keys,
+            defaults={b.action: [k.strip() for k in b.key.split(",")] for b in COMPOSER_BINDINGS},
+            names={b.action: b.description for b in COMPOSER_BINDINGS},
+            reserved=RESERVED_KEYS,
+        )
+        yield from plan.warnings
+        self._action_keys = plan.keys
+        self.set_keymap(plan.keymap)
 
     def get_default_screen(self) -> Screen:
         return ComposerScreen(*self._screen_args)
 
     def on_mount(self) -> None:
-        for warning in self._warnings:
-            self.notify(warning, title="Config", severity="warning", timeout=20)
+        for warning in self._warnings:  # they quote the user's file: never markup
+            self.notify(warning, title="Config", severity="warning", timeout=20, markup=False)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
 
     def _remember_theme(self, theme: Theme) -> None:
@@ -68,7 +85,22 @@ class BobbyApp(App):
         try:
             save_setting("theme", theme.name)
         except (ConfigError, OSError) as err:
-            self.notify(f"theme not saved: {err}", severity="warning")
+            self.notify(f"theme not saved: {err}", severity="warning", markup=False)
+
+    async def action_quit(self) -> None:
+        """Quit; a generation in progress is cancelled first and its drafts saved, as escape would keep them."""
+        if isinstance(self.screen, ComposerScreen):
+            await self.screen.settle()
+        self.exit()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "hide_keys":  # escape closes the keys panel; otherwise it is the composer's cancel
+            return bool(self.screen.query("HelpPanel"))
+        return True
+
+    def action_hide_keys(self) -> None:
+        self.action_hide_help_panel()
+        self.screen.refresh_bindings()
 
     def action_switch_theme(self) -> None:
         """Cycle through the shipped themes (the command palette's "Theme" offers every theme)."""
@@ -83,7 +115,7 @@ class BobbyApp(App):
             # the binding's help as the title (the footer's short description can stand for a pair of keys)
             yield SystemCommand(
                 binding.tooltip,
-                f"key: {self._keys_of(binding)}",
+                f"key: {self.keys_of(binding.action)}",
                 lambda action=binding.action: screen.run_action(action),
             )
 
@@ -91,9 +123,10 @@ class BobbyApp(App):
         display = super().get_key_display(binding)
         return display.upper() if _FUNCTION_KEY.fullmatch(display) else display
 
-    def _keys_of(self, binding: Binding) -> str:
-        keys = self._keymap.get(binding.id, binding.key).split(",")
-        return " / ".join(self.get_key_display(binding.with_key(key.strip())) for key in keys)
+    def keys_of(self, action: str) -> str:
+        """The keys of a composer action as shown to the user ("F5 / ^⏎"), remaps included."""
+        binding = next(b for b in COMPOSER_BINDINGS if b.action == action)
+        return " / ".join(self.get_key_display(binding.with_key(key)) for key in self._action_keys[action])
 
 
 def run_app(model: Path | None, adapter: Path | None, no_adapter: bool, inline: bool) -> int:

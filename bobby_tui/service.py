@@ -48,60 +48,71 @@ class ComposeJob:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-# --- messages to the UI -----------------------------------------------------------------------------------
+# --- messages to the UI (posted from the engine thread; MessagePump.post_message is thread-safe) --------------
 
 
+@dataclass
 class LoadProgressed(Message):
-    def __init__(self, done: int, total: int) -> None:
-        super().__init__()
-        self.done, self.total = done, total
+    """How far the load is: `phase` is one of inference.api.LOAD_PHASES, `done` of `total` within it."""
+
+    done: int
+    total: int
+    phase: str = "reading"
+
+    def can_replace(self, message: Message) -> bool:
+        # a burst of progress (one per tensor) collapses to the newest while the UI is busy
+        return isinstance(message, LoadProgressed)
 
 
+@dataclass
 class Loaded(Message):
-    def __init__(self, model_name: str, adapter_name: str | None, adapter_enabled: bool) -> None:
-        super().__init__()
-        self.model_name, self.adapter_name, self.adapter_enabled = model_name, adapter_name, adapter_enabled
+    model_name: str
+    adapter_name: str | None
+    adapter_enabled: bool
 
 
+@dataclass
 class LoadFailed(Message):
-    def __init__(self, error: str) -> None:
-        super().__init__()
-        self.error = error
+    error: str
 
 
+@dataclass
 class AdapterChanged(Message):
-    def __init__(self, enabled: bool) -> None:
-        super().__init__()
-        self.enabled = enabled
+    enabled: bool
 
 
+@dataclass
 class DraftDelta(Message):
-    def __init__(self, job_id: int, index: int, text: str) -> None:
-        super().__init__()
-        self.job_id, self.index, self.text = job_id, index, text
+    job_id: int
+    index: int
+    text: str
 
 
+@dataclass
 class DraftRestarted(Message):
     """The composer rejected a draft (e.g. too long) and is generating it again: its text starts over."""
 
-    def __init__(self, job_id: int, index: int, attempt: int) -> None:
-        super().__init__()
-        self.job_id, self.index, self.attempt = job_id, index, attempt
+    job_id: int
+    index: int
+    attempt: int
 
 
+@dataclass
 class DraftFinished(Message):
-    def __init__(self, job_id: int, draft: Any, record: Any) -> None:
-        super().__init__()
-        self.job_id = job_id
-        self.index = draft.draft
-        self.draft = draft  # bobby_tui.composer.Draft
-        self.record = record  # bobby_tui.storage.GenerationRecord, ready for Store.add on the UI thread
+    job_id: int
+    draft: Any  # bobby_tui.composer.Draft
+    record: Any  # bobby_tui.storage.GenerationRecord, for the UI to save (off its thread)
+
+    @property
+    def index(self) -> int:
+        return self.draft.draft
 
 
+@dataclass
 class GenerationFinished(Message):
-    def __init__(self, job_id: int, cancelled: bool, error: str | None) -> None:
-        super().__init__()
-        self.job_id, self.cancelled, self.error = job_id, cancelled, error
+    job_id: int
+    cancelled: bool
+    error: str | None
 
 
 # --- the service ------------------------------------------------------------------------------------------
@@ -193,13 +204,14 @@ class EngineService:
         def progress(update: Any) -> None:
             if self._stopping.is_set():
                 raise _Stop
-            self._post(LoadProgressed(update.done, update.total))
+            self._post(LoadProgressed(update.done, update.total, getattr(update, "phase", "reading")))
 
         try:
             engine = self._loader(self._model_dir, self._adapter_dir, progress)
             engine.adapter_enabled = self._use_adapter and engine.has_adapter
             # Kernels compile per batch size on a GPU: do it now for one draft and a spread, so the user's first
-            # generation of either kind streams at full speed.
+            # generation of either kind streams at full speed. The engine says nothing while it warms up: say it.
+            self._post(LoadProgressed(0, 1, "warming up"))
             engine.warmup(self._warmup_batches)
         except _Stop:
             return None

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 from textual.widgets import OptionList
 
-from inference import TokenDelta
-
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import Config, PostProcess, Sampling
 from bobby_tui.paths import db_path
 from bobby_tui.service import load_engine
 from bobby_tui.storage import Store
+from fake_engine import holding
 from test_app_support import generate, run_async, wait_until
 
 PROMPT = "Write a post about the sea"
@@ -58,8 +57,6 @@ async def type_prompt(pilot, text: str) -> None:
     await pilot.press(*text)
 
 
-
-
 def body_text(card) -> str:
     return str(card.query_one(".draft-body").render())
 
@@ -75,7 +72,7 @@ async def test_a_typed_prompt_generates_a_draft_that_streams_into_the_drafts_pan
         (card,) = screen.drafts.cards
         assert card.text.strip()
         assert card.text in body_text(card)
-        assert screen.status.decode_tok_s > 0
+        assert screen.decode_tok_s > 0
     (record,) = stored()
     assert record.prompt == PROMPT and record.text == card.text
     assert record.model == demo[0].name
@@ -85,43 +82,18 @@ async def test_a_typed_prompt_generates_a_draft_that_streams_into_the_drafts_pan
 async def test_loading_reports_progress_and_an_empty_prompt_uses_the_default(demo):
     app = composer_app(demo)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: app.screen.status.state == "ready")
-        bar = app.screen.query_one("#load-progress")
-        assert bar.total > 0 and bar.progress == bar.total
+        await wait_until(pilot, lambda: app.screen.state == "ready")
+        assert app.screen.load_phase == "warming up"  # the last phase before ready
+        assert not app.screen.query_one("#load-progress").display
         await generate(pilot)
     assert stored()[0].prompt == Config().default_prompt
-
-
-def held_after_first_delta(gate: threading.Event, deltas_after_gate: list):
-    """A loader of the real engine whose stream of PROMPT waits after its first text delta until `gate` opens:
-    escape is then pressed mid-stream, however fast the machine. The deltas that come after the gate are collected."""
-
-    def load(model_dir, adapter_dir, progress):
-        engine = load_engine(model_dir, adapter_dir, progress)
-        generate = engine.generate
-
-        def held(request, should_cancel=None):
-            if PROMPT not in request.prompt:  # the warm-up
-                yield from generate(request, should_cancel)
-                return
-            for number, event in enumerate(generate(request, should_cancel)):
-                if gate.is_set() and isinstance(event, TokenDelta):
-                    deltas_after_gate.append(event)
-                yield event
-                if number == 0:
-                    gate.wait(timeout=120)
-
-        engine.generate = held
-        return engine
-
-    return load
 
 
 @run_async
 async def test_cancel_mid_stream_stops_within_a_token_and_keeps_the_partial_draft(demo):
     gate, deltas_after_gate = threading.Event(), []
     model_dir, adapter_dir = demo
-    loader = held_after_first_delta(gate, deltas_after_gate)
+    loader = holding(load_engine, gate, PROMPT, deltas_after_gate)
     app = BobbyApp(quick_config(max_tokens=280), model_dir, adapter_dir, loader=loader)
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
@@ -190,7 +162,7 @@ async def test_temperature_keys_change_the_shown_value_and_the_next_drafts_tempe
         await pilot.press("f8", "f8", "f8", "f7")  # 0.95 + 0.10
         assert "temp 1.05" in str(screen.query_one("#status-text").render())
         await pilot.press("[")  # while the editor has focus a bracket is text, not a key binding
-        assert screen.editor.text == "[" and screen.status.temperature == 1.05
+        assert screen.editor.text == "[" and screen.temperature == 1.05
         await generate(pilot)
         assert screen.drafts.cards[0].temperature == 1.05
     assert stored()[0].temperature == 1.05
@@ -202,7 +174,7 @@ async def test_a_model_that_does_not_load_is_one_message_and_the_app_stays_open(
     broken.mkdir()
     app = BobbyApp(quick_config(), broken, None)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
-        await wait_until(pilot, lambda: app.screen.status.state == "failed")
+        await wait_until(pilot, lambda: app.screen.state == "failed")
         (note,) = [n for n in app._notifications if n.severity == "error"]
         assert str(broken) in note.message and "\n" not in note.message
         await type_prompt(pilot, "still here")
@@ -218,7 +190,7 @@ async def test_the_adapter_toggle_reruns_compare_base_and_fine_tune_on_one_seed(
         await type_prompt(pilot, PROMPT)
         await generate(pilot)
         await pilot.press("ctrl+t")
-        await wait_until(pilot, lambda: not screen.status.adapter_enabled)
+        await wait_until(pilot, lambda: not screen.adapter_enabled)
         await generate(pilot, "ctrl+r")
     base, tuned = stored()  # newest first
     assert (base.seed, base.prompt, base.temperature) == (tuned.seed, tuned.prompt, tuned.temperature)

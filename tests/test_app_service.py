@@ -22,7 +22,8 @@ from bobby_tui.service import (
     LoadProgressed,
 )
 from bobby_tui.widgets.draft_card import DraftCard
-from test_app_support import WORDS, FakeEngine, fake_loader, run_async, wait_until
+from fake_engine import WORDS, FakeEngine, failing_loader, fake_loader
+from test_app_support import run_async, wait_until
 
 MODEL = Path("/models/fake")
 
@@ -76,7 +77,12 @@ async def test_the_engine_is_loaded_and_used_on_one_thread_that_is_not_the_ui_th
         service.stop()
     assert engine.thread is loaded_on[0]
     assert engine.thread is not threading.main_thread()
-    assert [(m.done, m.total) for m in app.of(LoadProgressed)] == [(50, 100), (100, 100)]
+    phases = [(m.phase, m.done, m.total) for m in app.of(LoadProgressed)]
+    # the loader's phases, then the service's own around the warm-up (a burst may collapse to its newest)
+    assert phases[-1] == ("warming up", 0, 1)
+    sent = [("reading", 50, 100), ("reading", 100, 100), ("preparing", 0, 1), ("warming up", 0, 1)]
+    assert phases == sorted(phases, key=sent.index)  # in order, some dropped for newer ones
+    assert engine.warmed_up == [(1,)]
     finished = app.of(DraftFinished)
     assert sorted(m.index for m in finished) == [0, 1]
     for message in finished:
@@ -108,9 +114,7 @@ async def test_cancel_stops_the_stream_and_keeps_what_was_generated():
 
 @run_async
 async def test_a_load_error_is_one_message_and_later_jobs_are_answered():
-    def broken(model_dir, adapter_dir, progress):
-        raise InferenceError(model_dir / "config.json", "no such file")
-
+    broken = failing_loader(InferenceError(MODEL / "config.json", "no such file"))
     app = Recorder()
     async with app.run_test() as pilot:
         service = EngineService(app, MODEL, None, use_adapter=False, loader=broken)
@@ -141,3 +145,9 @@ async def test_a_draft_card_buffers_streamed_text_until_it_is_flushed():
         assert "Hello world!" in str(body.render())
         assert card.has_class("-over")  # 12 characters against a limit of 10
         assert "12 / 10" in str(card.query_one(".draft-meter").render())
+
+
+def test_a_burst_of_load_progress_collapses_to_the_newest():
+    older, newer = LoadProgressed(10, 100), LoadProgressed(20, 100)
+    assert newer.can_replace(older) and LoadProgressed(0, 1, "warming up").can_replace(newer)
+    assert not newer.can_replace(GenerationFinished(1, cancelled=False, error=None))

@@ -13,7 +13,8 @@ import pytest
 
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import Config, PostProcess
-from test_app_support import FakeEngine, fake_loader, generate
+from fake_engine import FakeEngine, fake_loader
+from test_app_support import generate
 from themes import THEME_NAMES
 
 SIZE = (120, 36)
@@ -45,6 +46,41 @@ def test_history_pane(snap_compare, monkeypatch):
         await type_and_spread(pilot)
         pilot.app.screen.query_one("#history-search").cursor_blink = False
         await pilot.press("f3", "f2")
+        await pilot.app.screen.workers.wait_for_complete()
         await pilot.pause()
 
     assert snap_compare(spread_app("bobby-dark"), run_before=spread_then_open_history, terminal_size=SIZE)
+
+
+SMALL_TERMINALS = [(80, 24), (60, 20)]
+
+
+@pytest.mark.parametrize("size", SMALL_TERMINALS, ids=lambda size: f"{size[0]}x{size[1]}")
+def test_a_spread_in_a_small_terminal(size, snap_compare, monkeypatch):
+    monkeypatch.setattr(random, "randrange", lambda stop: 4242)
+    assert snap_compare(spread_app("bobby-dark"), run_before=type_and_spread, terminal_size=size)
+
+
+@pytest.mark.parametrize("size", SMALL_TERMINALS, ids=lambda size: f"{size[0]}x{size[1]}")
+def test_the_history_in_a_small_terminal(size, snap_compare, monkeypatch):
+    monkeypatch.setattr(random, "randrange", lambda stop: 4242)
+
+    async def spread_then_open_history(pilot) -> None:
+        await type_and_spread(pilot)
+        pilot.app.screen.query_one("#history-search").cursor_blink = False
+        await pilot.press("f2")
+        await pilot.app.screen.workers.wait_for_complete()
+        await pilot.pause()
+
+    assert snap_compare(spread_app("bobby-dark"), run_before=spread_then_open_history, terminal_size=size)
+
+
+@pytest.mark.parametrize("size", SMALL_TERMINALS, ids=lambda size: f"{size[0]}x{size[1]}")
+def test_the_keys_panel_in_a_small_terminal(size, snap_compare):
+    async def open_keys(pilot) -> None:
+        await pilot.pause()
+        pilot.app.screen.editor.cursor_blink = False
+        await pilot.press("f1")
+        await pilot.pause()
+
+    assert snap_compare(spread_app("bobby-dark"), run_before=open_keys, terminal_size=size)

@@ -10,7 +10,8 @@ from textual.widgets import OptionList
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import Config, PostProcess, load_config
 from bobby_tui.paths import config_path
-from test_app_support import FakeEngine, fake_loader, generate, run_async, wait_until
+from fake_engine import FakeEngine, fake_loader
+from test_app_support import generate, run_async, wait_until
 
 SIZE = (120, 40)
 

@@ -14,6 +14,8 @@ def _bind(keys: str, action: str, description: str, help: str, priority: bool = 
 # ctrl+enter reaches the app only in terminals that report it (kitty keyboard protocol); F5 works everywhere.
 # The footer has room for the main actions; show=False ones are in the command palette (ctrl+p) and the README.
 COMPOSER_BINDINGS: list[Binding] = [
+    # first in the footer: however narrow the terminal, the way to every other key stays on screen
+    _bind("f1", "show_keys", "Keys", "Keys: show or hide every key (escape closes the panel)"),
     _bind("f5,ctrl+enter", "generate", "Generate", "Generate a draft of the prompt (an empty one uses the default prompt)",
           key_display="F5/^⏎"),
     _bind("f6", "spread", "Spread", "Spread: several drafts at a spread of temperatures, in one batch"),
@@ -36,3 +38,6 @@ COMPOSER_BINDINGS: list[Binding] = [
 ]
 
 ACTION_NAMES: frozenset[str] = frozenset(binding.action for binding in COMPOSER_BINDINGS)
+
+# The app's own keys, which no [keys] remap may take: quit, the command palette, copy / "how do I quit".
+RESERVED_KEYS: dict[str, str] = {"ctrl+q": "Quit", "ctrl+p": "the command palette", "ctrl+c": "Copy"}

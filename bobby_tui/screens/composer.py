@@ -1,18 +1,31 @@
-"""The composer screen: prompt editor, drafts, history, status bar; turns key presses into engine jobs."""
+"""The composer screen: prompt editor, drafts, history, status bar; turns key presses into engine jobs.
+
+Its live state (temperature, top_p, status, speed, adapter) is reactives that the status bar binds to. Nothing here
+blocks the UI thread: the engine runs on its own thread (bobby_tui.service), and every history read and write runs
+in a Textual thread worker that answers with a message.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference import SamplingParams  # a plain dataclass: building requests here never touches MLX
-from textual import on
+from inference.api import SAMPLING_LIMITS, SamplingParams  # no MLX: building requests here never loads it
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.message import Message
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer
+from textual.worker import get_current_worker
 
+from bobby_tui.clipboard import copy_with_system_tool
 from bobby_tui.config import Config
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_MODEL_DIR
 from bobby_tui.paths import db_path
@@ -36,12 +49,13 @@ from bobby_tui.widgets.draft_card import DraftCard
 from bobby_tui.widgets.drafts_pane import DraftsPane
 from bobby_tui.widgets.history_pane import HistoryPane
 from bobby_tui.widgets.prompt_editor import PromptEditor
-from bobby_tui.widgets.status_bar import Status, StatusBar
+from bobby_tui.widgets.status_bar import StatusBar
 
 STEP = 0.05  # temperature and top_p change by this much per key press
-MAX_TEMPERATURE = 2.0
 SEED_RANGE = 2**31
 HISTORY_LIMIT = 200
+STORE_WAIT_S = 30.0  # how long a history job waits for the database to open (another instance may be migrating it)
+QUIT_WAIT_S = 10.0  # how long quitting waits for a cancelled generation's drafts to come back and be saved
 _GENERATING_ACTIONS = {"generate", "spread", "regenerate"}
 
 
@@ -53,6 +67,14 @@ def _shown_name(directory: Path | None, name: str | None) -> str | None:
     return name
 
 
+def _clamp(name: str, value: float, smallest_open: float) -> float:
+    """`value` rounded to the step's precision and held inside the engine's range for `name` (an open low end
+    stops at `smallest_open`)."""
+    limit = SAMPLING_LIMITS[name]
+    low = smallest_open if limit.low_open else limit.low
+    return min(max(round(value, 2), low), limit.high)
+
+
 @dataclass(frozen=True)
 class _Run:
     """What regenerate repeats: the prompt, the seeds, and whether it was a spread."""
@@ -62,9 +84,57 @@ class _Run:
     spread: bool
 
 
+# --- answers of the history workers (posted from their threads) ---------------------------------------------
+
+
+@dataclass
+class StoreOpened(Message):
+    error: str | None  # None: the history is ready
+
+
+@dataclass
+class HistoryLoaded(Message):
+    search: str
+    records: list[GenerationRecord]
+    error: str | None = None
+
+
+@dataclass
+class DraftSaved(Message):
+    job_id: int
+    card: DraftCard | None  # None: the draft of an older generation, no longer on screen
+    gen_id: int | None
+    error: str | None  # None: saved as gen_id
+
+
+@dataclass
+class FavoriteSet(Message):
+    card: DraftCard
+    favorite: bool
+    error: str | None
+
+
+@dataclass
+class Copied(Message):
+    number: int
+    characters: int
+    tool: str | None  # the system clipboard tool that took the text too, if any
+    problem: str | None  # why no tool did
+
+
 class ComposerScreen(Screen):
     BINDINGS = COMPOSER_BINDINGS
     AUTO_FOCUS = "#prompt"  # focused as the screen appears, so no early key press is lost
+
+    state: reactive[str] = reactive("loading")  # "loading" | "ready" | "generating" | "failed"
+    load_phase: reactive[str] = reactive("reading")
+    model_name: reactive[str] = reactive("")
+    adapter_name: reactive[str | None] = reactive(None)
+    adapter_enabled: reactive[bool] = reactive(False)
+    temperature: reactive[float] = reactive(0.0)
+    top_p: reactive[float] = reactive(1.0)
+    max_tokens: reactive[int] = reactive(0)
+    decode_tok_s: reactive[float | None] = reactive(None)
 
     def __init__(
         self, config: Config, model_dir: Path, adapter_dir: Path | None, use_adapter: bool, loader: EngineLoader
@@ -73,19 +143,25 @@ class ComposerScreen(Screen):
         self.config = config
         sampling = config.sampling
         self._dirs = (model_dir, adapter_dir)
-        self.status = Status(
-            model=_shown_name(model_dir, model_dir.name),
-            adapter=_shown_name(adapter_dir, adapter_dir.name if adapter_dir else None),
-            adapter_enabled=use_adapter and adapter_dir is not None,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-        )
+        self.set_reactive(ComposerScreen.model_name, _shown_name(model_dir, model_dir.name))
+        self.set_reactive(ComposerScreen.adapter_name, _shown_name(adapter_dir, adapter_dir.name if adapter_dir else None))
+        self.set_reactive(ComposerScreen.adapter_enabled, use_adapter and adapter_dir is not None)
+        self.set_reactive(ComposerScreen.temperature, sampling.temperature)
+        self.set_reactive(ComposerScreen.top_p, sampling.top_p)
+        self.set_reactive(ComposerScreen.max_tokens, sampling.max_tokens)
         self.service = EngineService(
             self, model_dir, adapter_dir, use_adapter, loader, warmup_batches=(1, len(sampling.spread))
         )
-        self.store: Store | None = None
+        self.store: Store | None = None  # set by the worker that opens it
+        self._store_ready = threading.Event()
         self.job: ComposeJob | None = None  # the generation in progress
+        self._job_done = asyncio.Event()
+        self._unsaved_job: int | None = None  # the job whose failed save was already reported
+        # drafts waiting to be saved: one save worker at a time, so rows are stored in the order drafts finished
+        self._save_queue: deque[tuple[int, DraftCard | None, GenerationRecord]] = deque()
+        self._saving = False
+        self.saves_done = asyncio.Event()
+        self.saves_done.set()
         self.load_error: str | None = None
         self._last_run: _Run | None = None
 
@@ -95,25 +171,41 @@ class ComposerScreen(Screen):
                 yield PromptEditor(
                     id="prompt",
                     soft_wrap=True,
-                    placeholder=f"{self.config.default_prompt}   (empty prompt: this default)",
+                    # Content, not str: a str placeholder is parsed as markup, and the default prompt is the user's
+                    placeholder=Content(f"{self.config.default_prompt}   (empty prompt: this default)"),
                 )
-                yield DraftsPane(hint="Type a prompt, then F5 for a draft or F6 for a spread.", id="drafts")
+                yield DraftsPane(hint=self._hint(), id="drafts")
             yield HistoryPane(id="history")
-        yield StatusBar(id="status")
+        yield StatusBar(id="status").data_bind(
+            ComposerScreen.state, ComposerScreen.load_phase, ComposerScreen.model_name, ComposerScreen.adapter_name,
+            ComposerScreen.adapter_enabled, ComposerScreen.temperature, ComposerScreen.top_p,
+            ComposerScreen.max_tokens, ComposerScreen.decode_tok_s,
+        )
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self._show_status()
-        try:
-            self.store = Store(db_path())
-        except StoreError as err:
-            self.notify(f"{err}; history is off for this session", severity="error", timeout=20)
+        self._open_store()
         self.service.start()
 
     def on_unmount(self) -> None:
         self.service.stop()
         if self.store is not None:
             self.store.close()
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout=None, markup=False) -> None:
+        # Messages here carry the user's text (paths, prompts, model names, errors): never parsed as markup.
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
+    # --- reactives ---
+
+    def validate_temperature(self, value: float) -> float:
+        return _clamp("temperature", value, 0.0)
+
+    def validate_top_p(self, value: float) -> float:
+        return _clamp("top_p", value, STEP)
+
+    def watch_state(self) -> None:
+        self.refresh_bindings()
 
     # --- helpers ---
 
@@ -125,27 +217,37 @@ class ComposerScreen(Screen):
     def editor(self) -> PromptEditor:
         return self.query_one("#prompt", PromptEditor)
 
-    def _show_status(self) -> None:
-        self.query_one("#status", StatusBar).show(self.status)
+    @property
+    def history_pane(self) -> HistoryPane:
+        return self.query_one("#history", HistoryPane)
 
-    def _set_state(self, state: str) -> None:
-        self.status.state = state
-        self._show_status()
-        self.refresh_bindings()
+    def _hint(self) -> str:
+        keys = self.app.keys_of
+        return (f"Type a prompt, then {keys('generate')} for a draft or {keys('spread')} for a spread. "
+                f"{keys('show_keys')}: every key.")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Generating actions are dimmed while a generation runs, cancel while none does."""
+        """Generating actions are dimmed while a generation runs, cancel while none does; while the keys panel
+        is open, escape is the app's (it closes the panel)."""
         if action in _GENERATING_ACTIONS and self.job is not None:
             return None
-        if action == "cancel" and self.job is None:
+        if action == "cancel" and (self.job is None or self._keys_shown()):
             return None
         return True
+
+    def _keys_shown(self) -> bool:
+        return bool(self.query("HelpPanel"))
+
+    def _spread_temperatures(self) -> list[float]:
+        """The config's spread, moved by as much as the temperature keys moved the temperature."""
+        shift = self.temperature - self.config.sampling.temperature
+        return [self.validate_temperature(t + shift) for t in self.config.sampling.spread]
 
     def _sampling(self, temperature: float, seed: int) -> SamplingParams:
         sampling = self.config.sampling
         return SamplingParams(
             temperature=temperature,
-            top_p=self.status.top_p,
+            top_p=self.top_p,
             top_k=sampling.top_k,
             min_p=sampling.min_p,
             repetition_penalty=sampling.repetition_penalty,
@@ -159,7 +261,7 @@ class ComposerScreen(Screen):
         if self.job is not None:
             self.notify("A generation is running: wait for it or cancel it (escape).")
             return
-        temperatures = list(self.config.sampling.spread) if run.spread else [self.status.temperature]
+        temperatures = self._spread_temperatures() if run.spread else [self.temperature]
         drafts = [self._sampling(t, seed) for t, seed in zip(temperatures, run.seeds)]
         job = ComposeJob(
             prompt=run.prompt,
@@ -170,13 +272,13 @@ class ComposerScreen(Screen):
             post_limit=self.config.post_limit,
         )
         self.job, self._last_run = job, run
+        self._job_done.clear()
         limit = self.config.post_limit
         await self.drafts.show_cards([DraftCard(i + 1, p.temperature, p.seed, limit) for i, p in enumerate(drafts)])
         self.service.submit(job)
-        if self.status.state != "loading":
-            self._set_state("generating")
-        else:
-            self.refresh_bindings()
+        if self.state != "loading":
+            self.state = "generating"
+        self.refresh_bindings()
 
     def _new_run(self, spread: bool) -> _Run:
         count = len(self.config.sampling.spread) if spread else 1
@@ -189,17 +291,126 @@ class ComposerScreen(Screen):
             return None
         return self.drafts.card(message.index)
 
-    def refresh_history(self) -> None:
-        history = self.query_one("#history", HistoryPane)
-        if history.display and self.store is not None:
-            history.show(self._history(history.query_text))
-
-    def _history(self, search: str) -> list[GenerationRecord]:
+    async def settle(self) -> None:
+        """Before the app quits: stop the generation in progress and wait (bounded) until its drafts are saved,
+        as escape would have left them."""
+        if self.job is not None:
+            self.service.cancel(self.job)
+            try:
+                await asyncio.wait_for(self._job_done.wait(), QUIT_WAIT_S)
+            except asyncio.TimeoutError:
+                return
         try:
-            return self.store.history(limit=HISTORY_LIMIT, search=search or None)
+            await asyncio.wait_for(self.saves_done.wait(), QUIT_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
+
+    # --- the history, off the UI thread ---
+
+    @work(thread=True, group="store")
+    def _open_store(self) -> None:
+        try:
+            self.store = Store(db_path())
+            error = None
         except StoreError as err:
-            self.notify(str(err), severity="error")
-            return []
+            error = str(err)
+        finally:
+            self._store_ready.set()
+        self.post_message(StoreOpened(error))
+
+    def _opened_store(self) -> Store | None:
+        """The history database, once the worker opening it is done (None: it could not be opened)."""
+        self._store_ready.wait(STORE_WAIT_S)
+        return self.store
+
+    def refresh_history(self) -> None:
+        history = self.history_pane
+        if history.display:
+            self._load_history(history.query_text)
+
+    @work(thread=True, exclusive=True, group="history")
+    def _load_history(self, search: str) -> None:
+        """Search as you type: a newer search cancels this one, whose answer is then dropped."""
+        store = self._opened_store()
+        if store is None:
+            return
+        try:
+            answer = HistoryLoaded(search, store.history(limit=HISTORY_LIMIT, search=search or None))
+        except StoreError as err:
+            answer = HistoryLoaded(search, [], str(err))
+        if not get_current_worker().is_cancelled:
+            self.post_message(answer)
+
+    def _queue_save(self, job_id: int, card: DraftCard | None, record: GenerationRecord) -> None:
+        self._save_queue.append((job_id, card, record))
+        self.saves_done.clear()
+        if not self._saving:
+            self._save_next()
+
+    def _save_next(self) -> None:
+        self._saving = bool(self._save_queue)
+        if self._saving:
+            self._save(*self._save_queue.popleft())
+        else:
+            self.saves_done.set()
+
+    @work(thread=True, group="save")
+    def _save(self, job_id: int, card: DraftCard | None, record: GenerationRecord) -> None:
+        store = self._opened_store()
+        if store is None:
+            self.post_message(DraftSaved(job_id, card, None, "the history database is not open"))
+            return
+        try:
+            self.post_message(DraftSaved(job_id, card, store.add(record), None))
+        except StoreError as err:
+            self.post_message(DraftSaved(job_id, card, None, str(err)))
+
+    @work(thread=True, group="store")
+    def _set_favorite(self, card: DraftCard, favorite: bool) -> None:
+        store = self._opened_store()
+        try:
+            if store is None:
+                raise StoreError("the history database is not open")
+            store.set_favorite(card.gen_id, favorite)
+            self.post_message(FavoriteSet(card, favorite, None))
+        except StoreError as err:
+            self.post_message(FavoriteSet(card, favorite, str(err)))
+
+    def on_store_opened(self, message: StoreOpened) -> None:
+        if message.error:
+            self.notify(f"{message.error}; history is off for this session", severity="error", timeout=20)
+        else:
+            self.refresh_history()
+
+    def on_history_loaded(self, message: HistoryLoaded) -> None:
+        if message.error:
+            self.notify(message.error, severity="error")
+        elif message.search == self.history_pane.query_text:
+            self.history_pane.show(message.records)
+
+    def on_draft_saved(self, message: DraftSaved) -> None:
+        self._save_next()
+        card = message.card
+        if message.error is None:
+            if card is not None:
+                card.saved(message.gen_id)
+            self.refresh_history()
+            return
+        if card is not None:
+            card.not_saved()
+        # one line per generation, however many of its drafts fail
+        if self._unsaved_job != message.job_id:
+            self._unsaved_job = message.job_id
+            self.notify(f"Not saved to history: {message.error}. The drafts stay on screen (F4 copies one).",
+                        severity="error", timeout=30)
+
+    def on_favorite_set(self, message: FavoriteSet) -> None:
+        if message.error:
+            self.notify(message.error, severity="error")
+            return
+        message.card.set_favorite(message.favorite)
+        self.notify("Favorited ★" if message.favorite else "Unfavorited")
+        self.refresh_history()
 
     # --- actions ---
 
@@ -211,7 +422,7 @@ class ComposerScreen(Screen):
 
     async def action_regenerate(self) -> None:
         if self._last_run is None:
-            self.notify("Nothing to regenerate yet: generate first (F5).")
+            self.notify(f"Nothing to rerun yet: generate first ({self.app.keys_of('generate')}).")
             return
         await self._start(self._last_run)
 
@@ -219,23 +430,24 @@ class ComposerScreen(Screen):
         if self.job is not None:
             self.service.cancel(self.job)
 
-    def _change_sampling(self, temperature_steps: int = 0, top_p_steps: int = 0) -> None:
-        status = self.status
-        status.temperature = min(max(round(status.temperature + temperature_steps * STEP, 2), 0.0), MAX_TEMPERATURE)
-        status.top_p = min(max(round(status.top_p + top_p_steps * STEP, 2), STEP), 1.0)
-        self._show_status()
+    def action_show_keys(self) -> None:
+        if self._keys_shown():
+            self.app.action_hide_help_panel()
+        else:
+            self.app.action_show_help_panel()
+        self.refresh_bindings()
 
     def action_temperature_down(self) -> None:
-        self._change_sampling(temperature_steps=-1)
+        self.temperature -= STEP
 
     def action_temperature_up(self) -> None:
-        self._change_sampling(temperature_steps=1)
+        self.temperature += STEP
 
     def action_top_p_down(self) -> None:
-        self._change_sampling(top_p_steps=-1)
+        self.top_p -= STEP
 
     def action_top_p_up(self) -> None:
-        self._change_sampling(top_p_steps=1)
+        self.top_p += STEP
 
     def action_previous_draft(self) -> None:
         self.drafts.select_next(-1)
@@ -245,35 +457,41 @@ class ComposerScreen(Screen):
 
     def action_favorite(self) -> None:
         card = self.drafts.selected
-        if card is None or card.gen_id is None or self.store is None:
-            self.notify("Select a finished draft to favorite.")
+        if card is None or card.gen_id is None:
+            self.notify("Select a finished, saved draft to favorite.")
             return
-        try:
-            self.store.set_favorite(card.gen_id, not card.favorite)
-        except StoreError as err:
-            self.notify(str(err), severity="error")
-            return
-        card.set_favorite(not card.favorite)
-        self.notify("Favorited ★" if card.favorite else "Unfavorited")
-        self.refresh_history()
+        self._set_favorite(card, not card.favorite)
 
     def action_copy_draft(self) -> None:
         card = self.drafts.selected
         if card is None or not card.text:
             self.notify("No draft to copy.")
             return
-        self.app.copy_to_clipboard(card.text)
-        self.notify(f"Copied draft #{card.number} ({len(card.text)} characters)")
+        self.app.copy_to_clipboard(card.text)  # OSC 52: the terminal may take it, or ignore it; it never says
+        self._copy_with_system_tool(card.number, card.text)
+
+    @work(thread=True, group="clipboard")
+    def _copy_with_system_tool(self, number: int, text: str) -> None:
+        tool, problem = copy_with_system_tool(text)
+        self.post_message(Copied(number, len(text), tool, problem))
+
+    def on_copied(self, message: Copied) -> None:
+        sent = f"Draft #{message.number} ({message.characters} characters) sent to the terminal (OSC 52)"
+        if message.tool:
+            self.notify(f"{sent} and copied with {message.tool}")
+        else:
+            self.notify(f"{sent}; the terminal may not pass it on ({message.problem})", severity="warning")
 
     def action_toggle_adapter(self) -> None:
-        if self.status.adapter is None:
+        if self.adapter_name is None:
             self.notify("No adapter is loaded (see --adapter / the config's adapter).")
             return
-        self.service.set_adapter(not self.status.adapter_enabled)
+        self.service.set_adapter(not self.adapter_enabled)
 
     def action_toggle_history(self) -> None:
-        history = self.query_one("#history", HistoryPane)
+        history = self.history_pane
         history.display = not history.display
+        self.query_one("#main").set_class(history.display, "-history-open")
         if history.display:
             self.refresh_history()
             history.query_one("#history-search").focus()
@@ -293,26 +511,24 @@ class ComposerScreen(Screen):
     # --- messages from the engine thread ---
 
     def on_load_progressed(self, message: LoadProgressed) -> None:
+        self.load_phase = message.phase
         self.query_one("#status", StatusBar).progress(message.done, message.total)
 
     def on_loaded(self, message: Loaded) -> None:
         model_dir, adapter_dir = self._dirs
-        self.status.model = _shown_name(model_dir, message.model_name)
-        self.status.adapter = _shown_name(adapter_dir, message.adapter_name)
-        self.status.adapter_enabled = message.adapter_enabled
-        self.query_one("#status", StatusBar).loading_done()
-        self._set_state("generating" if self.job is not None else "ready")
+        self.model_name = _shown_name(model_dir, message.model_name)
+        self.adapter_name = _shown_name(adapter_dir, message.adapter_name)
+        self.adapter_enabled = message.adapter_enabled
+        self.state = "generating" if self.job is not None else "ready"
 
     def on_load_failed(self, message: LoadFailed) -> None:
         self.load_error = message.error
-        self.query_one("#status", StatusBar).loading_done()
         self.drafts.set_hint(f"The model did not load: {message.error}")
-        self._set_state("failed")
+        self.state = "failed"
         self.notify(message.error, title="The model did not load", severity="error", timeout=60)
 
     def on_adapter_changed(self, message: AdapterChanged) -> None:
-        self.status.adapter_enabled = message.enabled
-        self._show_status()
+        self.adapter_enabled = message.enabled
         self.notify(f"Adapter {'on' if message.enabled else 'off'}")
 
     def on_draft_delta(self, message: DraftDelta) -> None:
@@ -324,31 +540,22 @@ class ComposerScreen(Screen):
             card.restart(message.attempt)
 
     def on_draft_finished(self, message: DraftFinished) -> None:
-        gen_id = self._save(message.record)
         draft = message.draft
-        self.status.decode_tok_s = draft.stats.decode_tok_s
-        if card := self._card_of(message):
-            card.finish(draft.text, draft.params.seed, draft.stats.decode_tok_s, draft.finish_reason, gen_id)
-        self._show_status()
-
-    def _save(self, record: GenerationRecord) -> int | None:
-        if self.store is None:
-            return None
-        try:
-            return self.store.add(record)
-        except StoreError as err:
-            self.notify(str(err), severity="error")
-            return None
+        self.decode_tok_s = draft.stats.decode_tok_s
+        card = self._card_of(message)
+        if card is not None:
+            card.finish(draft.text, draft.params.seed, draft.stats.decode_tok_s, draft.finish_reason)
+        self._queue_save(message.job_id, card, message.record)  # saved whether or not it is still on screen
 
     def on_generation_finished(self, message: GenerationFinished) -> None:
         if self.job is None or message.job_id != self.job.id:
             return
         self.job = None
+        self._job_done.set()
         self.drafts.flush()
         if message.error:
             self.notify(message.error, title="Generation failed", severity="error", timeout=30)
-        self._set_state("failed" if self.load_error else "ready")
-        self.refresh_history()
+        self.state = "failed" if self.load_error else "ready"
 
     # --- history ---
 
@@ -364,6 +571,9 @@ class ComposerScreen(Screen):
         record = message.record
         card = DraftCard(1, record.temperature, record.seed, self.config.post_limit)
         await self.drafts.show_cards([card])
-        card.finish(record.text, record.seed, record.decode_tok_s, record.finish_reason, record.id)
+        card.finish(record.text, record.seed, record.decode_tok_s, record.finish_reason)
+        card.saved(record.id)
         card.set_favorite(record.favorite)
         self.editor.text = record.prompt
+        # a rerun now repeats this draft: its prompt and seed, at the current temperature and adapter
+        self._last_run = _Run(record.prompt, (record.seed,), spread=False)

@@ -22,7 +22,8 @@ class DraftCard(Vertical, can_focus=True):
         self.tok_s: float | None = None
         self.finish_reason: str | None = None
         self.attempt = 1
-        self.gen_id: int | None = None  # the stored generation, once finished
+        self.gen_id: int | None = None  # the stored generation, once finished and saved
+        self.unsaved = False  # finished, but saving it to the history failed: it exists only on screen
         self.favorite = False
         self._deltas = 0
         self._started: float | None = None
@@ -51,8 +52,18 @@ class DraftCard(Vertical, can_focus=True):
         self.text, self.attempt, self._deltas, self._started = "", attempt, 0, None
         self._dirty = True
 
-    def finish(self, text: str, seed: int | None, tok_s: float, finish_reason: str, gen_id: int | None) -> None:
-        self.text, self.seed, self.tok_s, self.finish_reason, self.gen_id = text, seed, tok_s, finish_reason, gen_id
+    def finish(self, text: str, seed: int | None, tok_s: float, finish_reason: str) -> None:
+        self.text, self.seed, self.tok_s, self.finish_reason = text, seed, tok_s, finish_reason
+        self._dirty = True
+        self.flush()
+
+    def saved(self, gen_id: int) -> None:
+        self.gen_id, self.unsaved = gen_id, False
+        self._dirty = True
+        self.flush()
+
+    def not_saved(self) -> None:
+        self.unsaved = True
         self._dirty = True
         self.flush()
 
@@ -85,6 +96,8 @@ class DraftCard(Vertical, can_focus=True):
             parts.append(f"attempt {self.attempt}")
         if self.finish_reason == "cancelled":
             parts.append("cancelled")
+        if self.unsaved:
+            parts.append("not saved")
         if self.favorite:
             parts.append("★")
         return " · ".join(parts)
