@@ -1,8 +1,8 @@
 """The app tests' one stand-in for the engine, and loaders that hand it (or the real engine) to the app.
 
 `FakeEngine` has the `inference.Engine` interface and yields a fixed token stream: stable pictures for the snapshot
-tests, exact control for the service and UI tests (a delay per token, a gate that holds the stream after its first
-token, a gate that holds the warm-up). `holding` wraps any loader, the real engine's too, so a test can press a key
+tests, exact control for the service and UI tests (a delay per token, streams held after their first token until
+cancelled, a gate that holds the warm-up). `holding` wraps any loader, the real engine's too, so a test can press a key
 mid-stream however fast the machine is. Test code only; the app always runs the real engine.
 """
 
@@ -33,12 +33,14 @@ class FakeEngine:
         model_name: str = "fake-qwen3",
         adapter_name: str = "fake-lora",
         warmup_gate: threading.Event | None = None,
+        hold_until_cancelled: bool = False,
     ) -> None:
         self.model_name, self.adapter_name = model_name, adapter_name
         self.adapter_enabled = True
         self.token_delay = token_delay
         self.words = list(words)
         self.warmup_gate = warmup_gate  # warmup() waits for it: a test can look at the screen mid warm-up
+        self.hold_until_cancelled = hold_until_cancelled  # streams stop after their first token until cancelled
         self.thread: threading.Thread | None = None  # the thread that called generate, for the service tests
         self.requests: list = []
         self.warmed_up: list[tuple[int, ...]] = []
@@ -72,6 +74,11 @@ class FakeEngine:
                     yield TokenDelta(i, delta)
             self.started.set()
             time.sleep(self.token_delay)
+            deadline = time.monotonic() + GATE_TIMEOUT_S
+            while self.hold_until_cancelled and should_cancel is not None and not should_cancel():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
         for i, params in enumerate(request.drafts):
             stats = GenerationStats(
                 prompt_tokens=12, generated_tokens=len(texts[i].split()), prefill_tok_s=100.0, decode_tok_s=42.0,

@@ -398,8 +398,8 @@ class ComposerScreen(Screen):
             return
         if card is not None:
             card.not_saved()
-        # one line per generation, however many of its drafts fail
-        if self._unsaved_job != message.job_id:
+        # one line per generation, however many of its drafts fail (none when the history is off: that was said)
+        if self.store is not None and self._unsaved_job != message.job_id:
             self._unsaved_job = message.job_id
             self.notify(f"Not saved to history: {message.error}. The drafts stay on screen (F4 copies one).",
                         severity="error", timeout=30)
