@@ -25,11 +25,11 @@ pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
 
 
 class Terminal:
-    """A 120x40 tmux pane on a private tmux server (-L), so tests neither see nor disturb the user's sessions."""
+    """A tmux pane (120x40) on a private tmux server (-L), so tests neither see nor disturb the user's sessions."""
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, size: tuple[int, int] = (120, 40)) -> None:
         self.name = f"bobby-test-{uuid.uuid4().hex[:8]}"
-        self._tmux("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", command)
+        self._tmux("new-session", "-d", "-s", self.name, "-x", str(size[0]), "-y", str(size[1]), command)
 
     def _tmux(self, *args: str) -> str:
         return subprocess.run([TMUX, "-L", self.name, *args], check=True, capture_output=True, text=True).stdout
@@ -67,19 +67,23 @@ def newest_record():
     return records[0] if records else None
 
 
-@pytest.fixture
-def app_terminal(tmp_path):
-    """The app running in tmux with this test's XDG dirs; its exit status lands in the returned file."""
-    rc_file = tmp_path / "rc"
-    exports = " ".join(f"{key}={shlex.quote(os.environ[key])}" for key in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"))
+def start_app(rc_file: Path, extra_env: dict[str, str] | None = None, size: tuple[int, int] = (120, 40)) -> Terminal:
+    """The app running in tmux with this test's XDG dirs; its exit status lands in `rc_file`."""
+    env = {key: os.environ[key] for key in ("XDG_CONFIG_HOME", "XDG_DATA_HOME")} | (extra_env or {})
+    exports = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
     # tmux exports COLUMNS / LINES of the pane as first created (80x24 here, before -x / -y apply), and Python's
     # terminal size prefers them to the real one: unset, the app asks the terminal.
     command = (
         f"cd {shlex.quote(str(REPO))} && env -u COLUMNS -u LINES {exports} {shlex.quote(sys.executable)} -m bobby_tui; "
         f"echo $? > {shlex.quote(str(rc_file))}"
     )
-    terminal = Terminal(command)
-    yield terminal, rc_file
+    return Terminal(command, size)
+
+
+@pytest.fixture
+def app_terminal(tmp_path):
+    terminal = start_app(tmp_path / "rc")
+    yield terminal, tmp_path / "rc"
     terminal.close()
 
 
@@ -100,3 +104,24 @@ def test_the_app_generates_in_a_real_terminal_and_quits_cleanly(app_terminal):
     terminal.press("C-q")
     terminal.wait_for(rc_file.exists, "exit")
     assert rc_file.read_text().strip() == "0"  # and no MLX abort at exit
+
+
+def test_an_editor_that_cannot_start_gives_the_terminal_back_to_the_app(tmp_path):
+    # exists and is executable, so it passes the checks made before suspending; exec then fails inside suspend()
+    editor = tmp_path / "editor"
+    editor.write_text("#!/no/such/interpreter\n")
+    editor.chmod(0o755)
+    rc_file = tmp_path / "rc"
+    terminal = start_app(rc_file, {"EDITOR": str(editor), "VISUAL": ""}, size=(80, 24))
+    try:
+        terminal.wait_for(lambda: "ready · " in terminal.screen(), "'ready' in the status bar")
+        terminal.type("my prompt")
+        terminal.press("C-o")
+        terminal.wait_for(lambda: "cannot run 'editor'" in terminal.screen(), "the editor's error on the screen")
+        terminal.type(" survives")
+        terminal.wait_for(lambda: "my prompt survives" in terminal.screen(), "typing after the failed editor")
+        terminal.press("C-q")
+        terminal.wait_for(rc_file.exists, "exit")
+        assert rc_file.read_text().strip() == "0"
+    finally:
+        terminal.close()

@@ -227,12 +227,12 @@ class ComposerScreen(Screen):
                 f"{keys('show_keys')}: every key.")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Generating actions are dimmed while a generation runs, cancel while none does; while the keys panel
-        is open, escape is the app's (it closes the panel)."""
+        """Generating actions are dimmed while a generation runs; cancel is off the footer while none does (a
+        narrow footer has no room to spare), and while the keys panel is open escape is the app's (it closes it)."""
         if action in _GENERATING_ACTIONS and self.job is not None:
             return None
         if action == "cancel" and (self.job is None or self._keys_shown()):
-            return None
+            return False
         return True
 
     def _keys_shown(self) -> bool:
