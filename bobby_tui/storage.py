@@ -207,6 +207,9 @@ class Store:
                 yield self._db
             except sqlite3.Error as err:
                 raise StoreError(f"{self.path}: {_describe(err)}") from None
+            except (OverflowError, UnicodeEncodeError) as err:  # a value SQLite cannot store: an int past 64 bits,
+                # a lone surrogate in a string
+                raise StoreError(f"{self.path}: a value the history database cannot store ({err})") from None
 
     def add(self, rec: GenerationRecord) -> int:
         """Store `rec` (committed before returning) and return its id."""

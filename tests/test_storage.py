@@ -325,3 +325,14 @@ def test_a_read_only_history_still_lists_and_refuses_writes_in_one_line(tmp_path
         folder.chmod(0o755)
         path.chmod(0o644)
         shutil.rmtree(folder)
+
+
+def test_a_value_sqlite_cannot_store_is_one_line_and_the_store_goes_on(db):
+    with Store(db) as store:
+        with pytest.raises(StoreError) as info:
+            store.add(make_record(1, seed=2**64))
+        assert str(info.value).startswith(f"{db}: a value the history database cannot store") and "\n" not in str(info.value)
+        with pytest.raises(StoreError):
+            store.add(make_record(2, text="half a pair \ud800"))
+        store.add(make_record(3))
+        assert [r.prompt for r in store.history()] == ["prompt 3"]

@@ -294,7 +294,7 @@ class ComposerScreen(Screen):
     async def settle(self) -> None:
         """Before the app quits: stop the generation in progress and wait (bounded) until its drafts are saved,
         as escape would have left them."""
-        if self.job is not None:
+        if self.job is not None and self.state != "loading":  # a job queued behind the load has nothing to save yet
             self.service.cancel(self.job)
             try:
                 await asyncio.wait_for(self._job_done.wait(), QUIT_WAIT_S)
