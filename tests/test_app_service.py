@@ -17,7 +17,6 @@ from bobby_tui.service import (
     DraftFinished,
     EngineService,
     GenerationFinished,
-    Loaded,
     LoadFailed,
     LoadProgressed,
 )

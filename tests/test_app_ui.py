@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from inference.api import SAMPLING_LIMITS
 from textual.command import CommandList
 from textual.widgets import OptionList
 
@@ -130,3 +131,17 @@ async def test_the_command_palette_lists_the_composer_actions_with_their_keys_an
         assert "Spread: several drafts" in shown and "key: F6" in shown
         await pilot.press("enter")
         await wait_until(pilot, lambda: len(app.screen.drafts.cards) == 3)
+
+
+@run_async
+async def test_the_sampling_keys_stop_at_the_engines_limits():
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await pilot.press(*["f7"] * 25, *["f10"] * 3)  # temperature down past 0, top_p up past 1
+        assert (screen.temperature, screen.top_p) == (0.0, 1.0)
+        await pilot.press(*["f9"] * 25)  # top_p's range is open at 0: it stops one step above
+        assert screen.top_p == 0.05
+        screen.temperature = 1e6  # any assignment is clamped, not only the keys'
+        assert screen.temperature == SAMPLING_LIMITS["temperature"].high
+        assert "temp 0.00" not in str(screen.query_one("#status-text").render())

@@ -11,8 +11,6 @@ from textual.containers import Horizontal
 from textual.reactive import reactive
 from textual.widgets import Label, ProgressBar
 
-STATES = ("loading", "ready", "generating", "failed")
-
 
 class StatusBar(Horizontal):
     state: reactive[str] = reactive("loading")
