@@ -360,3 +360,33 @@ async def test_a_foreign_sqlite_file_at_the_history_path_is_one_error_and_left_a
         assert app.screen.drafts.cards[0].text  # generating still works
     assert path.read_bytes() == before
 
+
+
+# --- 10: small terminals keep every action reachable -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20)])
+@run_async
+async def test_in_a_small_terminal_f1_is_on_screen_and_lists_every_action(size):
+    from textual.widgets._footer import FooterKey
+    from textual.widgets._key_panel import BindingsTable
+
+    from bobby_tui.screens.bindings import COMPOSER_BINDINGS
+
+    app = fake_app()
+    async with app.run_test(size=size) as pilot:
+        await wait_until(pilot, lambda: app.screen.state == "ready")
+        await pilot.pause()
+        first = app.screen.query_one("Footer").query(FooterKey).first()
+        assert (first.key_display, first.description) == ("F1", "Keys")
+        assert first.region.right <= size[0] and first.region.y == size[1] - 1  # on screen, in the bottom row
+        await generate(pilot)
+        await pilot.press("f1")
+        await pilot.pause()
+        table = app.screen.query_one(BindingsTable).render_bindings_table()
+        described = {cell.plain for cell in table.columns[1].cells}
+        idle = [b for b in COMPOSER_BINDINGS if b.action != "cancel"]  # escape cancels only while generating
+        missing = [b.action for b in idle if not any(b.tooltip in d for d in described)]
+        assert missing == []
+        status = str(app.screen.query_one("#status-text").render())
+        assert "42.0 tok/s" in status and "temp 0.95" in status  # the speed is never the part cut off
