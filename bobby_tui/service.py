@@ -204,7 +204,7 @@ class EngineService:
         def progress(update: Any) -> None:
             if self._stopping.is_set():
                 raise _Stop
-            self._post(LoadProgressed(update.done, update.total, getattr(update, "phase", "reading")))
+            self._post(LoadProgressed(update.done, update.total, update.phase))
 
         try:
             engine = self._loader(self._model_dir, self._adapter_dir, progress)

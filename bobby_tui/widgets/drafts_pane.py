@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Container, VerticalScroll
@@ -17,10 +19,9 @@ SIDE_BY_SIDE_MIN_WIDTH = 36  # columns per draft needed to put drafts side by si
 class DraftsPane(VerticalScroll):
     """Holds DraftCards; `select` picks the one that favorite / copy act on."""
 
+    @dataclass
     class Selected(Message):
-        def __init__(self, card: DraftCard | None) -> None:
-            super().__init__()
-            self.card = card
+        card: DraftCard | None
 
     def __init__(self, hint: str, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
@@ -17,15 +19,13 @@ PREVIEW_CHARS = 60
 class HistoryPane(Vertical):
     """Shows records handed to `show`; asks for new ones with Searched, reports a pick with Picked."""
 
+    @dataclass
     class Searched(Message):
-        def __init__(self, query: str) -> None:
-            super().__init__()
-            self.query = query
+        query: str
 
+    @dataclass
     class Picked(Message):
-        def __init__(self, record: GenerationRecord) -> None:
-            super().__init__()
-            self.record = record
+        record: GenerationRecord
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
