@@ -217,3 +217,27 @@ def test_save_setting_through_a_symlink_loop_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         save_setting("theme", "x", loop)
     assert str(info.value).startswith(str(loop)) and "\n" not in str(info.value)
+
+
+def test_concurrent_saves_each_use_their_own_temporary_file(tmp_path):
+    import threading
+
+    path = tmp_path / "config.toml"
+    path.write_text("# mine\n")
+    errors = []
+
+    def save(i):
+        try:
+            for _ in range(20):
+                save_setting("sampling.top_k", i, path)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []  # with one shared temporary name, a writer would find its file renamed away by another
+    assert tomllib.loads(path.read_text())["sampling"]["top_k"] in range(4)
+    assert path.read_text().startswith("# mine\n") and sorted(os.listdir(tmp_path)) == ["config.toml"]
