@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling threshold (0, 1]")
     post.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens; 0 = off")
     post.add_argument("--max-tokens", type=int, metavar="N", help="tokens to generate at most per draft")
-    post.add_argument("--seed", type=int, metavar="S", help="seed of the first draft; draft i gets S+i")
+    post.add_argument("--seed", type=int, metavar="S",
+                      help="seed of the first draft; draft i gets S+i (a regenerated draft keeps its seed and reports "
+                           "the attempt's own as attempt_seed)")
     post.add_argument("--system", metavar="TEXT", help="system prompt (default: the configured one, if any)")
     post.add_argument("--raw", action="store_true",
                       help="no post-processing, no regeneration: exactly the decoded text up to the stop token")
@@ -327,7 +329,9 @@ def _print_drafts(engine: "Engine", prompt: str, system: str | None, drafts: lis
 
 def _draft_header(draft, gen_id: int | None, count: int) -> str:
     parts = [f"draft {draft.draft + 1}/{count}"] + ([f"#{gen_id}"] if gen_id is not None else [])
-    parts.append(f"seed {draft.params.seed}")
+    parts.append(f"seed {draft.seed}")
+    if draft.attempts > 1:  # regenerated: the text came from a later attempt, with a seed derived from the draft's
+        parts.append(f"attempt {draft.attempts} (seed {draft.attempt_seed})")
     return f"── {' · '.join(parts)} ──"
 
 
@@ -340,13 +344,14 @@ def _draft_json(draft, record: GenerationRecord, gen_id: int | None) -> dict:
         "top_p": record.top_p,
         "top_k": draft.params.top_k,
         "seed": record.seed,
+        "attempt_seed": record.attempt_seed,
         "prompt_tokens": record.prompt_tokens,
         "generated_tokens": record.generated_tokens,
         "decode_tok_s": round(record.decode_tok_s, 2),
         "model": record.model,
         "adapter": record.adapter,
         "finish_reason": record.finish_reason,
-        "attempts": draft.attempts,
+        "attempts": record.attempts,
         "draft": draft.draft,
         "id": gen_id,
     }

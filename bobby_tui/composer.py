@@ -6,6 +6,7 @@ Shared by the app and the CLI. Runs on the engine's thread (the engine's rule: o
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -27,12 +28,18 @@ class DraftRetry:
 @dataclass
 class Draft:
     draft: int
-    text: str  # post-processed (equal to raw_text with raw=True)
+    text: str  # special tokens removed and post-processed (equal to raw_text with raw=True)
     raw_text: str  # exactly what the model decoded
-    params: SamplingParams  # seed resolved
+    params: SamplingParams  # the last attempt's: its seed is attempt_seed
     stats: GenerationStats
     finish_reason: str
     attempts: int
+    seed: int  # the draft's seed (the user's, or the one picked for the first attempt): what reproduces the draft
+
+    @property
+    def attempt_seed(self) -> int:
+        """The seed of the attempt that produced the text (equal to seed on the first attempt)."""
+        return self.params.seed
 
 
 # Seeds of regenerated drafts stay reproducible from the first seed but never collide with the seeds
@@ -60,9 +67,12 @@ def compose(
 
     A post-processed draft shorter than postprocess.min_length is regenerated with a new seed, up to
     postprocess.retries times (a DraftRetry announces each); the retries of one round run as one batch.
-    With raw=True the drafts are exactly the decoded text: no post-processing, no retries.
+    Special tokens (the tokenizer's ``special_tokens``: ``<|im_start|>``, ...) are removed from deltas and drafts.
+    With raw=True the drafts are exactly the decoded text: no special-token removal, no post-processing, no retries.
+    ``system_prompt`` None renders no system message; "" renders an empty one (as mlx_lm does for the same messages).
     """
-    prompt = engine.render_prompt(user_prompt, system_prompt or None)
+    prompt = engine.render_prompt(user_prompt, system_prompt)
+    without_specials = (lambda text: text) if raw else special_token_remover(engine.tokenizer.special_tokens)
     pending = dict(enumerate(drafts))  # draft index -> its params for the next round
     attempts = {i: 1 for i in pending}
     first_seeds: dict[int, int] = {}  # the engine resolves seeds; retries derive theirs from the first one
@@ -73,10 +83,13 @@ def compose(
         for event in engine.generate(request, should_cancel=should_cancel):
             index = order[event.draft]
             if isinstance(event, TokenDelta):
-                yield dataclasses.replace(event, draft=index)
+                # with no stop strings the engine emits each token's text whole: a special token never straddles deltas
+                delta = without_specials(event.text)
+                if delta:
+                    yield TokenDelta(draft=index, text=delta)
                 continue
             first_seeds.setdefault(index, event.params.seed)
-            text = event.text if raw else apply_postprocess(event.text, postprocess, post_limit)
+            text = event.text if raw else apply_postprocess(without_specials(event.text), postprocess, post_limit)
             if not raw and _wants_retry(event, text, postprocess, attempts[index]):
                 attempts[index] += 1
                 pending[index] = dataclasses.replace(event.params, seed=retry_seed(first_seeds[index], attempts[index]))
@@ -90,7 +103,17 @@ def compose(
                 stats=event.stats,
                 finish_reason=event.finish_reason,
                 attempts=attempts[index],
+                seed=first_seeds[index],
             )
+
+
+def special_token_remover(special_tokens: frozenset[str]) -> Callable[[str], str]:
+    """A function that deletes every occurrence of the given token texts (longest first, so a special token that
+    contains another is removed whole)."""
+    if not special_tokens:
+        return lambda text: text
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(special_tokens, key=len, reverse=True)))
+    return lambda text: pattern.sub("", text)
 
 
 def _wants_retry(done: DraftDone, text: str, opts: PostProcess, attempts: int) -> bool:
@@ -109,7 +132,9 @@ def to_record(draft: Draft, engine, user_prompt: str, system_prompt: str | None)
         text=draft.text,
         temperature=draft.params.temperature,
         top_p=draft.params.top_p,
-        seed=draft.params.seed,
+        seed=draft.seed,
+        attempt_seed=draft.attempt_seed,
+        attempts=draft.attempts,
         model=engine.model_name,
         adapter=engine.adapter_name if engine.adapter_enabled else None,
         prompt_tokens=draft.stats.prompt_tokens,

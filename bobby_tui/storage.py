@@ -28,6 +28,8 @@ class GenerationRecord:
     finish_reason: str
     system_prompt: str = ""
     raw_text: str = ""
+    attempt_seed: int | None = None  # the seed of the attempt that produced `text` (seed is the draft's own); None: seed
+    attempts: int = 1  # generations it took (a too-short draft is regenerated)
     id: int | None = None
     created_at: str | None = None
     favorite: bool = False
@@ -61,6 +63,13 @@ MIGRATIONS: list[str] = [
         favorite         INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX generations_favorite ON generations (favorite, id);
+    """,
+    # A regenerated draft keeps its own seed in `seed`; the seed that produced the text moves to attempt_seed.
+    # Older rows hold the producing seed in `seed`, so it is copied.
+    """
+    ALTER TABLE generations ADD COLUMN attempt_seed INTEGER;
+    ALTER TABLE generations ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    UPDATE generations SET attempt_seed = seed;
     """,
 ]
 

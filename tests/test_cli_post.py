@@ -28,7 +28,7 @@ def test_count_drafts_are_printed_and_recorded_for_the_demo_by_default():
     assert {(r.prompt, r.model, r.adapter) for r in rows} == {(PROMPT, model_dir.name, adapter_dir.name)}
     assert {r.text.strip() for r in rows} == printed
     for row in rows:  # the header names each draft's history id
-        assert f"#{row.id} · seed {row.seed} ──" in result.stdout
+        assert f"#{row.id} · seed {row.seed}" in result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,23 @@ def test_json_lines_carry_the_fields(json_runs):
         assert (d["prompt"], d["temperature"], d["top_p"]) == (PROMPT, 1.0, 0.9)
         assert (d["model"], d["adapter"], d["id"]) == (model_dir.name, adapter_dir.name, None)
         assert 0 < d["generated_tokens"] <= 24 and d["prompt_tokens"] > 0 and d["decode_tok_s"] > 0
-        assert d["seed"] == retry_seed(11 + d["draft"], d["attempts"])  # S+i, or the retry seed derived from it
+        assert d["seed"] == 11 + d["draft"]  # the user's S+i, whatever attempt produced the text
+        assert d["attempt_seed"] == retry_seed(11 + d["draft"], d["attempts"])
+    assert any(d["attempts"] > 1 for d in drafts)  # 24 tokens are short of min_length: drafts were regenerated
     assert not db_path().exists() or Store(db_path()).history() == []  # --no-history
+
+
+def test_a_regenerated_draft_reports_the_users_seed_and_its_attempt_in_output_and_history():
+    # 6 tokens never reach min_length (80 characters): the draft is generated 1 + retries (2) times
+    result = run_cli("post", PROMPT, "--seed", 7, "--max-tokens", 6, "--temperature", 1.0, "--json")
+    assert result.returncode == 0, result.stderr
+    (printed,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (printed["seed"], printed["attempts"], printed["attempt_seed"]) == (7, 3, retry_seed(7, 3))
+    (row,) = [json.loads(line) for line in run_cli("history", "--json").stdout.splitlines()]
+    assert (row["seed"], row["attempts"], row["attempt_seed"]) == (7, 3, retry_seed(7, 3))
+    plain = run_cli("post", 2, PROMPT, "--seed", 7, "--max-tokens", 6, "--temperature", 1.0, "--no-history")
+    assert f"seed 7 · attempt 3 (seed {retry_seed(7, 3)}) ──" in plain.stdout
+    assert f"seed 8 · attempt 3 (seed {retry_seed(8, 3)}) ──" in plain.stdout
 
 
 def test_seeded_drafts_are_reproducible(json_runs):

@@ -1,4 +1,5 @@
 import dataclasses
+from types import SimpleNamespace
 
 from inference import DraftDone, GenerationStats, SamplingParams, TokenDelta
 
@@ -13,8 +14,9 @@ class FakeEngine:
     adapter_name = "fake-adapter"
     adapter_enabled = True
 
-    def __init__(self, texts):
+    def __init__(self, texts, special_tokens=frozenset()):
         self.texts = texts
+        self.tokenizer = SimpleNamespace(special_tokens=frozenset(special_tokens))
         self.requests = []
         self.rendered = []
 
@@ -59,10 +61,38 @@ def test_drafts_are_postprocessed_and_deltas_stream():
     assert streamed == engine.texts[1]
 
 
-def test_empty_system_prompt_is_not_sent():
-    engine = FakeEngine({1: LONG})
-    run(engine, [1], system="")
-    assert engine.rendered == [("Write.", None)]
+def test_the_system_prompt_reaches_the_template_as_given():
+    # None renders no system message, "" an empty one (mlx_lm's rendering of those messages)
+    for system in (None, "", "  Be brief.\n"):
+        engine = FakeEngine({1: LONG})
+        run(engine, [1], system=system)
+        assert engine.rendered == [("Write.", system)]
+
+
+def test_special_tokens_never_reach_deltas_or_drafts_unless_raw():
+    from fixtures import QWEN_TOKENIZER_DIR
+    from inference.tokenizer import Tokenizer
+
+    specials = Tokenizer(QWEN_TOKENIZER_DIR).special_tokens  # the real Qwen3 tokenizer's
+    assert {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_pad|>"} <= specials
+    assert not {"<think>", "</think>", "<|fim_prefix|>", "<tool_call>"} & specials  # added, but not special
+    leaky = "<|im_start|>assistant\n" + LONG + "<|endoftext|> <|fim_prefix|><|vision_pad|>"
+    events = run(FakeEngine({1: leaky}, special_tokens=specials), [1])
+    done = finals(events)[0]
+    assert done.text == "assistant\n" + LONG + " <|fim_prefix|>" and done.raw_text == leaky
+    streamed = "".join(e.text for e in events if isinstance(e, TokenDelta))
+    assert streamed == "assistant\n" + LONG + " <|fim_prefix|>"
+    raw = finals(run(FakeEngine({1: leaky}, special_tokens=specials), [1], raw=True))[0]
+    assert raw.text == raw.raw_text == leaky
+
+
+def test_a_retried_draft_keeps_its_seed_and_reports_the_attempt_seed():
+    engine = FakeEngine({7: "short", retry_seed(7, 2): LONG})
+    events = run(engine, [7])
+    done = finals(events)[0]
+    assert (done.seed, done.attempt_seed, done.attempts) == (7, retry_seed(7, 2), 2)
+    rec = to_record(done, engine, "Write.", None)
+    assert (rec.seed, rec.attempt_seed, rec.attempts) == (7, retry_seed(7, 2), 2)
 
 
 def test_a_short_draft_is_regenerated_with_a_new_seed_until_long_enough():
@@ -75,7 +105,8 @@ def test_a_short_draft_is_regenerated_with_a_new_seed_until_long_enough():
     assert [[p.seed for p in r.drafts] for r in engine.requests] == [[1, 2], [retry_seed(2, 2)], [retry_seed(2, 3)]]
     assert {e.draft for e in events[events.index(retries[0]):] if isinstance(e, TokenDelta)} == {1}
     done = finals(events)
-    assert done[1].text == LONG + "!" and done[1].attempts == 3 and done[1].params.seed == retry_seed(2, 3)
+    assert done[1].text == LONG + "!" and done[1].attempts == 3 and done[1].attempt_seed == retry_seed(2, 3)
+    assert done[1].seed == 2
     assert done[1].params.temperature == 0.9
 
 
