@@ -6,6 +6,7 @@ Shared by the app and the CLI. Runs on the engine's thread (the engine's rule: o
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -42,6 +43,78 @@ class Draft:
         return self.params.seed
 
 
+# Drafts of one batch: the decode step's cost grows with the rows; past a few dozen a batch stops paying off even on a
+# GPU, and each row holds its own KV cache. draft_limit lowers it further to what the machine's memory can hold.
+MAX_DRAFTS = 64
+# The share of the available memory a batch's KV cache may take: the weights, activations and everything else running
+# need the rest.
+_KV_MEMORY_SHARE = 0.5
+_KV_BYTES_PER_VALUE = 4  # float32 on the CPU; bf16 on a GPU takes half, so this is an upper bound
+
+
+class DraftLimitError(ValueError):
+    """More drafts were asked for than one batch can hold; the message names the limit (`limit`, 0 when not even one
+    draft fits)."""
+
+    def __init__(self, message: str, limit: int):
+        super().__init__(message)
+        self.limit = limit
+
+
+def _over_batch(count: int) -> DraftLimitError:
+    return DraftLimitError(f"{count} drafts are more than one batch holds (at most {MAX_DRAFTS})", MAX_DRAFTS)
+
+
+def kv_cache_bytes(config, tokens: int) -> int:
+    """The KV cache one draft (one batch row) of `tokens` positions needs for a model of `config` (inference's
+    ModelConfig): keys and values, every layer."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * _KV_BYTES_PER_VALUE * tokens
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation: MemAvailable on Linux, the physical memory elsewhere (macOS shares
+    it between CPU and GPU); None when the system does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def draft_limit(config, tokens: int, memory: int | None) -> int:
+    """How many drafts of `tokens` positions one batch may hold: MAX_DRAFTS, or fewer when their KV cache would take
+    more than half of `memory` (0: not even one fits)."""
+    if memory is None:
+        return MAX_DRAFTS
+    return min(MAX_DRAFTS, int(memory * _KV_MEMORY_SHARE) // max(kv_cache_bytes(config, tokens), 1))
+
+
+def check_draft_count(count: int, config, tokens: int, memory: int | None) -> None:
+    """Raise DraftLimitError when `count` drafts of `tokens` positions are more than a batch can hold."""
+    if count > MAX_DRAFTS:
+        raise _over_batch(count)
+    limit = draft_limit(config, tokens, memory)
+    if count > limit:
+        per_draft = kv_cache_bytes(config, tokens)
+        need = f"{count} drafts need {_gb(count * per_draft)}" if count > 1 else f"one draft needs {_gb(per_draft)}"
+        raise DraftLimitError(
+            f"{need} of KV cache ({tokens:,} tokens each, prompt and max tokens) and this machine has {_gb(memory)} "
+            f"available: at most {limit} draft{'s' if limit != 1 else ''} (fewer max tokens or a shorter prompt allow "
+            "more)",
+            limit,
+        )
+
+
+def _gb(size: int) -> str:
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
+
+
 # Seeds of regenerated drafts stay reproducible from the first seed but never collide with the seeds
 # S, S+1, ... that the sibling drafts of a `--seed S` batch use.
 _RETRY_SEED_STRIDE = 1_000_003
@@ -71,6 +144,8 @@ def compose(
     With raw=True the drafts are exactly the decoded text: no special-token removal, no post-processing, no retries.
     ``system_prompt`` None renders no system message; "" renders an empty one (as mlx_lm does for the same messages).
     """
+    if len(drafts) > MAX_DRAFTS:  # the app's spread comes here too
+        raise _over_batch(len(drafts))
     prompt = engine.render_prompt(user_prompt, system_prompt)
     without_specials = (lambda text: text) if raw else special_token_remover(engine.tokenizer.special_tokens)
     pending = dict(enumerate(drafts))  # draft index -> its params for the next round

@@ -92,7 +92,7 @@ def test_a_corrupt_history_file_is_one_line_exit_1_and_kept(tmp_path):
     assert db_path().read_bytes() == b"definitely not sqlite"
 
 
-@pytest.mark.parametrize("args", [["favorite", "abc"], ["history", "--limit", "0"], ["frobnicate"], ["post", "0"],
+@pytest.mark.parametrize("args", [["favorite", "abc"], ["history", "--limit", "0"], ["frobnicate"], ["post", "-n", "0"],
                                   ["post", "--top-p", "1.5"], ["--model", "/m", "history"]])
 def test_bad_arguments_are_one_line_exit_2(args):
     result = run_cli(*args, check_one_line_error=True)

@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 
 import pytest
 
@@ -12,20 +13,34 @@ from bobby_tui.inspect_report import _ranges
 
 @pytest.mark.parametrize("count, words, expected", [
     (None, [], (1, "Write a post.")),
-    ("3", [], (3, "Write a post.")),
-    ("3", ["about", "tea"], (3, "about tea")),
-    ("Write about tea", [], (1, "Write about tea")),
-    ("12 reasons", ["to", "rest"], (1, "12 reasons to rest")),
+    (3, [], (3, "Write a post.")),
+    (None, ["1984"], (1, "1984")),  # one argument is always the prompt
+    (None, ["3", "reasons to ship"], (3, "reasons to ship")),  # COUNT PROMPT
+    (2, ["3 reasons to ship"], (2, "3 reasons to ship")),
+    (None, ["  Write about tea\n\n  twice  "], (1, "  Write about tea\n\n  twice  ")),  # exactly as given
 ])
-def test_count_is_optional_before_the_prompt(count, words, expected):
+def test_count_and_prompt(count, words, expected):
     assert _count_and_prompt(count, words, Config()) == expected
 
 
-def test_count_and_prompt_refusals():
-    with pytest.raises(UsageError):
-        _count_and_prompt("0", [], Config())
-    with pytest.raises(UsageError):
-        _count_and_prompt(None, ["  "], Config(default_prompt=""))
+@pytest.mark.parametrize("count, words, message", [
+    (None, ["3", "reasons", "to", "ship"], "PROMPT must be one argument"),
+    (None, ["about", "tea"], "PROMPT must be one argument"),
+    (2, ["3", "reasons"], "COUNT is given twice"),
+    (None, ["0", "x"], "COUNT must be in [1, 64]"),
+    (None, ["1984", "x"], "COUNT must be in [1, 64]"),
+    (None, [""], "PROMPT is empty"),
+    (None, [" \n "], "PROMPT is only whitespace"),
+    (None, ["caf\udce9"], "PROMPT is not valid UTF-8"),
+])
+def test_count_and_prompt_refusals(count, words, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        _count_and_prompt(count, words, Config())
+
+
+def test_an_empty_default_prompt_names_the_config_key():
+    with pytest.raises(UsageError, match="default_prompt in .*config.toml is empty"):
+        _count_and_prompt(None, [], Config(default_prompt=""))
 
 
 def test_progress_bar_redraws_once_per_percent_and_clears_its_line():
@@ -48,7 +63,7 @@ def test_ranges_fold_consecutive_layers():
 
 
 def test_stream_with_several_drafts_is_a_usage_error(capsys):
-    assert main(["post", "2", "--stream"]) == 2
+    assert main(["post", "-n", "2", "--stream"]) == 2
     assert "--stream" in capsys.readouterr().err
 
 
