@@ -102,3 +102,63 @@ def test_streaming_prints_the_same_text(greedy_raw):
     streamed = run_cli(*args, "--stream")
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == plain.stdout
+
+
+@pytest.fixture(scope="module")
+def qwen3_renderers():
+    """Ours and the two references, each on the real Qwen3 tokenizer files."""
+    from types import SimpleNamespace
+
+    from fixtures import QWEN_TOKENIZER_DIR
+    from mlx_lm.utils import load_tokenizer
+    from transformers import AutoTokenizer
+
+    from inference import Engine
+    from inference.tokenizer import Tokenizer
+
+    ours = SimpleNamespace(tokenizer=Tokenizer(QWEN_TOKENIZER_DIR))
+    return (lambda user, system: Engine.render_prompt(ours, user, system),
+            load_tokenizer(QWEN_TOKENIZER_DIR), AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER_DIR)))
+
+
+ODD_PROMPTS = ["  Write about tea  ", "Line one\n\n  line two\t", "1984", "tabs\tand  two  spaces", "末尾の空白　"]
+
+
+@pytest.mark.parametrize("system", [None, "", "  You are terse.\n"], ids=["no-system", "empty-system", "system"])
+@pytest.mark.parametrize("prompt", ODD_PROMPTS)
+def test_the_prompt_post_renders_is_mlx_lms_rendering_of_the_same_messages(qwen3_renderers, prompt, system):
+    from bobby_tui.cli import _count_and_prompt, _system_prompt, build_parser
+    from bobby_tui.config import Config
+
+    render, mlx_lm_tokenizer, transformers_tokenizer = qwen3_renderers
+    args = build_parser().parse_args(["post", prompt] + ([] if system is None else ["--system", system]))
+    count, user = _count_and_prompt(args.count, args.words, Config())
+    ours = render(user, _system_prompt(args, Config()))
+    messages = ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
+    options = dict(tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert count == 1
+    assert ours == mlx_lm_tokenizer.apply_chat_template(messages, **options)
+    assert ours == transformers_tokenizer.apply_chat_template(messages, **options)
+
+
+@pytest.mark.parametrize("system", [None, ""], ids=["no-system", "empty-system"])
+def test_post_sends_the_prompt_unchanged_to_the_model(system):
+    from mlx_lm.utils import load_tokenizer
+
+    prompt = "  Write about tea,\n\n  twice  "
+    result = run_cli("post", prompt, *([] if system is None else ["--system", system]), "--json", "--raw",
+                     "--temperature", 0, "--max-tokens", 2, "--no-history")
+    assert result.returncode == 0, result.stderr
+    (draft,) = [json.loads(line) for line in result.stdout.splitlines()]
+    messages = ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
+    expected_ids = load_tokenizer(demo_dirs()[0]).apply_chat_template(messages, add_generation_prompt=True,
+                                                                      enable_thinking=False)
+    assert (draft["prompt"], draft["prompt_tokens"]) == (prompt, len(expected_ids))
+
+
+def test_a_number_alone_is_the_prompt_not_the_count():
+    result = run_cli("post", "1984", "--json", "--max-tokens", 4, "--no-history")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["prompt"] for line in result.stdout.splitlines()] == ["1984"]
+    counted = run_cli("post", "-n", 2, "1984", "--json", "--max-tokens", 4, "--no-history")
+    assert [json.loads(line)["prompt"] for line in counted.stdout.splitlines()] == ["1984", "1984"]
