@@ -1,6 +1,8 @@
 """history / favorite / unfavorite / export through the same SQLite store the TUI uses (no model needed)."""
 
+import dataclasses
 import json
+import sqlite3
 
 import pytest
 from cli_helpers import run_cli
@@ -103,3 +105,33 @@ def test_bad_arguments_are_one_line_exit_2(args):
 def test_every_command_has_help(command):
     result = run_cli(command, "--help")
     assert result.returncode == 0 and f"usage: bobby-tui {command}" in result.stdout
+
+
+def test_times_are_local_with_their_offset(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30 all year: no daylight saving to trip on
+    with Store(db_path()) as store:
+        gen_id = store.add(dataclasses.replace(record(1, "Chai time."), created_at="2026-01-15T08:30:00+00:00"))
+    listed = run_cli("history").stdout
+    assert f"{gen_id:>5}   2026-01-15 14:00+05:30  Chai time." in listed
+    assert json.loads(run_cli("history", "--json").stdout)["created_at"] == "2026-01-15T14:00:00+05:30"
+    assert "local" in run_cli("history", "--help").stdout
+    md, jsonl = tmp_path / "all.md", tmp_path / "all.jsonl"
+    assert run_cli("export", md).returncode == 0 and run_cli("export", jsonl).returncode == 0
+    assert f"## #{gen_id} · 2026-01-15 14:00+05:30" in md.read_text() and "local" in md.read_text()
+    assert json.loads(jsonl.read_text())["created_at"] == "2026-01-15T14:00:00+05:30"
+
+
+def test_odd_history_rows_are_listed_and_exported(tmp_path):
+    """A row another program wrote: a BLOB for text, a time that is not one, a string for a number."""
+    with Store(db_path()) as store:
+        gen_id = store.add(record(1, "fine"))
+    with sqlite3.connect(db_path()) as db:
+        db.execute("UPDATE generations SET text = ?, created_at = 'yesterday', temperature = 'warm' WHERE id = ?",
+                   (b"caf\xc3\xa9 \xff", gen_id))
+    listed = run_cli("history")
+    assert listed.returncode == 0 and "yesterday  café \\xff" in listed.stdout
+    assert json.loads(run_cli("history", "--json").stdout)["text"] == "café \\xff"
+    for name in ("odd.md", "odd.jsonl"):
+        result = run_cli("export", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        assert "café" in (tmp_path / name).read_text()
