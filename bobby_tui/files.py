@@ -44,7 +44,9 @@ def write_text_atomically(path: Path, text: str) -> None:
 def _regular_file_mode(target: Path) -> int:
     st = os.stat(target)
     if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, "not a regular file", str(target))
+        if stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "is a directory", str(target))
+        raise OSError(errno.EINVAL, "not a regular file", str(target))
     return st.st_mode
 
 

@@ -2,10 +2,15 @@
 
 import dataclasses
 import json
+import os
 import sqlite3
+import stat
+import subprocess
+import sys
+import time
 
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import REPO, run_cli
 
 from bobby_tui.paths import db_path
 from bobby_tui.storage import GenerationRecord, Store
@@ -135,3 +140,70 @@ def test_odd_history_rows_are_listed_and_exported(tmp_path):
         result = run_cli("export", tmp_path / name)
         assert result.returncode == 0, result.stderr
         assert "café" in (tmp_path / name).read_text()
+
+
+def test_export_writes_through_a_symlink_and_keeps_the_mode(ids, tmp_path):
+    real = tmp_path / "shared" / "drafts.jsonl"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    real.chmod(0o640)
+    link = tmp_path / "drafts.jsonl"
+    link.symlink_to(real)
+    assert run_cli("export", link).returncode == 0
+    assert link.is_symlink() and link.resolve() == real
+    assert [json.loads(line)["id"] for line in real.read_text().splitlines()] == ids
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert sorted(p.name for p in real.parent.iterdir()) == ["drafts.jsonl"]  # no temporary left behind
+
+
+def test_a_new_export_gets_the_umask_mode_and_leaves_other_files_alone(ids, tmp_path):
+    out = tmp_path / "favs.md"
+    other_writer = tmp_path / "favs.md.tmp"  # the name a fixed-name temporary would take
+    other_writer.write_text("someone else's")
+    assert run_cli("export", out).returncode == 0
+    assert other_writer.read_text() == "someone else's"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_concurrent_exports_do_not_collide(tmp_path):
+    rows, writers = 8000, 4
+    with Store(db_path()):
+        pass  # the schema
+    with sqlite3.connect(db_path()) as db:  # some megabytes, so that the writes overlap
+        db.executemany(
+            "INSERT INTO generations (created_at, prompt, text, temperature, top_p, seed, model, prompt_tokens, "
+            "generated_tokens, decode_tok_s, prefill_tok_s, finish_reason) VALUES "
+            "('2026-01-01T00:00:00+00:00', 'p', ?, 0.8, 0.9, 1, 'm', 1, 1, 1.0, 1.0, 'stop')",
+            [("draft %d " % i + "x" * 2000,) for i in range(rows)],
+        )
+    out, go = tmp_path / "all.jsonl", tmp_path / "go"
+    # every writer waits for the same moment, then exports to the same file
+    script = ("import os, sys, time\nfrom bobby_tui.cli import main\n"
+              "while not os.path.exists(sys.argv[1]): time.sleep(0.001)\nsys.exit(main(['export', sys.argv[2]]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, go, out], cwd=REPO, env=env, stderr=subprocess.PIPE,
+                              text=True) for _ in range(writers)]
+    time.sleep(2)  # all imported and waiting
+    go.touch()
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert [code for code, _ in results] == [0] * writers, results
+    lines = out.read_text().splitlines()
+    assert len(lines) == rows and all(json.loads(line)["model"] == "m" for line in lines)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "loop"])
+def test_export_to_something_that_is_not_a_file_is_one_line(ids, tmp_path, kind):
+    target = tmp_path / "target.md"
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to(tmp_path / "other.md")
+        (tmp_path / "other.md").symlink_to(target)
+    result = run_cli("export", target, check_one_line_error=True, timeout=30)
+    assert result.returncode == 1 and str(target) in result.stderr
+    assert {"directory": "directory", "fifo": "not a regular file", "loop": "symbolic links"}[kind] in result.stderr
