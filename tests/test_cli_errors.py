@@ -1,8 +1,10 @@
 """Every error path of the CLI: one line on stderr, no traceback, the documented exit code."""
 
+import dataclasses
 import json
 import os
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -150,3 +152,58 @@ def test_a_huge_count_is_refused_in_seconds_under_a_memory_limit():
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "at most 64" not in result.stdout
     assert "COUNT must be in [1, 64]" in result.stderr and time.monotonic() - started < 30
+
+
+def test_drafts_the_history_refuses_are_still_printed_with_one_line_and_exit_3():
+    from bobby_tui.paths import db_path
+    from bobby_tui.storage import Store
+
+    with Store(db_path()):
+        pass
+    with sqlite3.connect(db_path()) as db:  # what a full disk looks like to the insert
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON generations BEGIN "
+                   "SELECT RAISE(ABORT, 'database or disk is full'); END")
+    result = run_cli("post", "-n", 2, "x", "--json", "--max-tokens", 4)
+    assert result.returncode == 3
+    drafts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(drafts) == 2 and all(d["id"] is None and d["text"] for d in drafts)
+    (line,) = result.stderr.splitlines()
+    assert "not saved to the history" in line and "database or disk is full" in line and str(db_path()) in line
+
+
+def _post_in_process(monkeypatch, capsys, spoil) -> tuple[int, str, str]:
+    """main(["post", ...]) on the demo model, with `spoil()` run once the model is loaded (the store is open)."""
+    from bobby_tui import cli
+
+    load = cli._load_engine
+
+    def load_then_spoil(*args):
+        engine = load(*args)
+        spoil()
+        return engine
+
+    monkeypatch.setattr(cli, "_load_engine", load_then_spoil)
+    code = cli.main(["post", "-n", "2", "x", "--max-tokens", "4", "--temperature", "0"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_history_removed_while_generating_is_reported_not_written_into_the_void(monkeypatch, capsys):
+    from bobby_tui.paths import db_path
+
+    code, out, err = _post_in_process(monkeypatch, capsys, lambda: [
+        p.unlink() for p in db_path().parent.iterdir() if p.name.startswith(db_path().name)])
+    assert code == 3 and out.count("── draft ") == 2
+    (line,) = err.splitlines()
+    assert "not saved" in line and "removed or replaced" in line
+
+
+def test_a_value_sqlite_cannot_store_keeps_the_drafts(monkeypatch, capsys):
+    from bobby_tui import composer
+
+    to_record = composer.to_record
+    monkeypatch.setattr(composer, "to_record", lambda *a: dataclasses.replace(to_record(*a), seed=2**64))
+    code, out, err = _post_in_process(monkeypatch, capsys, lambda: None)
+    assert code == 3 and out.count("── draft ") == 2
+    (line,) = err.splitlines()
+    assert "not saved to the history" in line and "too large" in line
