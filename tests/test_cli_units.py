@@ -3,8 +3,11 @@
 import io
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
+from cli_helpers import REPO
 
 from bobby_tui.cli import ProgressBar, UsageError, _count_and_prompt, main
 from bobby_tui.config import Config
@@ -76,3 +79,23 @@ def test_mlx_kernel_cache_goes_to_the_user_cache_dir_unless_set(monkeypatch, iso
     monkeypatch.setenv("MLX_PTX_CACHE_DIR", "/opt/kernels")
     keep_compiled_kernels()
     assert os.environ["MLX_PTX_CACHE_DIR"] == "/opt/kernels"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_run_installs_the_app_alone_and_make_test_the_test_extras(tmp_path):
+    """What the two targets would do in a clean clone (make -n: nothing is installed)."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+
+    def planned(target: str) -> list[str]:
+        result = subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stdout.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+
+    assert planned("run") == [".venv/bin/python -m pip install -q -e ."]
+    assert planned("test") == ['.venv/bin/python -m pip install -q -e ".[test]"']
+    # a venv made for the app alone still gets the test extras for `make test`
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").touch()
+    (tmp_path / ".venv" / ".installed-app").touch()
+    assert planned("run") == [] and planned("test") == ['.venv/bin/python -m pip install -q -e ".[test]"']
