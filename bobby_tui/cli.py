@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=_bounded(_SQLITE_INT), default=20, metavar="N",
                          help="at most N drafts (default 20)")
     history.add_argument("--json", action="store_true", help="one JSON object per draft per line")
+    history.add_argument("--raw", action="store_true",
+                         help="with --json: add raw_text, the decoded text as it came (special tokens such as "
+                              "<|im_start|> included)")
 
     for name, verb in (("favorite", "mark"), ("unfavorite", "unmark")):
         sub = commands.add_parser(name, help=f"{verb} a draft as a favorite", description=f"{verb.capitalize()} "
@@ -131,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "and an existing file keeps its permissions.",
     )
     export.add_argument("--favorites", action="store_true", help="only favorites (default: every draft)")
+    export.add_argument("--raw", action="store_true",
+                        help="in .jsonl: add raw_text, the decoded text as it came (special tokens such as "
+                             "<|im_start|> included)")
     export.add_argument("file", type=Path, metavar="FILE", help="output file ending in .md or .jsonl")
 
     inspect = commands.add_parser(
@@ -529,7 +535,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     with Store(db_path()) as store:
         records = store.history(limit=args.limit, favorites_only=args.favorites, search=args.search)
     for rec in records:
-        print(_record_json(rec) if args.json else _history_line(rec))
+        print(_record_json(rec, args.raw) if args.json else _history_line(rec))
     return 0
 
 
@@ -561,9 +567,12 @@ def _json_value(value: object) -> str:
     return str(value)
 
 
-def _record_json(rec: GenerationRecord) -> str:
-    """One JSON object: the record's fields, created_at in local time with its offset (ISO 8601)."""
+def _record_json(rec: GenerationRecord, raw: bool) -> str:
+    """One JSON object: the record's fields, created_at in local time with its offset (ISO 8601); raw_text (which
+    may hold special tokens) only when asked for."""
     fields = dataclasses.asdict(rec)
+    if not raw:
+        del fields["raw_text"]
     when = _local_time(rec.created_at)
     if when is not None:
         fields["created_at"] = when.isoformat(timespec="seconds")
@@ -589,7 +598,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.file}: unknown format {suffix or '(no extension)'!r}; use .md or .jsonl")
     with Store(db_path()) as store:
         records = store.history(limit=-1, favorites_only=args.favorites)[::-1]  # oldest first reads like a log
-    text = _markdown(records, args.favorites) if suffix == ".md" else _json_lines(records)
+    text = _markdown(records, args.favorites) if suffix == ".md" else _json_lines(records, args.raw)
     try:
         write_text_atomically(args.file, text)
     except OSError as err:
@@ -599,8 +608,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_lines(records: list[GenerationRecord]) -> str:
-    return "".join(_record_json(r) + "\n" for r in records)
+def _json_lines(records: list[GenerationRecord], raw: bool) -> str:
+    return "".join(_record_json(r, raw) + "\n" for r in records)
 
 
 def _markdown(records: list[GenerationRecord], favorites: bool) -> str:

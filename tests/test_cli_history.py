@@ -207,3 +207,14 @@ def test_export_to_something_that_is_not_a_file_is_one_line(ids, tmp_path, kind)
     result = run_cli("export", target, check_one_line_error=True, timeout=30)
     assert result.returncode == 1 and str(target) in result.stderr
     assert {"directory": "directory", "fifo": "not a regular file", "loop": "symbolic links"}[kind] in result.stderr
+
+
+def test_raw_text_with_special_tokens_is_exported_only_with_raw(tmp_path):
+    with Store(db_path()) as store:
+        store.add(dataclasses.replace(record(1, "Clean post."), raw_text="<|im_start|>Clean post.<|endoftext|>"))
+    out = tmp_path / "all.jsonl"
+    assert run_cli("export", out).returncode == 0
+    assert "<|" not in out.read_text() and "<|" not in run_cli("history", "--json").stdout
+    assert run_cli("export", "--raw", out).returncode == 0
+    assert json.loads(out.read_text())["raw_text"] == "<|im_start|>Clean post.<|endoftext|>"
+    assert json.loads(run_cli("history", "--json", "--raw").stdout)["raw_text"].startswith("<|im_start|>")
