@@ -1,6 +1,8 @@
 import dataclasses
 from types import SimpleNamespace
 
+import pytest
+
 from inference import DraftDone, GenerationStats, SamplingParams, TokenDelta
 
 from bobby_tui.composer import Draft, DraftRetry, compose, retry_seed, to_record
@@ -139,3 +141,27 @@ def test_to_record_carries_the_draft_and_engine_facts():
     assert (rec.prompt_tokens, rec.generated_tokens, rec.finish_reason) == (7, len(LONG), "stop")
     engine.adapter_enabled = False
     assert to_record(draft, engine, "Write.", "sys").adapter is None
+
+
+def test_a_batch_past_max_drafts_is_refused_before_anything_runs():
+    from bobby_tui.composer import MAX_DRAFTS, DraftLimitError
+
+    engine = FakeEngine({s: LONG for s in range(MAX_DRAFTS + 1)})
+    assert len(finals(run(engine, range(MAX_DRAFTS)))) == MAX_DRAFTS
+    with pytest.raises(DraftLimitError, match=f"at most {MAX_DRAFTS}"):  # a spread of 65 temperatures, say
+        run(engine, range(MAX_DRAFTS + 1))
+    assert len(engine.requests) == 1
+
+
+def test_draft_limit_follows_the_kv_cache_and_the_memory():
+    from bobby_tui.composer import MAX_DRAFTS, DraftLimitError, check_draft_count, draft_limit, kv_cache_bytes
+
+    qwen3_8b = SimpleNamespace(num_hidden_layers=36, num_key_value_heads=8, head_dim=128)
+    per_draft = kv_cache_bytes(qwen3_8b, 4096)
+    assert per_draft == 2 * 36 * 8 * 128 * 4 * 4096  # 1.1 GiB in float32
+    assert draft_limit(qwen3_8b, 4096, 16 * 2**30) == 8 * 2**30 // per_draft == 7  # half of 16 GiB
+    assert draft_limit(qwen3_8b, 4096, 2**40) == MAX_DRAFTS and draft_limit(qwen3_8b, 4096, None) == MAX_DRAFTS
+    check_draft_count(7, qwen3_8b, 4096, 16 * 2**30)
+    with pytest.raises(DraftLimitError, match="8 drafts need 9.0 GB of KV cache .* at most 7 drafts") as err:
+        check_draft_count(8, qwen3_8b, 4096, 16 * 2**30)
+    assert err.value.limit == 7
