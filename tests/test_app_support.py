@@ -10,6 +10,7 @@ import functools
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from inference import DraftDone, GenerationStats, LoadProgress, TokenDelta
 
@@ -25,6 +26,7 @@ class FakeEngine:
     model_name = "fake-qwen3"
     adapter_name = "fake-lora"
     has_adapter = True
+    tokenizer = SimpleNamespace(special_tokens=frozenset({"<|im_start|>", "<|im_end|>"}))  # what compose removes
 
     def __init__(self, token_delay: float = 0.0, words: tuple[str, ...] | list[str] = WORDS) -> None:
         self.adapter_enabled = True

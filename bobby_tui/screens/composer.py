@@ -328,7 +328,7 @@ class ComposerScreen(Screen):
         draft = message.draft
         self.status.decode_tok_s = draft.stats.decode_tok_s
         if card := self._card_of(message):
-            card.finish(draft.text, draft.params.seed, draft.stats.decode_tok_s, draft.finish_reason, gen_id)
+            card.finish(draft.text, draft.seed, draft.stats.decode_tok_s, draft.finish_reason, gen_id)
         self._show_status()
 
     def _save(self, record: GenerationRecord) -> int | None:
