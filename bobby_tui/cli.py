@@ -341,9 +341,13 @@ def _system_prompt(args: argparse.Namespace, config: Config) -> str | None:
 def _check_prompt_length(prompt: str, system: str | None) -> None:
     length = len(prompt) + len(system or "")
     if length > PROMPT_CHAR_LIMIT:
-        parts = f"the prompt ({len(prompt):,} characters)" + (f" and system prompt ({len(system):,})" if system else "")
+        parts = f"the prompt ({_characters(len(prompt))})" + (f" and system prompt ({len(system):,})" if system else "")
         raise UsageError(f"{parts} {'are' if system else 'is'} {length:,} characters; at most {PROMPT_CHAR_LIMIT:,} "
                          "(a CPU takes about a minute to read that many)")
+
+
+def _characters(n: int) -> str:
+    return f"{n:,} character{'' if n == 1 else 's'}"
 
 
 def _sampling(args: argparse.Namespace, config: Config) -> dict:
@@ -532,6 +536,8 @@ def _draft_json(draft, record: GenerationRecord, gen_id: int | None) -> dict:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    if args.search is not None:
+        _check_text(args.search, "--search")
     with Store(db_path()) as store:
         records = store.history(limit=args.limit, favorites_only=args.favorites, search=args.search)
     for rec in records:

@@ -104,6 +104,7 @@ BAD_INPUTS = [
     (["post", "\udcff"], 2, ["PROMPT is not valid UTF-8"]),
     (["history", "--limit", "1" + "0" * 30], 2, ["--limit", "must be in [1, 9223372036854775807]"]),
     (["history", "--limit", "many"], 2, ["--limit", "must be an integer"]),
+    (["history", "--search", "caf\udcff"], 2, ["--search is not valid UTF-8"]),
     (["favorite", "1" + "0" * 30], 2, ["ID", "must be in [1, 9223372036854775807]"]),
     (["favorite", "1.5"], 2, ["ID", "must be an integer"]),
 ]
@@ -111,7 +112,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args, code, words", BAD_INPUTS, ids=[" ".join(a)[:40] for a, _, _ in BAD_INPUTS])
 def test_out_of_range_and_odd_values_get_their_own_one_line_message(args, code, words):
-    result = run_cli(*args, "--no-history" if args[0] == "post" else "", check_one_line_error=True)
+    result = run_cli(*args, *(["--no-history"] if args[0] == "post" else []), check_one_line_error=True)
     assert result.returncode == code, result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
