@@ -147,7 +147,7 @@ def compose(
     if len(drafts) > MAX_DRAFTS:  # the app's spread comes here too
         raise _over_batch(len(drafts))
     prompt = engine.render_prompt(user_prompt, system_prompt)
-    without_specials = (lambda text: text) if raw else special_token_remover(engine.tokenizer.special_tokens)
+    specials = SpecialTokenFilter(frozenset() if raw else engine.tokenizer.special_tokens)
     pending = dict(enumerate(drafts))  # draft index -> its params for the next round
     attempts = {i: 1 for i in pending}
     first_seeds: dict[int, int] = {}  # the engine resolves seeds; retries derive theirs from the first one
@@ -158,13 +158,13 @@ def compose(
         for event in engine.generate(request, should_cancel=should_cancel):
             index = order[event.draft]
             if isinstance(event, TokenDelta):
-                # with no stop strings the engine emits each token's text whole: a special token never straddles deltas
-                delta = without_specials(event.text)
-                if delta:
+                if delta := specials.delta(index, event.text):
                     yield TokenDelta(draft=index, text=delta)
                 continue
+            if rest := specials.end(index):
+                yield TokenDelta(draft=index, text=rest)
             first_seeds.setdefault(index, event.params.seed)
-            text = event.text if raw else apply_postprocess(without_specials(event.text), postprocess, post_limit)
+            text = event.text if raw else apply_postprocess(specials(event.text), postprocess, post_limit)
             if not raw and _wants_retry(event, text, postprocess, attempts[index]):
                 attempts[index] += 1
                 pending[index] = dataclasses.replace(event.params, seed=retry_seed(first_seeds[index], attempts[index]))
@@ -182,13 +182,34 @@ def compose(
             )
 
 
-def special_token_remover(special_tokens: frozenset[str]) -> Callable[[str], str]:
-    """A function that deletes every occurrence of the given token texts (longest first, so a special token that
-    contains another is removed whole)."""
-    if not special_tokens:
-        return lambda text: text
-    pattern = re.compile("|".join(re.escape(t) for t in sorted(special_tokens, key=len, reverse=True)))
-    return lambda text: pattern.sub("", text)
+class SpecialTokenFilter:
+    """Removes the texts of special tokens from whole texts and, alike, from each draft's stream of deltas.
+
+    The tail of a delta that could begin a special token's text is held back until the next delta tells (a model can
+    also spell one out with ordinary tokens), so a draft's filtered deltas always add up to its filtered text.
+    """
+
+    def __init__(self, special_tokens: frozenset[str]):
+        tokens = sorted(special_tokens, key=len, reverse=True)  # longest first: one that contains another goes whole
+        self._pattern = re.compile("|".join(map(re.escape, tokens))) if tokens else None
+        self._prefixes = {t[:i] for t in tokens for i in range(1, len(t))}
+        self._longest = max(map(len, tokens), default=0)
+        self._held: dict[int, str] = {}
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub("", text) if self._pattern is not None else text
+
+    def delta(self, draft: int, delta: str) -> str:
+        text = self(self._held.pop(draft, "") + delta)
+        for cut in range(max(0, len(text) - self._longest + 1), len(text)):
+            if text[cut:] in self._prefixes:
+                self._held[draft] = text[cut:]
+                return text[:cut]
+        return text
+
+    def end(self, draft: int) -> str:
+        """What `draft`'s stream held back: it did not become a special token."""
+        return self._held.pop(draft, "")
 
 
 def _wants_retry(done: DraftDone, text: str, opts: PostProcess, attempts: int) -> bool:

@@ -88,6 +88,20 @@ def test_special_tokens_never_reach_deltas_or_drafts_unless_raw():
     assert raw.text == raw.raw_text == leaky
 
 
+@pytest.mark.parametrize("deltas", [
+    ["Tea <|im_", "end|> time <", "3 and <|endo", "ftext|>"],  # spelled out across deltas
+    ["Tea ", "<|im_end|>", " time <3 and ", "<|endoftext|>"],  # one token each
+    ["Tea <|im_end|> time <3 and <|"],  # a stream that ends on a beginning
+])
+def test_streamed_deltas_add_up_to_the_filtered_text(deltas):
+    from bobby_tui.composer import SpecialTokenFilter
+
+    specials = SpecialTokenFilter(frozenset({"<|im_end|>", "<|endoftext|>"}))
+    streamed = "".join(specials.delta(3, d) for d in deltas) + specials.end(3)
+    assert streamed == specials("".join(deltas))
+    assert "<|im_end|>" not in streamed and "<|endoftext|>" not in streamed and "<3" in streamed
+
+
 def test_a_retried_draft_keeps_its_seed_and_reports_the_attempt_seed():
     engine = FakeEngine({7: "short", retry_seed(7, 2): LONG})
     events = run(engine, [7])
