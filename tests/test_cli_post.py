@@ -162,3 +162,25 @@ def test_a_number_alone_is_the_prompt_not_the_count():
     assert [json.loads(line)["prompt"] for line in result.stdout.splitlines()] == ["1984"]
     counted = run_cli("post", "-n", 2, "1984", "--json", "--max-tokens", 4, "--no-history")
     assert [json.loads(line)["prompt"] for line in counted.stdout.splitlines()] == ["1984", "1984"]
+
+
+def test_special_tokens_the_model_writes_reach_no_post_stream_history_or_export_unless_raw(tmp_path):
+    from bobby_tui.paths import config_path
+
+    config_path().parent.mkdir(parents=True, exist_ok=True)
+    config_path().write_text("[postprocess]\nmin_length = 0\n")  # no regeneration: the first attempt is the draft
+    args = ("post", "Write a post.", "--seed", 70, "--max-tokens", 60)  # at this seed the demo writes <|im_start|>
+    raw = run_cli(*args, "--raw", "--no-history")
+    assert raw.returncode == 0 and "<|im_start|>" in raw.stdout
+    expected = raw.stdout[:-1].replace("<|im_start|>", "").strip()
+    result = run_cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["text"] == expected
+    streamed = run_cli(*args, "--stream", "--no-history")
+    assert streamed.stdout == raw.stdout.replace("<|im_start|>", "")
+    with Store(db_path()) as store:
+        (row,) = store.history()
+    assert row.text == expected and "<|im_start|>" in row.raw_text
+    for name in ("all.md", "all.jsonl"):
+        assert run_cli("export", tmp_path / name).returncode == 0
+        assert "<|" not in (tmp_path / name).read_text()
