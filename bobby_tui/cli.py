@@ -34,7 +34,7 @@ EXPORT_FORMATS = (".md", ".jsonl")
 DEBUG_ENV = "BOBBY_TUI_DEBUG"  # set to get a traceback instead of the one-line message for an internal error
 EXIT_NOT_SAVED = 3  # the drafts were printed, but the history could not record them
 
-# A prompt is read token by token before the first draft appears: on a laptop CPU the demo model reads ~300
+# A prompt is read before the first draft appears: on a 2-core CPU the demo model reads ~300 prompt
 # tokens/s at 4,000 characters and ~120 at 16,000 (attention grows with the length), so 16,000 characters of
 # prompt and system prompt together take about a minute. Far more than a post needs, far less than "minutes".
 PROMPT_CHAR_LIMIT = 16_000
@@ -655,6 +655,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+# The subcommands: each one's parser is added in build_parser, its function is registered here.
 COMMANDS: dict[str | None, Callable[[argparse.Namespace], int]] = {
     "post": cmd_post,
     "history": cmd_history,
