@@ -218,3 +218,18 @@ def test_raw_text_with_special_tokens_is_exported_only_with_raw(tmp_path):
     assert run_cli("export", "--raw", out).returncode == 0
     assert json.loads(out.read_text())["raw_text"] == "<|im_start|>Clean post.<|endoftext|>"
     assert json.loads(run_cli("history", "--json", "--raw").stdout)["raw_text"].startswith("<|im_start|>")
+
+
+def test_a_history_from_before_attempt_seeds_is_upgraded_in_place():
+    from bobby_tui.storage import MIGRATIONS
+
+    db_path().parent.mkdir(parents=True)
+    with sqlite3.connect(db_path()) as db:  # the first schema, with one row in it
+        db.executescript(MIGRATIONS[0])
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        db.execute("INSERT INTO generations (created_at, prompt, text, temperature, top_p, seed, model, prompt_tokens, "
+                   "generated_tokens, decode_tok_s, prefill_tok_s, finish_reason) VALUES "
+                   "('2026-01-01T00:00:00+00:00', 'p', 'old draft', 0.8, 0.9, 4242, 'm', 1, 1, 1.0, 1.0, 'stop')")
+    (row,) = [json.loads(line) for line in run_cli("history", "--json").stdout.splitlines()]
+    assert (row["text"], row["seed"], row["attempt_seed"], row["attempts"]) == ("old draft", 4242, 4242, 1)
