@@ -1,7 +1,8 @@
 """The `bobby-tui` command: the TUI by default, and headless subcommands for scripts.
 
 stdout carries results only; messages, warnings and the load progress bar go to stderr.
-Exit codes: 0 ok, 1 model/adapter/config/history error (one line on stderr), 2 bad arguments.
+Exit codes: 0 ok, 1 model/adapter/config/history error (one line on stderr), 2 bad arguments,
+3 drafts printed but not saved to the history (one line on stderr says why), 130 interrupted.
 Heavy imports (MLX, the engine, Textual) happen inside the commands that need them, so `--help`,
 `history` and friends start fast.
 """
@@ -12,9 +13,13 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
+
+from inference.api import SAMPLING_LIMITS, SEED_LIMIT, Limit
 
 from bobby_tui import __version__
 from bobby_tui.config import Config, ConfigError, load_config_checked, resolve_model
@@ -26,7 +31,16 @@ if TYPE_CHECKING:
 
 PROG = "bobby-tui"
 EXPORT_FORMATS = (".md", ".jsonl")
-DEBUG_ENV = "BOBBY_TUI_DEBUG"  # set to get a traceback instead of the one-line message for unexpected errors
+DEBUG_ENV = "BOBBY_TUI_DEBUG"  # set to get a traceback instead of the one-line message for an internal error
+EXIT_NOT_SAVED = 3  # the drafts were printed, but the history could not record them
+
+# A prompt is read before the first draft appears: on a 2-core CPU the demo model reads ~300 prompt
+# tokens/s at 4,000 characters and ~120 at 16,000 (attention grows with the length), so 16,000 characters of
+# prompt and system prompt together take about a minute. Far more than a post needs, far less than "minutes".
+PROMPT_CHAR_LIMIT = 16_000
+# Integers that reach SQLite (ids, LIMIT) must fit its signed 64 bits.
+_SQLITE_INT = Limit(1, 2**63 - 1, integer=True)
+_MAX_TOKENS = Limit(1, None, integer=True)  # the model's max_position_embeddings bounds it once the model is known
 
 
 class CliError(Exception):
@@ -59,18 +73,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inline", action="store_true", help="run the composer inline, below the prompt")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
+    from bobby_tui.composer import MAX_DRAFTS
+
     post = commands.add_parser(
         "post", help="generate drafts and print them",
-        description="Generate COUNT drafts of PROMPT in one batched decode; print each as it finishes.",
+        usage=f"{PROG} post [-n COUNT] [PROMPT] [options] | {PROG} post COUNT PROMPT [options]",
+        description="Generate COUNT drafts of PROMPT in one batched decode; print each as it finishes.\n\n"
+                    "PROMPT is one argument (quote it): it reaches the chat template exactly as given. A single\n"
+                    "argument is always the prompt (`post 1984` writes about 1984); COUNT PROMPT, two arguments\n"
+                    "with the first a number, is the short form of -n COUNT PROMPT.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    post.add_argument("count", nargs="?", metavar="COUNT", help="number of drafts (default 1)")
-    post.add_argument("prompt", nargs="*", metavar="PROMPT", help="what to write (default: the configured default prompt)")
+    post.add_argument("words", nargs="*", metavar="PROMPT",
+                      help="what to write (default: the configured default prompt)")
+    post.add_argument("-n", "--count", type=_bounded(Limit(1, MAX_DRAFTS, integer=True)), metavar="COUNT",
+                      help=f"number of drafts, in one batch (default 1; at most {MAX_DRAFTS}, fewer when their "
+                           "KV cache would not fit in memory)")
     _add_model_options(post)
-    post.add_argument("--temperature", type=float, metavar="T", help="sampling temperature; 0 = greedy")
-    post.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling threshold (0, 1]")
-    post.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens; 0 = off")
-    post.add_argument("--max-tokens", type=int, metavar="N", help="tokens to generate at most per draft")
-    post.add_argument("--seed", type=int, metavar="S", help="seed of the first draft; draft i gets S+i")
+    post.add_argument("--temperature", type=_bounded(SAMPLING_LIMITS["temperature"]), metavar="T",
+                      help=f"sampling temperature, {SAMPLING_LIMITS['temperature'].describe()}; 0 = greedy")
+    post.add_argument("--top-p", type=_bounded(SAMPLING_LIMITS["top_p"]), metavar="P",
+                      help=f"nucleus sampling threshold, {SAMPLING_LIMITS['top_p'].describe()}")
+    post.add_argument("--top-k", type=_bounded(SAMPLING_LIMITS["top_k"]), metavar="K",
+                      help="sample among the K likeliest tokens; 0 = off")
+    post.add_argument("--max-tokens", type=_bounded(_MAX_TOKENS), metavar="N",
+                      help="tokens to generate at most per draft (up to the model's max_position_embeddings)")
+    post.add_argument("--seed", type=_bounded(SAMPLING_LIMITS["seed"]), metavar="S",
+                      help="seed of the first draft; draft i gets S+i (a regenerated draft keeps its seed and reports "
+                           "the attempt's own as attempt_seed)")
     post.add_argument("--system", metavar="TEXT", help="system prompt (default: the configured one, if any)")
     post.add_argument("--raw", action="store_true",
                       help="no post-processing, no regeneration: exactly the decoded text up to the stop token")
@@ -80,22 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print tokens as they come (one draft; no regeneration of a short draft)")
 
     history = commands.add_parser("history", help="list recorded drafts, newest first",
-                                  description="List recorded drafts, newest first.")
+                                  description="List recorded drafts, newest first. Times are local, with their UTC "
+                                              "offset (ISO 8601 in --json).")
     history.add_argument("--favorites", action="store_true", help="only favorites")
     history.add_argument("--search", metavar="TEXT", help="only drafts whose text or prompt contains TEXT")
-    history.add_argument("--limit", type=int, default=20, metavar="N", help="at most N drafts (default 20)")
+    history.add_argument("--limit", type=_bounded(_SQLITE_INT), default=20, metavar="N",
+                         help="at most N drafts (default 20)")
     history.add_argument("--json", action="store_true", help="one JSON object per draft per line")
+    history.add_argument("--raw", action="store_true",
+                         help="with --json: add raw_text, the decoded text as it came (special tokens such as "
+                              "<|im_start|> included)")
 
     for name, verb in (("favorite", "mark"), ("unfavorite", "unmark")):
         sub = commands.add_parser(name, help=f"{verb} a draft as a favorite", description=f"{verb.capitalize()} "
                                   "the draft with this history id as a favorite.")
-        sub.add_argument("id", type=int, metavar="ID", help="the draft's id (see `bobby-tui history`)")
+        sub.add_argument("id", type=_bounded(_SQLITE_INT), metavar="ID",
+                         help="the draft's id (see `bobby-tui history`)")
 
     export = commands.add_parser(
         "export", help="write drafts to a Markdown or JSON Lines file",
-        description="Write recorded drafts, oldest first, to FILE: Markdown for .md, JSON Lines for .jsonl.",
+        description="Write recorded drafts, oldest first, to FILE: Markdown for .md, JSON Lines for .jsonl. Times "
+                    "are local, with their UTC offset. The file is replaced atomically; a symlink is written through "
+                    "and an existing file keeps its permissions.",
     )
     export.add_argument("--favorites", action="store_true", help="only favorites (default: every draft)")
+    export.add_argument("--raw", action="store_true",
+                        help="in .jsonl: add raw_text, the decoded text as it came (special tokens such as "
+                             "<|im_start|> included)")
     export.add_argument("file", type=Path, metavar="FILE", help="output file ending in .md or .jsonl")
 
     inspect = commands.add_parser(
@@ -107,6 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--model", type=Path, metavar="MODEL_DIR",
                          help="for an adapter: the model to check it against (default: the one it names, if local)")
     return parser
+
+
+def _bounded(limit: Limit) -> Callable[[str], int | float]:
+    """An argparse type for a number in `limit`'s range: the message says what is allowed and what was given."""
+
+    def parse(text: str) -> int | float:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        try:
+            value = int(text) if limit.integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {'an integer' if limit.integer else 'a number'} {limit.describe()} (got {shown!r})"
+            ) from None
+        problem = limit.problem(value)
+        if problem:
+            shown_problem = problem if "(got" in problem else f"{problem} {limit.describe()} (got {shown!r})"
+            raise argparse.ArgumentTypeError(shown_problem)
+        return value
+
+    return parse
 
 
 def _add_model_options(parser: argparse.ArgumentParser, dest_prefix: str = "") -> None:
@@ -147,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"{PROG}: {err}", 1)
         if os.environ.get(DEBUG_ENV):
             raise
-        return _fail(f"{PROG}: unexpected {type(err).__name__}: {_one_line(err)} (set {DEBUG_ENV}=1 for a traceback)", 1)
+        # every input the CLI can be given has its own message: reaching here is a bug in bobby-tui
+        return _fail(f"{PROG}: internal error ({type(err).__name__}: {_one_line(err)}); please report it "
+                     f"(set {DEBUG_ENV}=1 for a traceback)", 1)
 
 
 def _is_engine_error(err: Exception) -> bool:
@@ -193,24 +256,31 @@ def run_tui(args: argparse.Namespace) -> int:
 
 def cmd_post(args: argparse.Namespace) -> int:
     config = _load_config()
-    count, prompt = _count_and_prompt(args.count, args.prompt, config)
+    count, prompt = _count_and_prompt(args.count, args.words, config)
     if args.stream and (count != 1 or args.json):
         raise UsageError("--stream prints a single draft as plain text: not with COUNT > 1 or --json")
+    system = _system_prompt(args, config)
+    _check_prompt_length(prompt, system)
     sampling = _sampling(args, config)
     max_tokens = args.max_tokens if args.max_tokens is not None else config.sampling.max_tokens
+    if args.seed is not None and args.seed + count - 1 >= SEED_LIMIT:
+        raise UsageError(f"--seed: draft i gets S+i, so S + COUNT - 1 must be below 2**63 (got {args.seed + count - 1})")
     model_dir, adapter_dir, _ = resolve_model(config, args.model, args.adapter, args.no_adapter)
+    model_config = _check_fits_model(model_dir, count, prompt, system, max_tokens, args)
     store = None if args.no_history else Store(db_path())  # a broken history fails before the slow load
+    history = HistoryWriter(store)
     try:
         from inference import SamplingParams
 
         # with --seed S, draft i gets seed S+i; without, the engine picks each draft's seed
         drafts = [SamplingParams(**sampling, seed=None if args.seed is None else args.seed + i) for i in range(count)]
         engine = _load_engine(model_dir, adapter_dir)
-        _print_drafts(engine, prompt, _system_prompt(args, config), drafts, max_tokens, args, config, store)
+        _check_context(engine, model_config, prompt, system, max_tokens, args)
+        _print_drafts(engine, prompt, system, drafts, max_tokens, args, config, history)
     finally:
         if store is not None:
             store.close()
-    return 0
+    return EXIT_NOT_SAVED if history.failed else 0
 
 
 def _load_config() -> Config:
@@ -220,41 +290,116 @@ def _load_config() -> Config:
     return config
 
 
-def _count_and_prompt(count_arg: str | None, words: list[str], config: Config) -> tuple[int, str]:
-    """COUNT is optional: `post "Write about tea"` is a prompt, `post 3 "Write about tea"` three drafts of it."""
-    if count_arg is not None and not count_arg.lstrip("-").isdigit():
-        words = [count_arg, *words]
-        count_arg = None
-    count = int(count_arg) if count_arg is not None else 1
-    if count < 1:
-        raise UsageError(f"COUNT must be at least 1 (got {count})")
-    prompt = " ".join(words).strip() or config.default_prompt
+_COUNT = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() would take "³" for a number
+
+
+def _count_and_prompt(count: int | None, words: list[str], config: Config) -> tuple[int, str]:
+    """(COUNT, PROMPT) from -n and the positional arguments, the prompt exactly as given.
+
+    One argument is the prompt, whatever it looks like (`post 1984`); two, the first a number, are COUNT PROMPT;
+    anything else is refused, as joining words would change the prompt (the shell already dropped its spacing).
+    """
+    if len(words) == 2 and _COUNT.fullmatch(words[0]):
+        if count is not None:
+            raise UsageError(f"COUNT is given twice (-n {count} and {words[0]}); quote PROMPT if it starts with a number")
+        from bobby_tui.composer import MAX_DRAFTS
+
+        problem = Limit(1, MAX_DRAFTS, integer=True).problem(int(words[0]))
+        if problem:
+            raise UsageError(f"COUNT {problem} (-n COUNT and a quoted PROMPT for a prompt that starts with a number)")
+        count, words = int(words[0]), words[1:]
+    if len(words) > 1:
+        raise UsageError(f"PROMPT must be one argument: quote it, e.g. {PROG} post -n 3 \"{' '.join(words[:3])}...\" "
+                         f"(got {len(words)} arguments)")
+    if words:
+        prompt, source = words[0], "PROMPT"
+    else:
+        prompt, source = config.default_prompt, f"default_prompt in {config_path()}"
+    _check_text(prompt, source)
     if not prompt.strip():
-        raise UsageError("the prompt is empty (give PROMPT or set default_prompt in the config)")
-    return count, prompt
+        raise UsageError(f"{source} is {'empty' if not prompt else 'only whitespace'}")
+    return count if count is not None else 1, prompt
+
+
+def _check_text(text: str, source: str) -> None:
+    # undecodable bytes in argv arrive as lone surrogates (surrogateescape): no tokenizer can take them
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UsageError(f"{source} is not valid UTF-8 (an undecodable byte at character {err.start})") from None
 
 
 def _system_prompt(args: argparse.Namespace, config: Config) -> str | None:
-    system = args.system if args.system is not None else config.system_prompt
-    return system or None
+    """--system as given ("" is an empty system message, as mlx_lm renders it); else the configured one, if any."""
+    if args.system is not None:
+        _check_text(args.system, "--system")
+        return args.system
+    _check_text(config.system_prompt, f"system_prompt in {config_path()}")
+    return config.system_prompt or None
+
+
+def _check_prompt_length(prompt: str, system: str | None) -> None:
+    length = len(prompt) + len(system or "")
+    if length > PROMPT_CHAR_LIMIT:
+        parts = f"the prompt ({_characters(len(prompt))})" + (f" and system prompt ({len(system):,})" if system else "")
+        raise UsageError(f"{parts} {'are' if system else 'is'} {length:,} characters; at most {PROMPT_CHAR_LIMIT:,} "
+                         "(a CPU takes about a minute to read that many)")
+
+
+def _characters(n: int) -> str:
+    return f"{n:,} character{'' if n == 1 else 's'}"
 
 
 def _sampling(args: argparse.Namespace, config: Config) -> dict:
-    """The configured sampling overridden by the flags, checked: SamplingParams' arguments but the seed."""
-    s = config.sampling
-    temperature = args.temperature if args.temperature is not None else s.temperature
-    top_p = args.top_p if args.top_p is not None else s.top_p
-    top_k = args.top_k if args.top_k is not None else s.top_k
-    if not temperature >= 0:
-        raise UsageError(f"--temperature must be >= 0 (got {temperature})")
-    if not 0 < top_p <= 1:
-        raise UsageError(f"--top-p must be in (0, 1] (got {top_p})")
-    if top_k < 0:
-        raise UsageError(f"--top-k must be >= 0 (got {top_k})")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise UsageError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
-    return dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=s.min_p,
-                repetition_penalty=s.repetition_penalty)
+    """The configured sampling overridden by the flags (checked by argparse), checked against SAMPLING_LIMITS:
+    SamplingParams' arguments but the seed."""
+    values = {}
+    for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = flag_value
+            continue
+        value = getattr(config.sampling, name)
+        problem = SAMPLING_LIMITS[name].problem(value)
+        if problem:
+            raise CliError(f"{config_path()}: sampling.{name} {problem}")
+        values[name] = value
+    return values
+
+
+def _check_fits_model(model_dir: Path, count: int, prompt: str, system: str | None, max_tokens: int,
+                      args: argparse.Namespace):
+    """Before the slow load: the model's config.json, --max-tokens against its positions and COUNT against memory."""
+    from inference.config import ModelConfig
+
+    from bobby_tui.composer import DraftLimitError, available_memory, check_draft_count
+
+    _require_dir(model_dir)
+    model_config = ModelConfig.from_dir(model_dir)
+    source = "--max-tokens" if args.max_tokens is not None else f"sampling.max_tokens in {config_path()}"
+    if max_tokens > model_config.max_position_embeddings:
+        raise UsageError(f"{source} is {max_tokens:,}: past the model's {model_config.max_position_embeddings:,} "
+                         f"positions (max_position_embeddings in {model_config.path})")
+    # byte-level BPE gives at most one token per byte of text; the chat template adds a few dozen
+    tokens = len(prompt.encode()) + len((system or "").encode()) + 64 + max_tokens
+    try:
+        check_draft_count(count, model_config, tokens, available_memory())
+    except DraftLimitError as err:
+        if err.limit == 0:  # nothing the COUNT could change: the model is too big for this machine at this length
+            raise CliError(f"{model_config.path}: {err}") from None
+        raise UsageError(str(err)) from None
+    return model_config
+
+
+def _check_context(engine: "Engine", model_config, prompt: str, system: str | None, max_tokens: int,
+                   args: argparse.Namespace) -> None:
+    """The rendered prompt and the drafts must fit the model's positions."""
+    prompt_tokens = len(engine.tokenizer.encode(engine.render_prompt(prompt, system)))
+    positions = model_config.max_position_embeddings
+    if prompt_tokens + max_tokens > positions:
+        source = "--max-tokens" if args.max_tokens is not None else "sampling.max_tokens"
+        raise UsageError(f"the prompt is {prompt_tokens:,} tokens and {source} {max_tokens:,}: past the model's "
+                         f"{positions:,} positions (max_position_embeddings in {model_config.path})")
 
 
 def _load_engine(model_dir: Path, adapter_dir: Path | None) -> "Engine":
@@ -291,8 +436,40 @@ class ProgressBar:
             self.stream.flush()
 
 
+class HistoryWriter:
+    """Records drafts as they are printed. A draft is the user's data: when the history cannot take it (disk full, a
+    value SQLite cannot store, the database removed or replaced meanwhile) the draft is still printed, one line on
+    stderr says the drafts are not saved, and no later draft of the run is tried."""
+
+    def __init__(self, store: Store | None):
+        self.store = store
+        self.failed: str | None = None
+        self._identity = _file_identity(store.path) if store is not None else None
+
+    def add(self, record: GenerationRecord) -> int | None:
+        if self.store is None or self.failed is not None:
+            return None
+        try:
+            # SQLite keeps writing into a removed file's inode: that row would be lost without a word
+            if _file_identity(self.store.path) != self._identity:
+                raise StoreError(f"{self.store.path}: the history database was removed or replaced")
+            return self.store.add(record)
+        except Exception as err:  # whatever the cause, the draft must still reach the user
+            self.failed = _one_line(err)
+            print(f"{PROG}: not saved to the history: {self.failed} (the drafts are printed only)", file=sys.stderr)
+            return None
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _print_drafts(engine: "Engine", prompt: str, system: str | None, drafts: list, max_tokens: int,
-                  args: argparse.Namespace, config: Config, store: Store | None) -> None:
+                  args: argparse.Namespace, config: Config, history: HistoryWriter) -> None:
     """Print each draft as it finishes (recorded first, unless --no-history)."""
     from inference import TokenDelta
 
@@ -311,7 +488,7 @@ def _print_drafts(engine: "Engine", prompt: str, system: str | None, drafts: lis
         if not isinstance(event, Draft):
             continue
         record = to_record(event, engine, prompt, system)
-        gen_id = store.add(record) if store is not None else None  # committed before it is shown
+        gen_id = history.add(record)  # committed before it is shown
         if args.json:
             print(json.dumps(_draft_json(event, record, gen_id), ensure_ascii=False), flush=True)
         elif args.stream:
@@ -327,7 +504,9 @@ def _print_drafts(engine: "Engine", prompt: str, system: str | None, drafts: lis
 
 def _draft_header(draft, gen_id: int | None, count: int) -> str:
     parts = [f"draft {draft.draft + 1}/{count}"] + ([f"#{gen_id}"] if gen_id is not None else [])
-    parts.append(f"seed {draft.params.seed}")
+    parts.append(f"seed {draft.seed}")
+    if draft.attempts > 1:  # regenerated: the text came from a later attempt, with a seed derived from the draft's
+        parts.append(f"attempt {draft.attempts} (seed {draft.attempt_seed})")
     return f"── {' · '.join(parts)} ──"
 
 
@@ -340,13 +519,14 @@ def _draft_json(draft, record: GenerationRecord, gen_id: int | None) -> dict:
         "top_p": record.top_p,
         "top_k": draft.params.top_k,
         "seed": record.seed,
+        "attempt_seed": record.attempt_seed,
         "prompt_tokens": record.prompt_tokens,
         "generated_tokens": record.generated_tokens,
         "decode_tok_s": round(record.decode_tok_s, 2),
         "model": record.model,
         "adapter": record.adapter,
         "finish_reason": record.finish_reason,
-        "attempts": draft.attempts,
+        "attempts": record.attempts,
         "draft": draft.draft,
         "id": gen_id,
     }
@@ -356,21 +536,58 @@ def _draft_json(draft, record: GenerationRecord, gen_id: int | None) -> dict:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise UsageError(f"--limit must be at least 1 (got {args.limit})")
+    if args.search is not None:
+        _check_text(args.search, "--search")
     with Store(db_path()) as store:
         records = store.history(limit=args.limit, favorites_only=args.favorites, search=args.search)
     for rec in records:
-        print(json.dumps(dataclasses.asdict(rec), ensure_ascii=False) if args.json else _history_line(rec))
+        print(_record_json(rec, args.raw) if args.json else _history_line(rec))
     return 0
+
+
+def _local_time(created_at: object) -> datetime | None:
+    """A stored time (ISO 8601 in UTC) in the local time zone; None for a value that is not such a time."""
+    try:
+        when = datetime.fromisoformat(created_at)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return (when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)).astimezone()
+
+
+def _shown_time(created_at: object) -> str:
+    """`2026-05-01 14:03+02:00`: local time with its offset, as the history list and Markdown show it."""
+    when = _local_time(created_at)
+    return when.isoformat(sep=" ", timespec="minutes") if when is not None else _printable(created_at or "")
+
+
+def _printable(value: object) -> str:
+    # one line per draft, and no control character reaches the terminal (a row may hold anything: say what it holds)
+    text = value if isinstance(value, str) else _json_value(value)
+    return "".join(c if c.isprintable() else " " for c in text.replace("\n", " ⏎ "))
+
+
+def _json_value(value: object) -> str:
+    """A value JSON has no type for (a BLOB in an odd history row) as text."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return str(value)
+
+
+def _record_json(rec: GenerationRecord, raw: bool) -> str:
+    """One JSON object: the record's fields, created_at in local time with its offset (ISO 8601); raw_text (which
+    may hold special tokens) only when asked for."""
+    fields = dataclasses.asdict(rec)
+    if not raw:
+        del fields["raw_text"]
+    when = _local_time(rec.created_at)
+    if when is not None:
+        fields["created_at"] = when.isoformat(timespec="seconds")
+    return json.dumps(fields, ensure_ascii=False, default=_json_value)
 
 
 def _history_line(rec: GenerationRecord) -> str:
     star = "★" if rec.favorite else " "
-    when = (rec.created_at or "")[:16].replace("T", " ")
-    # one line per draft, and no control character reaches the terminal
-    text = "".join(c if c.isprintable() else " " for c in rec.text.replace("\n", " ⏎ "))
-    return f"{rec.id:>5} {star} {when}  {text}"
+    return f"{rec.id:>5} {star} {_shown_time(rec.created_at)}  {_printable(rec.text)}"
 
 
 def cmd_favorite(args: argparse.Namespace, favorite: bool = True) -> int:
@@ -380,17 +597,16 @@ def cmd_favorite(args: argparse.Namespace, favorite: bool = True) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from bobby_tui.files import write_text_atomically
+
     suffix = args.file.suffix.lower()
     if suffix not in EXPORT_FORMATS:
         raise UsageError(f"{args.file}: unknown format {suffix or '(no extension)'!r}; use .md or .jsonl")
     with Store(db_path()) as store:
         records = store.history(limit=-1, favorites_only=args.favorites)[::-1]  # oldest first reads like a log
-    text = _markdown(records, args.favorites) if suffix == ".md" else _json_lines(records)
+    text = _markdown(records, args.favorites) if suffix == ".md" else _json_lines(records, args.raw)
     try:
-        args.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.file.with_name(args.file.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.file)
+        write_text_atomically(args.file, text)
     except OSError as err:
         raise CliError(f"{args.file}: cannot write: {err.strerror or err}") from None
     what = "favorites" if args.favorites else "drafts"
@@ -398,21 +614,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_lines(records: list[GenerationRecord]) -> str:
-    return "".join(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n" for r in records)
+def _json_lines(records: list[GenerationRecord], raw: bool) -> str:
+    return "".join(_record_json(r, raw) + "\n" for r in records)
 
 
 def _markdown(records: list[GenerationRecord], favorites: bool) -> str:
-    out = [f"# bobby-tui {'favorites' if favorites else 'drafts'}\n"]
+    out = [f"# bobby-tui {'favorites' if favorites else 'drafts'}\n", "\n*Times are local, with their UTC offset.*\n"]
     for rec in records:
-        model = rec.model + (f" + {rec.adapter}" if rec.adapter else "")
+        model = f"{rec.model}" + (f" + {rec.adapter}" if rec.adapter else "")
         out += [
-            f"\n## #{rec.id} · {(rec.created_at or '')[:16].replace('T', ' ')}\n",
-            f"\n{rec.text}\n",
-            f"\n*prompt: {rec.prompt} · temperature {rec.temperature:g} · top-p {rec.top_p:g} · seed {rec.seed}"
-            f" · {model}*\n",
+            f"\n## #{rec.id} · {_shown_time(rec.created_at)}\n",
+            f"\n{_json_value(rec.text)}\n",
+            f"\n*prompt: {_json_value(rec.prompt)} · temperature {_number(rec.temperature)} · top-p {_number(rec.top_p)}"
+            f" · seed {rec.seed} · {model}*\n",
         ]
     return "".join(out)
+
+
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else _json_value(value)
 
 
 # --- inspect -------------------------------------------------------------------------------------------
@@ -435,6 +655,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+# The subcommands: each one's parser is added in build_parser, its function is registered here.
 COMMANDS: dict[str | None, Callable[[argparse.Namespace], int]] = {
     "post": cmd_post,
     "history": cmd_history,

@@ -6,6 +6,8 @@ Shared by the app and the CLI. Runs on the engine's thread (the engine's rule: o
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -27,12 +29,90 @@ class DraftRetry:
 @dataclass
 class Draft:
     draft: int
-    text: str  # post-processed (equal to raw_text with raw=True)
+    text: str  # special tokens removed and post-processed (equal to raw_text with raw=True)
     raw_text: str  # exactly what the model decoded
-    params: SamplingParams  # seed resolved
+    params: SamplingParams  # the last attempt's: its seed is attempt_seed
     stats: GenerationStats
     finish_reason: str
     attempts: int
+    seed: int  # the draft's seed (the user's, or the one picked for the first attempt): what reproduces the draft
+
+    @property
+    def attempt_seed(self) -> int:
+        """The seed of the attempt that produced the text (equal to seed on the first attempt)."""
+        return self.params.seed
+
+
+# Drafts of one batch: the decode step's cost grows with the rows; past a few dozen a batch stops paying off even on a
+# GPU, and each row holds its own KV cache. draft_limit lowers it further to what the machine's memory can hold.
+MAX_DRAFTS = 64
+# The share of the available memory a batch's KV cache may take: the weights, activations and everything else running
+# need the rest.
+_KV_MEMORY_SHARE = 0.5
+_KV_BYTES_PER_VALUE = 4  # float32 on the CPU; bf16 on a GPU takes half, so this is an upper bound
+
+
+class DraftLimitError(ValueError):
+    """More drafts were asked for than one batch can hold; the message names the limit (`limit`, 0 when not even one
+    draft fits)."""
+
+    def __init__(self, message: str, limit: int):
+        super().__init__(message)
+        self.limit = limit
+
+
+def _over_batch(count: int) -> DraftLimitError:
+    return DraftLimitError(f"{count} drafts are more than one batch holds (at most {MAX_DRAFTS})", MAX_DRAFTS)
+
+
+def kv_cache_bytes(config, tokens: int) -> int:
+    """The KV cache one draft (one batch row) of `tokens` positions needs for a model of `config` (inference's
+    ModelConfig): keys and values, every layer."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * _KV_BYTES_PER_VALUE * tokens
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation: MemAvailable on Linux, the physical memory elsewhere (macOS shares
+    it between CPU and GPU); None when the system does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def draft_limit(config, tokens: int, memory: int | None) -> int:
+    """How many drafts of `tokens` positions one batch may hold: MAX_DRAFTS, or fewer when their KV cache would take
+    more than half of `memory` (0: not even one fits)."""
+    if memory is None:
+        return MAX_DRAFTS
+    return min(MAX_DRAFTS, int(memory * _KV_MEMORY_SHARE) // max(kv_cache_bytes(config, tokens), 1))
+
+
+def check_draft_count(count: int, config, tokens: int, memory: int | None) -> None:
+    """Raise DraftLimitError when `count` drafts of `tokens` positions are more than a batch can hold."""
+    if count > MAX_DRAFTS:
+        raise _over_batch(count)
+    limit = draft_limit(config, tokens, memory)
+    if count > limit:
+        per_draft = kv_cache_bytes(config, tokens)
+        need = f"{count} drafts need {_gb(count * per_draft)}" if count > 1 else f"one draft needs {_gb(per_draft)}"
+        raise DraftLimitError(
+            f"{need} of KV cache ({tokens:,} tokens each, prompt and max tokens) and this machine has {_gb(memory)} "
+            f"available: at most {limit} draft{'s' if limit != 1 else ''} (fewer max tokens or a shorter prompt allow "
+            "more)",
+            limit,
+        )
+
+
+def _gb(size: int) -> str:
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
 
 
 # Seeds of regenerated drafts stay reproducible from the first seed but never collide with the seeds
@@ -60,9 +140,14 @@ def compose(
 
     A post-processed draft shorter than postprocess.min_length is regenerated with a new seed, up to
     postprocess.retries times (a DraftRetry announces each); the retries of one round run as one batch.
-    With raw=True the drafts are exactly the decoded text: no post-processing, no retries.
+    Special tokens (the tokenizer's ``special_tokens``: ``<|im_start|>``, ...) are removed from deltas and drafts.
+    With raw=True the drafts are exactly the decoded text: no special-token removal, no post-processing, no retries.
+    ``system_prompt`` None renders no system message; "" renders an empty one (as mlx_lm does for the same messages).
     """
-    prompt = engine.render_prompt(user_prompt, system_prompt or None)
+    if len(drafts) > MAX_DRAFTS:  # the app's spread comes here too
+        raise _over_batch(len(drafts))
+    prompt = engine.render_prompt(user_prompt, system_prompt)
+    specials = SpecialTokenFilter(frozenset() if raw else engine.tokenizer.special_tokens)
     pending = dict(enumerate(drafts))  # draft index -> its params for the next round
     attempts = {i: 1 for i in pending}
     first_seeds: dict[int, int] = {}  # the engine resolves seeds; retries derive theirs from the first one
@@ -73,10 +158,13 @@ def compose(
         for event in engine.generate(request, should_cancel=should_cancel):
             index = order[event.draft]
             if isinstance(event, TokenDelta):
-                yield dataclasses.replace(event, draft=index)
+                if delta := specials.delta(index, event.text):
+                    yield TokenDelta(draft=index, text=delta)
                 continue
+            if rest := specials.end(index):
+                yield TokenDelta(draft=index, text=rest)
             first_seeds.setdefault(index, event.params.seed)
-            text = event.text if raw else apply_postprocess(event.text, postprocess, post_limit)
+            text = event.text if raw else apply_postprocess(specials(event.text), postprocess, post_limit)
             if not raw and _wants_retry(event, text, postprocess, attempts[index]):
                 attempts[index] += 1
                 pending[index] = dataclasses.replace(event.params, seed=retry_seed(first_seeds[index], attempts[index]))
@@ -90,7 +178,38 @@ def compose(
                 stats=event.stats,
                 finish_reason=event.finish_reason,
                 attempts=attempts[index],
+                seed=first_seeds[index],
             )
+
+
+class SpecialTokenFilter:
+    """Removes the texts of special tokens from whole texts and, alike, from each draft's stream of deltas.
+
+    The tail of a delta that could begin a special token's text is held back until the next delta tells (a model can
+    also spell one out with ordinary tokens), so a draft's filtered deltas always add up to its filtered text.
+    """
+
+    def __init__(self, special_tokens: frozenset[str]):
+        tokens = sorted(special_tokens, key=len, reverse=True)  # longest first: one that contains another goes whole
+        self._pattern = re.compile("|".join(map(re.escape, tokens))) if tokens else None
+        self._prefixes = {t[:i] for t in tokens for i in range(1, len(t))}
+        self._longest = max(map(len, tokens), default=0)
+        self._held: dict[int, str] = {}
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub("", text) if self._pattern is not None else text
+
+    def delta(self, draft: int, delta: str) -> str:
+        text = self(self._held.pop(draft, "") + delta)
+        for cut in range(max(0, len(text) - self._longest + 1), len(text)):
+            if text[cut:] in self._prefixes:
+                self._held[draft] = text[cut:]
+                return text[:cut]
+        return text
+
+    def end(self, draft: int) -> str:
+        """What `draft`'s stream held back: it did not become a special token."""
+        return self._held.pop(draft, "")
 
 
 def _wants_retry(done: DraftDone, text: str, opts: PostProcess, attempts: int) -> bool:
@@ -109,7 +228,9 @@ def to_record(draft: Draft, engine, user_prompt: str, system_prompt: str | None)
         text=draft.text,
         temperature=draft.params.temperature,
         top_p=draft.params.top_p,
-        seed=draft.params.seed,
+        seed=draft.seed,
+        attempt_seed=draft.attempt_seed,
+        attempts=draft.attempts,
         model=engine.model_name,
         adapter=engine.adapter_name if engine.adapter_enabled else None,
         prompt_tokens=draft.stats.prompt_tokens,

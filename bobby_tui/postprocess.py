@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+import emoji
+import regex
+
 from bobby_tui.config import PostProcess
 
 # A closed <think> block, an unclosed one running to the end, and a stray closing tag whose opening
@@ -12,19 +15,16 @@ _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _THINK_UNCLOSED = re.compile(r"<think>.*\Z", re.DOTALL)
 _THINK_STRAY_END = re.compile(r"\A.*?</think>", re.DOTALL)
 
-_HASHTAG = re.compile(r"(?<![\w&])#\w+")
-
-# Pictographs, dingbats, flags, skin tones and the joiners/selectors that glue emoji sequences.
-_EMOJI = re.compile(
-    "["
-    "\U0001F000-\U0001FAFF"  # mahjong .. symbols & pictographs extended-A (incl. flags, skin tones)
-    "\u2600-\u27BF"  # misc symbols, dingbats
-    "\u2B00-\u2BFF"  # arrows and stars such as the star emoji
-    "\u2300-\u23FF"  # watch, hourglass, keyboard ...
-    "\uFE0E\uFE0F\u200D\u20E3"  # variation selectors, zero-width joiner, keycap
-    "\U000E0020-\U000E007F"  # tag characters (subdivision flags)
-    "]"
-)
+# What Twitter (twitter-text's extractHashtags) and Bluesky count as a hashtag: '#' (or the fullwidth '＃') after a
+# boundary (the start, a variation selector, or anything but a hashtag character or '&'), not before an emoji selector
+# or keycap; then letters, marks, digits, '_' and twitter-text's joiners, taken whole, not followed by another '#' or
+# '://' (so `#a#b` is no tag); and at least one letter or mark among them (so `#1` is no tag).
+_TAG_CHAR = r"[\p{L}\p{M}\p{Nd}_\u200c\u200d\ua67e\u05be\u05f3\u05f4\uff5e\u301c\u309b\u309c\u30a0\u30fb\u3003\u0f0b\u0f0c\u00b7]"
+_HASHTAG = regex.compile(rf"(?:(?<=[\ufe0e\ufe0f])|(?<!{_TAG_CHAR}|&))[#＃](?![\ufe0f\u20e3]){_TAG_CHAR}*+(?![#＃]|://)")
+_LETTER = regex.compile(r"[\p{L}\p{M}]")
+# Spans a hashtag inside does not count (a URL's #fragment): a scheme or www. URL, or a bare domain with a path,
+# up to the next space.
+_URL = regex.compile(r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.|\b(?:[\p{L}\p{Nd}-]+\.)+\p{L}{2,}/)\S*", regex.IGNORECASE)
 
 _SPACE_RUNS = re.compile(r"[ \t]{2,}")
 _SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+([.,!?;:])")
@@ -38,9 +38,9 @@ def postprocess(text: str, opts: PostProcess, limit: int) -> str:
     if opts.strip_think:
         text = strip_think(text)
     if opts.strip_hashtags:
-        text = _tidy_spaces(_HASHTAG.sub("", text))
+        text = _tidy_spaces(strip_hashtags(text))
     if opts.strip_emoji:
-        text = _tidy_spaces(_EMOJI.sub("", text))
+        text = _tidy_spaces(strip_emoji(text))
     if opts.trim:
         text = text.strip()
     if opts.enforce_limit:
@@ -52,6 +52,36 @@ def strip_think(text: str) -> str:
     text = _THINK_BLOCK.sub("", text)
     text = _THINK_UNCLOSED.sub("", text)
     return _THINK_STRAY_END.sub("", text)
+
+
+def hashtags(text: str) -> list[tuple[int, int]]:
+    """The (start, end) spans of the hashtags a platform would link in `text`, URLs' fragments left out."""
+    urls = [m.span() for m in _URL.finditer(text)]
+    return [m.span() for m in _HASHTAG.finditer(text)
+            if _LETTER.search(m.group()) and not any(a <= m.start() < b for a, b in urls)]
+
+
+def strip_hashtags(text: str) -> str:
+    return _cut(text, hashtags(text))
+
+
+def strip_emoji(text: str) -> str:
+    """Remove every emoji (the `emoji` package's list: ZWJ sequences, flags, keycaps, skin tones, with their selectors),
+    keeping characters that show as text unless asked otherwise: a lone ©, ™, ‼ or ↔ with no emoji selector (Unicode's
+    Emoji_Presentation=No) is a symbol, not an emoji; arrows, math and other symbols are never emoji."""
+    spans = [
+        (m["match_start"], m["match_end"]) for m in emoji.emoji_list(text)
+        if not (len(m["emoji"]) == 1 and emoji.EMOJI_DATA[m["emoji"]]["status"] == emoji.STATUS["unqualified"])
+    ]
+    return _cut(text, spans)
+
+
+def _cut(text: str, spans: list[tuple[int, int]]) -> str:
+    out, last = [], 0
+    for start, end in spans:
+        out.append(text[last:start])
+        last = end
+    return "".join(out) + text[last:]
 
 
 def enforce_limit(text: str, limit: int) -> str:

@@ -29,6 +29,8 @@ class GenerationRecord:
     finish_reason: str
     system_prompt: str = ""
     raw_text: str = ""
+    attempt_seed: int | None = None  # the seed of the attempt that produced `text` (seed is the draft's own); None: seed
+    attempts: int = 1  # generations it took (a too-short draft is regenerated)
     id: int | None = None
     created_at: str | None = None
     favorite: bool = False
@@ -82,7 +84,14 @@ def _script(sql: str) -> Migration:
 
 # MIGRATIONS[n] upgrades a database at version n to version n + 1, inside the migrating transaction; a step is
 # SQL or Python. Append new steps, never edit a released one.
-MIGRATIONS: list[Migration] = [_script(_SCHEMA_1), _version_in_pragma]
+# Version 3: a regenerated draft keeps the user's seed in `seed`; the seed that produced the text is attempt_seed.
+# Older rows hold the producing seed in `seed`, so it is copied.
+_SEEDS_OF_ATTEMPTS = """
+    ALTER TABLE generations ADD COLUMN attempt_seed INTEGER;
+    ALTER TABLE generations ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    UPDATE generations SET attempt_seed = seed
+"""
+MIGRATIONS: list[Migration] = [_script(_SCHEMA_1), _version_in_pragma, _script(_SEEDS_OF_ATTEMPTS)]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"

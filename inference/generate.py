@@ -122,7 +122,8 @@ class Engine:
         self._adapter_enabled = enabled
 
     def render_prompt(self, user: str, system: str | None = None) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        # None: no system message; "" is an empty one, as mlx_lm renders `--system-prompt ""`
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": user}]
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False)
 
     # --- model work (only on the owning thread) ------------------------------------------------------------------

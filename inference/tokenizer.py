@@ -68,6 +68,13 @@ class Tokenizer:
         return None if text is None else self._tok.token_to_id(text)
 
     @property
+    def special_tokens(self) -> frozenset[str]:
+        """The texts of the added tokens marked special in tokenizer.json (``<|im_start|>``, ``<|endoftext|>``, ...):
+        control tokens of the chat format, never text of a reply. Added tokens that are not special (Qwen3's
+        ``<think>``) are left out."""
+        return frozenset(t.content for t in self._tok.get_added_tokens_decoder().values() if t.special)
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 

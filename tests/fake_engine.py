@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from inference import DraftDone, GenerationStats, LoadProgress, TokenDelta
 
@@ -25,6 +26,7 @@ class FakeEngine:
     """Draft i of a request streams WORDS (draft i > 0 starts at word i), one word per token."""
 
     has_adapter = True
+    tokenizer = SimpleNamespace(special_tokens=frozenset({"<|im_start|>", "<|im_end|>"}))  # what compose removes
 
     def __init__(
         self,

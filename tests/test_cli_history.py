@@ -1,9 +1,16 @@
 """history / favorite / unfavorite / export through the same SQLite store the TUI uses (no model needed)."""
 
+import dataclasses
 import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
 
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import REPO, run_cli
 
 from bobby_tui.paths import db_path
 from bobby_tui.storage import GenerationRecord, Store
@@ -92,7 +99,7 @@ def test_a_corrupt_history_file_is_one_line_exit_1_and_kept(tmp_path):
     assert db_path().read_bytes() == b"definitely not sqlite"
 
 
-@pytest.mark.parametrize("args", [["favorite", "abc"], ["history", "--limit", "0"], ["frobnicate"], ["post", "0"],
+@pytest.mark.parametrize("args", [["favorite", "abc"], ["history", "--limit", "0"], ["frobnicate"], ["post", "-n", "0"],
                                   ["post", "--top-p", "1.5"], ["--model", "/m", "history"]])
 def test_bad_arguments_are_one_line_exit_2(args):
     result = run_cli(*args, check_one_line_error=True)
@@ -103,3 +110,126 @@ def test_bad_arguments_are_one_line_exit_2(args):
 def test_every_command_has_help(command):
     result = run_cli(command, "--help")
     assert result.returncode == 0 and f"usage: bobby-tui {command}" in result.stdout
+
+
+def test_times_are_local_with_their_offset(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30 all year: no daylight saving to trip on
+    with Store(db_path()) as store:
+        gen_id = store.add(dataclasses.replace(record(1, "Chai time."), created_at="2026-01-15T08:30:00+00:00"))
+    listed = run_cli("history").stdout
+    assert f"{gen_id:>5}   2026-01-15 14:00+05:30  Chai time." in listed
+    assert json.loads(run_cli("history", "--json").stdout)["created_at"] == "2026-01-15T14:00:00+05:30"
+    assert "local" in run_cli("history", "--help").stdout
+    md, jsonl = tmp_path / "all.md", tmp_path / "all.jsonl"
+    assert run_cli("export", md).returncode == 0 and run_cli("export", jsonl).returncode == 0
+    assert f"## #{gen_id} · 2026-01-15 14:00+05:30" in md.read_text() and "local" in md.read_text()
+    assert json.loads(jsonl.read_text())["created_at"] == "2026-01-15T14:00:00+05:30"
+
+
+def test_odd_history_rows_are_listed_and_exported(tmp_path):
+    """A row another program wrote: a BLOB for text, a time that is not one, a string for a number."""
+    with Store(db_path()) as store:
+        gen_id = store.add(record(1, "fine"))
+    with sqlite3.connect(db_path()) as db:
+        db.execute("UPDATE generations SET text = ?, created_at = 'yesterday', temperature = 'warm' WHERE id = ?",
+                   (b"caf\xc3\xa9 \xff", gen_id))
+    listed = run_cli("history")
+    assert listed.returncode == 0 and "yesterday  café \\xff" in listed.stdout
+    assert json.loads(run_cli("history", "--json").stdout)["text"] == "café \\xff"
+    for name in ("odd.md", "odd.jsonl"):
+        result = run_cli("export", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        assert "café" in (tmp_path / name).read_text()
+
+
+def test_export_writes_through_a_symlink_and_keeps_the_mode(ids, tmp_path):
+    real = tmp_path / "shared" / "drafts.jsonl"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    real.chmod(0o640)
+    link = tmp_path / "drafts.jsonl"
+    link.symlink_to(real)
+    assert run_cli("export", link).returncode == 0
+    assert link.is_symlink() and link.resolve() == real
+    assert [json.loads(line)["id"] for line in real.read_text().splitlines()] == ids
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert sorted(p.name for p in real.parent.iterdir()) == ["drafts.jsonl"]  # no temporary left behind
+
+
+def test_a_new_export_gets_the_umask_mode_and_leaves_other_files_alone(ids, tmp_path):
+    out = tmp_path / "favs.md"
+    other_writer = tmp_path / "favs.md.tmp"  # the name a fixed-name temporary would take
+    other_writer.write_text("someone else's")
+    assert run_cli("export", out).returncode == 0
+    assert other_writer.read_text() == "someone else's"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_concurrent_exports_do_not_collide(tmp_path):
+    rows, writers = 8000, 4
+    with Store(db_path()):
+        pass  # the schema
+    with sqlite3.connect(db_path()) as db:  # some megabytes, so that the writes overlap
+        db.executemany(
+            "INSERT INTO generations (created_at, prompt, text, temperature, top_p, seed, model, prompt_tokens, "
+            "generated_tokens, decode_tok_s, prefill_tok_s, finish_reason) VALUES "
+            "('2026-01-01T00:00:00+00:00', 'p', ?, 0.8, 0.9, 1, 'm', 1, 1, 1.0, 1.0, 'stop')",
+            [("draft %d " % i + "x" * 2000,) for i in range(rows)],
+        )
+    out, go = tmp_path / "all.jsonl", tmp_path / "go"
+    # every writer waits for the same moment, then exports to the same file
+    script = ("import os, sys, time\nfrom bobby_tui.cli import main\n"
+              "while not os.path.exists(sys.argv[1]): time.sleep(0.001)\nsys.exit(main(['export', sys.argv[2]]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, go, out], cwd=REPO, env=env, stderr=subprocess.PIPE,
+                              text=True) for _ in range(writers)]
+    time.sleep(2)  # all imported and waiting
+    go.touch()
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert [code for code, _ in results] == [0] * writers, results
+    lines = out.read_text().splitlines()
+    assert len(lines) == rows and all(json.loads(line)["model"] == "m" for line in lines)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "loop"])
+def test_export_to_something_that_is_not_a_file_is_one_line(ids, tmp_path, kind):
+    target = tmp_path / "target.md"
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to(tmp_path / "other.md")
+        (tmp_path / "other.md").symlink_to(target)
+    result = run_cli("export", target, check_one_line_error=True, timeout=30)
+    assert result.returncode == 1 and str(target) in result.stderr
+    assert {"directory": "directory", "fifo": "not a regular file", "loop": "symbolic links"}[kind] in result.stderr
+
+
+def test_raw_text_with_special_tokens_is_exported_only_with_raw(tmp_path):
+    with Store(db_path()) as store:
+        store.add(dataclasses.replace(record(1, "Clean post."), raw_text="<|im_start|>Clean post.<|endoftext|>"))
+    out = tmp_path / "all.jsonl"
+    assert run_cli("export", out).returncode == 0
+    assert "<|" not in out.read_text() and "<|" not in run_cli("history", "--json").stdout
+    assert run_cli("export", "--raw", out).returncode == 0
+    assert json.loads(out.read_text())["raw_text"] == "<|im_start|>Clean post.<|endoftext|>"
+    assert json.loads(run_cli("history", "--json", "--raw").stdout)["raw_text"].startswith("<|im_start|>")
+
+
+def test_a_history_from_before_attempt_seeds_is_upgraded_in_place():
+    from bobby_tui.storage import _SCHEMA_1
+
+    db_path().parent.mkdir(parents=True)
+    with sqlite3.connect(db_path()) as db:  # the first schema, with one row in it
+        db.executescript(_SCHEMA_1)
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        db.execute("INSERT INTO generations (created_at, prompt, text, temperature, top_p, seed, model, prompt_tokens, "
+                   "generated_tokens, decode_tok_s, prefill_tok_s, finish_reason) VALUES "
+                   "('2026-01-01T00:00:00+00:00', 'p', 'old draft', 0.8, 0.9, 4242, 'm', 1, 1, 1.0, 1.0, 'stop')")
+    (row,) = [json.loads(line) for line in run_cli("history", "--json").stdout.splitlines()]
+    assert (row["text"], row["seed"], row["attempt_seed"], row["attempts"]) == ("old draft", 4242, 4242, 1)

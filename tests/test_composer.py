@@ -1,4 +1,7 @@
 import dataclasses
+from types import SimpleNamespace
+
+import pytest
 
 from inference import DraftDone, GenerationStats, SamplingParams, TokenDelta
 
@@ -13,8 +16,9 @@ class FakeEngine:
     adapter_name = "fake-adapter"
     adapter_enabled = True
 
-    def __init__(self, texts):
+    def __init__(self, texts, special_tokens=frozenset()):
         self.texts = texts
+        self.tokenizer = SimpleNamespace(special_tokens=frozenset(special_tokens))
         self.requests = []
         self.rendered = []
 
@@ -59,10 +63,52 @@ def test_drafts_are_postprocessed_and_deltas_stream():
     assert streamed == engine.texts[1]
 
 
-def test_empty_system_prompt_is_not_sent():
-    engine = FakeEngine({1: LONG})
-    run(engine, [1], system="")
-    assert engine.rendered == [("Write.", None)]
+def test_the_system_prompt_reaches_the_template_as_given():
+    # None renders no system message, "" an empty one (mlx_lm's rendering of those messages)
+    for system in (None, "", "  Be brief.\n"):
+        engine = FakeEngine({1: LONG})
+        run(engine, [1], system=system)
+        assert engine.rendered == [("Write.", system)]
+
+
+def test_special_tokens_never_reach_deltas_or_drafts_unless_raw():
+    from fixtures import QWEN_TOKENIZER_DIR
+    from inference.tokenizer import Tokenizer
+
+    specials = Tokenizer(QWEN_TOKENIZER_DIR).special_tokens  # the real Qwen3 tokenizer's
+    assert {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_pad|>"} <= specials
+    assert not {"<think>", "</think>", "<|fim_prefix|>", "<tool_call>"} & specials  # added, but not special
+    leaky = "<|im_start|>assistant\n" + LONG + "<|endoftext|> <|fim_prefix|><|vision_pad|>"
+    events = run(FakeEngine({1: leaky}, special_tokens=specials), [1])
+    done = finals(events)[0]
+    assert done.text == "assistant\n" + LONG + " <|fim_prefix|>" and done.raw_text == leaky
+    streamed = "".join(e.text for e in events if isinstance(e, TokenDelta))
+    assert streamed == "assistant\n" + LONG + " <|fim_prefix|>"
+    raw = finals(run(FakeEngine({1: leaky}, special_tokens=specials), [1], raw=True))[0]
+    assert raw.text == raw.raw_text == leaky
+
+
+@pytest.mark.parametrize("deltas", [
+    ["Tea <|im_", "end|> time <", "3 and <|endo", "ftext|>"],  # spelled out across deltas
+    ["Tea ", "<|im_end|>", " time <3 and ", "<|endoftext|>"],  # one token each
+    ["Tea <|im_end|> time <3 and <|"],  # a stream that ends on a beginning
+])
+def test_streamed_deltas_add_up_to_the_filtered_text(deltas):
+    from bobby_tui.composer import SpecialTokenFilter
+
+    specials = SpecialTokenFilter(frozenset({"<|im_end|>", "<|endoftext|>"}))
+    streamed = "".join(specials.delta(3, d) for d in deltas) + specials.end(3)
+    assert streamed == specials("".join(deltas))
+    assert "<|im_end|>" not in streamed and "<|endoftext|>" not in streamed and "<3" in streamed
+
+
+def test_a_retried_draft_keeps_its_seed_and_reports_the_attempt_seed():
+    engine = FakeEngine({7: "short", retry_seed(7, 2): LONG})
+    events = run(engine, [7])
+    done = finals(events)[0]
+    assert (done.seed, done.attempt_seed, done.attempts) == (7, retry_seed(7, 2), 2)
+    rec = to_record(done, engine, "Write.", None)
+    assert (rec.seed, rec.attempt_seed, rec.attempts) == (7, retry_seed(7, 2), 2)
 
 
 def test_a_short_draft_is_regenerated_with_a_new_seed_until_long_enough():
@@ -75,7 +121,8 @@ def test_a_short_draft_is_regenerated_with_a_new_seed_until_long_enough():
     assert [[p.seed for p in r.drafts] for r in engine.requests] == [[1, 2], [retry_seed(2, 2)], [retry_seed(2, 3)]]
     assert {e.draft for e in events[events.index(retries[0]):] if isinstance(e, TokenDelta)} == {1}
     done = finals(events)
-    assert done[1].text == LONG + "!" and done[1].attempts == 3 and done[1].params.seed == retry_seed(2, 3)
+    assert done[1].text == LONG + "!" and done[1].attempts == 3 and done[1].attempt_seed == retry_seed(2, 3)
+    assert done[1].seed == 2
     assert done[1].params.temperature == 0.9
 
 
@@ -108,3 +155,27 @@ def test_to_record_carries_the_draft_and_engine_facts():
     assert (rec.prompt_tokens, rec.generated_tokens, rec.finish_reason) == (7, len(LONG), "stop")
     engine.adapter_enabled = False
     assert to_record(draft, engine, "Write.", "sys").adapter is None
+
+
+def test_a_batch_past_max_drafts_is_refused_before_anything_runs():
+    from bobby_tui.composer import MAX_DRAFTS, DraftLimitError
+
+    engine = FakeEngine({s: LONG for s in range(MAX_DRAFTS + 1)})
+    assert len(finals(run(engine, range(MAX_DRAFTS)))) == MAX_DRAFTS
+    with pytest.raises(DraftLimitError, match=f"at most {MAX_DRAFTS}"):  # a spread of 65 temperatures, say
+        run(engine, range(MAX_DRAFTS + 1))
+    assert len(engine.requests) == 1
+
+
+def test_draft_limit_follows_the_kv_cache_and_the_memory():
+    from bobby_tui.composer import MAX_DRAFTS, DraftLimitError, check_draft_count, draft_limit, kv_cache_bytes
+
+    qwen3_8b = SimpleNamespace(num_hidden_layers=36, num_key_value_heads=8, head_dim=128)
+    per_draft = kv_cache_bytes(qwen3_8b, 4096)
+    assert per_draft == 2 * 36 * 8 * 128 * 4 * 4096  # 1.1 GiB in float32
+    assert draft_limit(qwen3_8b, 4096, 16 * 2**30) == 8 * 2**30 // per_draft == 7  # half of 16 GiB
+    assert draft_limit(qwen3_8b, 4096, 2**40) == MAX_DRAFTS and draft_limit(qwen3_8b, 4096, None) == MAX_DRAFTS
+    check_draft_count(7, qwen3_8b, 4096, 16 * 2**30)
+    with pytest.raises(DraftLimitError, match="8 drafts need 9.0 GB of KV cache .* at most 7 drafts") as err:
+        check_draft_count(8, qwen3_8b, 4096, 16 * 2**30)
+    assert err.value.limit == 7

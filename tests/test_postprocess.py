@@ -1,3 +1,5 @@
+import pytest
+
 from bobby_tui.config import PostProcess
 from bobby_tui.postprocess import ELLIPSIS, enforce_limit, postprocess, strip_think
 
@@ -24,15 +26,39 @@ def test_each_switch_is_honoured():
 def test_hashtag_stripping_keeps_punctuation_tidy_and_leaves_non_tags():
     opts = PostProcess(strip_hashtags=True)
     assert postprocess("Shipped it #dev, finally #win.", opts, 300) == "Shipped it, finally."
-    assert postprocess("We are #1 and C# is fine &#38;", opts, 300) == "We are and C# is fine &#38;"
+    assert postprocess("We're #1 in the store! #launch", opts, 300) == "We're #1 in the store!"
+    assert postprocess("We are #1 and C# is fine &#38;", opts, 300) == "We are #1 and C# is fine &#38;"
     assert postprocess("Line one\n#tag #other", opts, 300) == "Line one"
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("Docs at https://x.y/a#section and https://x.y/#top today", "Docs at https://x.y/a#section and https://x.y/#top today"),
+    ("See example.com/guide#install or www.example.org/#faq", "See example.com/guide#install or www.example.org/#faq"),
+    ("#1 #2024 #_1 C# F# &#38; a#b #a#b", "#1 #2024 #_1 C# F# &#38; a#b #a#b"),  # no letter, or no boundary
+    ("#1st place #日本語 #हिन्दी ＃全角 #tag's day", "place 's day"),  # letters of any script, the fullwidth sign
+    ("love ❤️#love and #️⃣ keycap", "love ❤️ and #️⃣ keycap"),  # after an emoji selector; not the keycap emoji
+])
+def test_hashtags_are_what_twitter_and_bluesky_link(text, kept):
+    assert postprocess(text, PostProcess(strip_hashtags=True), 300) == kept
 
 
 def test_emoji_sequences_go_whole():
     opts = PostProcess(strip_emoji=True)
-    # family (ZWJ sequence), flag, keycap-less heart with selector, skin tone
+    # family (ZWJ sequence), flag, heart with selector, skin tone
     assert postprocess("Hi 👨‍👩‍👧 from 🇫🇷 with ❤️ and 👍🏽!", opts, 300) == "Hi from with and!"
     assert postprocess("café — naïve “quotes” 10°C", opts, 300) == "café — naïve “quotes” 10°C"
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("keycaps 1️⃣ 1⃣ #️⃣ done", "keycaps done"),
+    ("flags 🇯🇵 🏴󠁧󠁢󠁳󠁣󠁴󠁿 done", "flags done"),  # a regional pair, a subdivision tag sequence
+    ("coder 🧑🏽‍💻 tone 🏽 done", "coder tone done"),  # skin tone inside a ZWJ sequence, and alone
+    ("watch ⌚ star ⭐ mahjong 🀄 done", "watch star mahjong done"),  # emoji by default, no selector needed
+    ("© 2026 Acme™ → ∑x ≤ 3, ★ ½ ‼ ↔ ° ∞", "© 2026 Acme™ → ∑x ≤ 3, ★ ½ ‼ ↔ ° ∞"),  # symbols shown as text
+    ("©️ and ‼️ asked to be emoji", "and asked to be emoji"),  # the same with the emoji selector
+])
+def test_strip_emoji_removes_every_emoji_and_keeps_symbols(text, kept):
+    assert postprocess(text, PostProcess(strip_emoji=True), 300) == kept
 
 
 def test_limit_cuts_at_the_last_sentence_end_that_fits():

@@ -544,7 +544,7 @@ class ComposerScreen(Screen):
         self.decode_tok_s = draft.stats.decode_tok_s
         card = self._card_of(message)
         if card is not None:
-            card.finish(draft.text, draft.params.seed, draft.stats.decode_tok_s, draft.finish_reason)
+            card.finish(draft.text, draft.seed, draft.stats.decode_tok_s, draft.finish_reason)
         self._queue_save(message.job_id, card, message.record)  # saved whether or not it is still on screen
 
     def on_generation_finished(self, message: GenerationFinished) -> None:
