@@ -9,6 +9,7 @@ from .api import (
     DraftDone, GenerationRequest, GenerationStats, LoadProgress, ParameterError, SamplingParams, TokenDelta,
 )
 from .errors import AdapterError, CheckpointError, ConfigError, InferenceError, TokenizerError
+from .options import EngineOptions
 
 _ENGINE_NAMES = {"Engine": "generate", "compute_dtype": "generate"}
 
@@ -24,7 +25,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AdapterError", "CheckpointError", "ConfigError", "DraftDone", "Engine", "GenerationRequest", "GenerationStats",
+    "AdapterError", "CheckpointError", "ConfigError", "DraftDone", "Engine", "EngineOptions", "GenerationRequest", "GenerationStats",
     "InferenceError", "LoadProgress", "ParameterError", "SamplingParams", "TokenDelta", "TokenizerError",
     "compute_dtype",
 ]

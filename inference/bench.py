@@ -159,12 +159,14 @@ class Measure:
 
 class OursRunner:
     name = "ours"
+    variant: dict = {}  # EngineOptions fields that differ from the device's defaults
 
     def __init__(self, model_dir: Path, adapter_dir: Path | None):
-        from . import Engine
+        from . import Engine, EngineOptions
 
+        options = replace(EngineOptions.for_device(), **self.variant)
         started = time.perf_counter()
-        self.engine = Engine.load(model_dir, adapter_dir)
+        self.engine = Engine.load(model_dir, adapter_dir, options=options)
         self.load_s = time.perf_counter() - started
         self.engine.eos_token_ids = set()  # see the module docstring
 
@@ -199,44 +201,24 @@ class OursRunner:
 
 
 class OursUncompiledRunner(OursRunner):
-    """Ours with one-token steps op by op (``model.COMPILE_BLOCK_HALVES`` off): what compiling the block halves gains."""
+    """Ours with one-token steps op by op (``compile_block_halves`` off): what compiling the block halves gains."""
 
     name = "ours_uncompiled"
-
-    def __init__(self, model_dir: Path, adapter_dir: Path | None):
-        super().__init__(model_dir, adapter_dir)
-        for layer in self.engine.model.layers:
-            layer.compile_halves = False
+    variant = {"compile_block_halves": False}
 
 
 class OursUnfusedRunner(OursRunner):
     """Ours with q/k/v and gate/up as separate matmuls, as the checkpoint has them: what fusing them gains."""
 
     name = "ours_unfused"
-
-    def __init__(self, model_dir: Path, adapter_dir: Path | None):
-        from . import model
-
-        model.FUSE_PROJECTIONS = False
-        try:
-            super().__init__(model_dir, adapter_dir)
-        finally:
-            model.FUSE_PROJECTIONS = True
+    variant = {"fuse_projections": False}
 
 
 class OursMlxOpsRunner(OursRunner):
     """Ours with MLX's own 4-bit products instead of our CUDA kernel (``inference.gemv``): what the kernel gains."""
 
     name = "ours_mlx_ops"
-
-    def __init__(self, model_dir: Path, adapter_dir: Path | None):
-        import os
-
-        os.environ["BOBBY_CUDA_KERNELS"] = "0"
-        try:
-            super().__init__(model_dir, adapter_dir)
-        finally:
-            del os.environ["BOBBY_CUDA_KERNELS"]
+    variant = {"cuda_kernels": False}
 
 
 class MlxLmRunner:
@@ -245,12 +227,13 @@ class MlxLmRunner:
     def __init__(self, model_dir: Path, adapter_dir: Path | None):
         from mlx_lm import load
 
-        from .generate import compute_dtype
+        from .options import EngineOptions
 
+        dtype = EngineOptions.for_device().dtype
         started = time.perf_counter()
         self.model, self.tokenizer = load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
-        if compute_dtype() != mx.bfloat16:
-            self.model.set_dtype(compute_dtype())
+        if dtype != mx.bfloat16:
+            self.model.set_dtype(dtype)
             mx.eval(self.model.parameters())
         self.load_s = time.perf_counter() - started
         self.tokenizer.eos_token_ids = set()  # see the module docstring

@@ -17,15 +17,13 @@ from .config import read_json
 from .dense_cpu import use_dense_cpu
 from .errors import ConfigError
 from .model import Qwen3Model
+from .options import EngineOptions
 from .sampling import BatchSampler
 from .tokenizer import StreamingDetokenizer, Tokenizer
 
-PREFILL_CHUNK = 512  # prompt tokens per forward pass: bounds the attention scores' memory on long prompts
-
-
 def compute_dtype() -> mx.Dtype:
-    """bf16 on a GPU; float32 on the CPU, where MLX's bf16 matmuls are ~10x slower."""
-    return mx.bfloat16 if mx.default_device().type == mx.DeviceType.gpu else mx.float32
+    """The default device's compute dtype (``EngineOptions.for_device().compute_dtype``) as an MLX dtype."""
+    return EngineOptions.for_device().dtype
 
 
 class _Draft:
@@ -81,13 +79,15 @@ class Engine:
 
     @classmethod
     def load(cls, model_dir: Path | str, adapter_dir: Path | str | None = None,
-             progress: Callable[[LoadProgress], None] | None = None) -> "Engine":
+             progress: Callable[[LoadProgress], None] | None = None, options: EngineOptions | None = None) -> "Engine":
+        """``options``: how to run the model (default: ``EngineOptions.for_device()``)."""
         model_dir = Path(model_dir)
+        options = options or EngineOptions.for_device()
         plan = plan_checkpoint(model_dir)
         tokenizer = Tokenizer(model_dir)
-        dtype = compute_dtype()
-        model = Qwen3Model(plan.config, load_weights(plan, dtype, progress), plan, dtype)
-        use_dense_cpu(model)  # CPU: dense float32 projections, ~7x the 4-bit memory, ~1.6x the decode speed (dense_cpu.py)
+        model = Qwen3Model(plan.config, load_weights(plan, options.dtype, progress), plan, options)
+        if options.cpu_dense:  # dense float32 projections, ~7x the 4-bit memory, ~1.6x the decode speed (dense_cpu.py)
+            use_dense_cpu(model)
         adapter = apply_adapter(model, adapter_dir) if adapter_dir is not None else None
         eos = set(plan.config.eos_token_ids) | tokenizer.eos_token_ids
         generation_config = model_dir / "generation_config.json"
@@ -142,8 +142,9 @@ class Engine:
             while reused < limit and self._prompt_tokens[reused] == tokens[reused]:
                 reused += 1
         cache.rewind(reused)
-        for start in range(reused, len(tokens), PREFILL_CHUNK):
-            logits = self.model(mx.array([tokens[start : start + PREFILL_CHUNK]]), cache, use_lora)
+        chunk = self.model.options.prefill_chunk
+        for start in range(reused, len(tokens), chunk):
+            logits = self.model(mx.array([tokens[start : start + chunk]]), cache, use_lora)
             mx.eval(logits)
         self._prompt_cache, self._prompt_tokens, self._prompt_cache_lora = cache, tokens, use_lora
         return logits

@@ -12,14 +12,10 @@ from .cache import KVCache
 from .checkpoint import CheckpointPlan
 from .config import ModelConfig
 from .layers import Linear, Projection
+from .options import EngineOptions
 
 ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 MLP_IN_KEYS = ("mlp.gate_proj", "mlp.up_proj")
-FUSE_PROJECTIONS = True  # q/k/v as one matmul and gate/up as another (see docs/performance.md for what it costs)
-# One-token steps run each block as two mx.compile'd halves around the cache write and attention (which stay op by
-# op: in-place write, one-query attention kernel). A traced half replays without the Python and graph-building work
-# of its ~15 ops, which bounds batch-1 decoding on a GPU (docs/performance.md).
-COMPILE_BLOCK_HALVES = True
 PROJECTION_GROUPS = {  # projection name -> the checkpoint modules it runs, in output order
     "qkv": ATTENTION_KEYS,
     "o": ("self_attn.o_proj",),
@@ -30,12 +26,12 @@ PROJECTION_GROUPS = {  # projection name -> the checkpoint modules it runs, in o
 
 class Block:
     def __init__(self, config: ModelConfig, index: int, weights: dict[str, mx.array], plan: CheckpointPlan,
-                 kernel: bool):
+                 options: EngineOptions, kernel: bool):
         p = f"model.layers.{index}"
         self.index = index
         self.projections = {
             name: Projection([Linear.from_weights(weights, f"{p}.{key}", plan.quant[f"{p}.{key}"]) for key in keys],
-                             fuse=FUSE_PROJECTIONS, kernel=kernel)
+                             fuse=options.fuse_projections, kernel=kernel)
             for name, keys in PROJECTION_GROUPS.items()
         }
         self.input_norm = weights[f"{p}.input_layernorm.weight"]
@@ -46,7 +42,7 @@ class Block:
         self.head_dim, self.eps, self.rope_theta = config.head_dim, config.rms_norm_eps, config.rope_theta
         self.scale = config.head_dim**-0.5
         self.kernel = kernel  # our CUDA kernels: q/k norms and RoPE in one (inference/qk_rope.py)
-        self.compile_halves = COMPILE_BLOCK_HALVES
+        self.compile_halves = options.compile_block_halves
         self._compiled: dict[bool, tuple] = {}  # use_lora -> (queries_keys_values, finish), traced on first use
 
     def forget_traces(self) -> None:
@@ -95,11 +91,12 @@ class Block:
 
 
 class Qwen3Model:
-    def __init__(self, config: ModelConfig, weights: dict[str, mx.array], plan: CheckpointPlan, dtype: mx.Dtype):
-        self.config, self.dtype = config, dtype
-        kernel = gemv.enabled()  # decided once, at load, on the loading (engine) thread's device
+    def __init__(self, config: ModelConfig, weights: dict[str, mx.array], plan: CheckpointPlan,
+                 options: EngineOptions):
+        self.config, self.options, self.dtype = config, options, options.dtype
+        kernel = options.cuda_kernels and gemv.enabled()  # decided once, at load, on the loading (engine) thread
         self.embed_tokens = Linear.from_weights(weights, "model.embed_tokens", plan.quant["model.embed_tokens"])
-        self.layers = [Block(config, i, weights, plan, kernel) for i in range(config.num_hidden_layers)]
+        self.layers = [Block(config, i, weights, plan, options, kernel) for i in range(config.num_hidden_layers)]
         self.norm = weights["model.norm.weight"]
         head = (
             self.embed_tokens
