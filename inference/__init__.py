@@ -11,7 +11,7 @@ from .api import (
 from .errors import AdapterError, CheckpointError, ConfigError, InferenceError, TokenizerError
 from .options import EngineOptions
 
-_ENGINE_NAMES = {"Engine": "generate", "compute_dtype": "generate"}
+_ENGINE_NAMES = {"Engine": "engine", "compute_dtype": "engine"}
 
 
 def __getattr__(name: str):

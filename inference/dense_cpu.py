@@ -23,8 +23,7 @@ import sys
 
 import mlx.core as mx
 
-from .layers import Linear
-from .model import Qwen3Model
+from .models.base import Linear
 
 RAM_FRACTION = 0.25  # the dense projections may take at most this share of physical memory
 
@@ -40,7 +39,7 @@ def physical_memory_bytes() -> int | None:
     return pages * page_size if pages > 0 and page_size > 0 else None
 
 
-def _projection_slots(model: Qwen3Model):
+def _projection_slots(model):
     """(list, index) of every Linear that a matmul reads: each block's projections and the head."""
     for layer in model.layers:
         for projection in layer.projections.values():
@@ -50,7 +49,7 @@ def _projection_slots(model: Qwen3Model):
         yield model.lm_head.linears, i
 
 
-def dense_bytes(model: Qwen3Model) -> int:
+def dense_bytes(model) -> int:
     """Bytes the projections take as dense float32 (the head counted once more when it is the embedding table)."""
     return sum(4 * linear.out_features * linear.scales.shape[-1] * linear.spec.group_size if linear.spec is not None
                else 4 * linear.weight.size
@@ -87,7 +86,7 @@ def _dense(linear: Linear) -> Linear:
     return Linear(transposed.T)
 
 
-def use_dense_cpu(model: Qwen3Model, budget_bytes: int | None = None) -> bool:
+def use_dense_cpu(model, budget_bytes: int | None = None) -> bool:
     """Replace the model's projections by dense float32 ones in (in, out) layout, where it pays: on the CPU, in a
     float32 model, when they fit ``budget_bytes`` (default ``RAM_FRACTION`` of physical memory; unknown: no).
     Returns whether it did. The embedding table (even a tied one) stays as loaded."""

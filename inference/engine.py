@@ -9,14 +9,14 @@ from typing import Callable, Iterator
 
 import mlx.core as mx
 
-from .adapter import AdapterConfig, apply_adapter
-from .cache import KVCache
 from .api import DraftDone, GenerationRequest, GenerationStats, LoadProgress, SamplingParams, TokenDelta
-from .checkpoint import load_weights, plan_checkpoint
+from .cache import KVCache
 from .config import read_json
 from .dense_cpu import use_dense_cpu
 from .errors import ConfigError
-from .model import Qwen3Model
+from .io.checkpoint import load_weights, plan_checkpoint
+from .lora import AdapterConfig, apply_adapter
+from .models import family_of
 from .options import EngineOptions
 from .sampling import BatchSampler
 from .tokenizer import StreamingDetokenizer, Tokenizer
@@ -66,7 +66,7 @@ class _Draft:
 
 
 class Engine:
-    def __init__(self, model: Qwen3Model, tokenizer: Tokenizer, model_dir: Path, eos_token_ids: set[int],
+    def __init__(self, model, tokenizer: Tokenizer, model_dir: Path, eos_token_ids: set[int],
                  adapter: AdapterConfig | None, adapter_dir: Path | None):
         self.model, self.tokenizer = model, tokenizer
         self.model_dir, self.adapter_dir, self.adapter = model_dir, adapter_dir, adapter
@@ -85,7 +85,8 @@ class Engine:
         options = options or EngineOptions.for_device()
         plan = plan_checkpoint(model_dir)
         tokenizer = Tokenizer(model_dir)
-        model = Qwen3Model(plan.config, load_weights(plan, options.dtype, progress), plan, options)
+        weights = load_weights(plan, options.dtype, progress)
+        model = family_of(plan.config).Model(plan.config, weights, plan.quant, options)
         if options.cpu_dense:  # dense float32 projections, ~7x the 4-bit memory, ~1.6x the decode speed (dense_cpu.py)
             use_dense_cpu(model)
         adapter = apply_adapter(model, adapter_dir) if adapter_dir is not None else None

@@ -1,18 +1,21 @@
-"""The Qwen3 decoder: embeddings, per-head q/k RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, tied or separate head."""
+"""Qwen3, the whole family: config fields, tensor spec, sanitizing, and the decoder (embeddings, per-head q/k
+RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, tied or separate head)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import gemv, qk_rope
-from .cache import KVCache
-from .checkpoint import CheckpointPlan
-from .config import ModelConfig
-from .layers import Linear, Projection
-from .options import EngineOptions
+from .. import gemv, qk_rope
+from ..cache import KVCache
+from ..errors import ConfigError
+from ..options import EngineOptions
+from .base import BaseModelArgs, Linear, Projection, QuantSpec, TensorSpec, eos_ids, matrix_tensors, read_quantization
 
 ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 MLP_IN_KEYS = ("mlp.gate_proj", "mlp.up_proj")
@@ -22,15 +25,104 @@ PROJECTION_GROUPS = {  # projection name -> the checkpoint modules it runs, in o
     "gate_up": MLP_IN_KEYS,
     "down": ("mlp.down_proj",),
 }
+LORA_KEYS = tuple(key for keys in PROJECTION_GROUPS.values() for key in keys)  # a block's adaptable projections
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelArgs(BaseModelArgs):
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+
+    @classmethod
+    def from_dict(cls, raw: dict, path: Path) -> "ModelArgs":
+        rope = raw.get("rope_scaling") or (raw.get("rope_parameters") or {})
+        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+        if rope_type not in ("default", None):
+            raise ConfigError(path, f"rope scaling {rope_type!r} is not supported")
+        rope_theta = raw.get("rope_theta", rope.get("rope_theta") if isinstance(rope, dict) else None)
+        try:
+            heads = int(raw["num_attention_heads"])
+            hidden = int(raw["hidden_size"])
+            quantization, overrides = read_quantization(raw, path)
+            return cls(
+                model_type=raw["model_type"],
+                hidden_size=hidden,
+                num_hidden_layers=int(raw["num_hidden_layers"]),
+                intermediate_size=int(raw["intermediate_size"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(raw.get("num_key_value_heads", heads)),
+                head_dim=int(raw.get("head_dim") or hidden // heads),
+                vocab_size=int(raw["vocab_size"]),
+                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(rope_theta if rope_theta is not None else 1_000_000.0),
+                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+                max_position_embeddings=int(raw.get("max_position_embeddings", 40960)),
+                eos_token_ids=eos_ids(raw.get("eos_token_id")),
+                quantization=quantization,
+                quantization_overrides=overrides,
+                path=path,
+            )
+        except KeyError as e:
+            raise ConfigError(path, f"missing required key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(path, f"a value has the wrong type ({e})") from None
+
+
+def matrices(args: ModelArgs) -> dict[str, tuple[int, int]]:
+    """Every (possibly quantized) matrix module -> (out_features, in_features)."""
+    h, hd = args.hidden_size, args.head_dim
+    shapes = {"model.embed_tokens": (args.vocab_size, h)}
+    for i in range(args.num_hidden_layers):
+        p = f"model.layers.{i}"
+        shapes.update({
+            f"{p}.self_attn.q_proj": (args.num_attention_heads * hd, h),
+            f"{p}.self_attn.k_proj": (args.num_key_value_heads * hd, h),
+            f"{p}.self_attn.v_proj": (args.num_key_value_heads * hd, h),
+            f"{p}.self_attn.o_proj": (h, args.num_attention_heads * hd),
+            f"{p}.mlp.gate_proj": (args.intermediate_size, h),
+            f"{p}.mlp.up_proj": (args.intermediate_size, h),
+            f"{p}.mlp.down_proj": (h, args.intermediate_size),
+        })
+    if not args.tie_word_embeddings:
+        shapes["lm_head"] = (args.vocab_size, h)
+    return shapes
+
+
+def tensor_spec(args: ModelArgs, quant_of: Callable[[str], QuantSpec | None]) -> dict[str, TensorSpec]:
+    """Every tensor the model is built from -> its shape and dtypes; matrix module m quantized as ``quant_of(m)``."""
+    spec = matrix_tensors(matrices(args), quant_of)
+    spec["model.norm.weight"] = TensorSpec((args.hidden_size,))
+    for i in range(args.num_hidden_layers):
+        p = f"model.layers.{i}"
+        spec.update({
+            f"{p}.input_layernorm.weight": TensorSpec((args.hidden_size,)),
+            f"{p}.post_attention_layernorm.weight": TensorSpec((args.hidden_size,)),
+            f"{p}.self_attn.q_norm.weight": TensorSpec((args.head_dim,)),
+            f"{p}.self_attn.k_norm.weight": TensorSpec((args.head_dim,)),
+        })
+    return spec
+
+
+def sanitize(args: ModelArgs, names: Iterable[str]) -> set[str]:
+    """The checkpoint tensors the model drops on purpose: a tied model's stray ``lm_head`` (as mlx_lm does)."""
+    return {n for n in names if n.startswith("lm_head.")} if args.tie_word_embeddings else set()
 
 
 class Block:
-    def __init__(self, config: ModelConfig, index: int, weights: dict[str, mx.array], plan: CheckpointPlan,
+    def __init__(self, config: ModelArgs, index: int, weights: dict[str, mx.array], quant: dict[str, QuantSpec | None],
                  options: EngineOptions, kernel: bool):
         p = f"model.layers.{index}"
         self.index = index
         self.projections = {
-            name: Projection([Linear.from_weights(weights, f"{p}.{key}", plan.quant[f"{p}.{key}"]) for key in keys],
+            name: Projection([Linear.from_weights(weights, f"{p}.{key}", quant[f"{p}.{key}"]) for key in keys],
                              fuse=options.fuse_projections, kernel=kernel)
             for name, keys in PROJECTION_GROUPS.items()
         }
@@ -90,18 +182,22 @@ class Block:
         return finish(out, x)
 
 
-class Qwen3Model:
-    def __init__(self, config: ModelConfig, weights: dict[str, mx.array], plan: CheckpointPlan,
+class Model:
+    projection_groups = PROJECTION_GROUPS
+
+    def __init__(self, config: ModelArgs, weights: dict[str, mx.array], quant: dict[str, QuantSpec | None],
                  options: EngineOptions):
+        """``weights``: every tensor of ``tensor_spec`` (floating ones in the compute dtype); ``quant``: each matrix
+        module's quantization (None: dense)."""
         self.config, self.options, self.dtype = config, options, options.dtype
         kernel = options.cuda_kernels and gemv.enabled()  # decided once, at load, on the loading (engine) thread
-        self.embed_tokens = Linear.from_weights(weights, "model.embed_tokens", plan.quant["model.embed_tokens"])
-        self.layers = [Block(config, i, weights, plan, options, kernel) for i in range(config.num_hidden_layers)]
+        self.embed_tokens = Linear.from_weights(weights, "model.embed_tokens", quant["model.embed_tokens"])
+        self.layers = [Block(config, i, weights, quant, options, kernel) for i in range(config.num_hidden_layers)]
         self.norm = weights["model.norm.weight"]
         head = (
             self.embed_tokens
             if config.tie_word_embeddings
-            else Linear.from_weights(weights, "lm_head", plan.quant["lm_head"])
+            else Linear.from_weights(weights, "lm_head", quant["lm_head"])
         )
         self.lm_head = Projection([head], kernel=kernel)
 
