@@ -73,7 +73,7 @@ class Engine:
         self.eos_token_ids = eos_token_ids
         self._adapter_enabled = adapter is not None
         self._owner = threading.get_ident()
-        self._prompt_cache: KVCache | None = None  # the last prompt's cache, reused for a shared prefix
+        self._prompt_cache: list[KVCache] | None = None  # the last prompt's cache, reused for a shared prefix
         self._prompt_tokens: list[int] = []
         self._prompt_cache_lora = False
 
@@ -139,10 +139,11 @@ class Engine:
             cache, reused = self.model.new_cache(1), 0
         else:
             reused = 0
-            limit = min(len(tokens) - 1, cache.offset)  # at least one new token is needed for logits
+            limit = min(len(tokens) - 1, cache[0].offset)  # at least one new token is needed for logits
             while reused < limit and self._prompt_tokens[reused] == tokens[reused]:
                 reused += 1
-        cache.rewind(reused)
+        for layer_cache in cache:
+            layer_cache.trim(layer_cache.offset - reused)
         chunk = self.model.options.prefill_chunk
         for start in range(reused, len(tokens), chunk):
             logits = self.model(mx.array([tokens[start : start + chunk]]), cache, use_lora)
@@ -162,7 +163,7 @@ class Engine:
         started = time.perf_counter()
         logits = self._prefill(prompt)
         prefill_s = time.perf_counter() - started
-        cache = self._prompt_cache if batch == 1 else self._prompt_cache.repeat(batch)
+        cache = self._prompt_cache if batch == 1 else [c.repeat(batch) for c in self._prompt_cache]
         sampler = BatchSampler(params, prompt)
         drafts = [_Draft(self.tokenizer, request.stop_strings) for _ in params]
 
@@ -202,7 +203,8 @@ class Engine:
                         yield TokenDelta(i, delta)
                     yield self._done(i, draft, params[i], len(prompt), prefill_s, decode_started)
         finally:
-            self._prompt_cache.rewind(len(prompt))  # a batch of one decoded into the prompt cache itself
+            for layer_cache in self._prompt_cache:  # a batch of one decoded into the prompt cache itself
+                layer_cache.trim(layer_cache.offset - len(prompt))
 
     def _done(self, index: int, draft: _Draft, params: SamplingParams, prompt_tokens: int, prefill_s: float,
               decode_started: float) -> DraftDone:

@@ -145,7 +145,9 @@ class Block:
         """The block input (B, L, hidden) -> q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim)."""
         B, L, _ = x.shape
         qkv_projection, normed = self.projections["qkv"], mx.fast.rms_norm(x, self.input_norm, self.eps)
-        if self.kernel and isinstance(offset, mx.array) and qkv_projection.fused and L == 1 and self.head_dim % 64 == 0:
+        # the kernel takes one offset for all rows: rows at different positions go through MLX's ops
+        one_offset = isinstance(offset, mx.array) and offset.ndim == 0
+        if self.kernel and one_offset and qkv_projection.fused and L == 1 and self.head_dim % 64 == 0:
             (qkv,) = qkv_projection(normed, use_lora, split=False)
             return qk_rope.queries_keys_values(qkv, self.q_norm, self.k_norm, offset, self.n_heads, self.n_kv_heads,
                                                self.head_dim, self.eps, self.rope_theta)
@@ -164,21 +166,24 @@ class Block:
         gate, up = self.projections["gate_up"](mx.fast.rms_norm(h, self.post_attention_norm, self.eps), use_lora)
         return self.projections["down"](nn.silu(gate) * up, use_lora, residual=h)[0]
 
-    def __call__(self, x: mx.array, cache: KVCache, use_lora: bool, offset: mx.array | None = None) -> mx.array:
-        """``offset``: the cache offset as an array, for one-token steps (the compiled halves take it as an input)."""
+    def __call__(self, x: mx.array, cache: KVCache, use_lora: bool, positions: int | mx.array,
+                 step_offset: mx.array | None, mask: str | mx.array | None) -> mx.array:
+        """``positions``: where the new tokens sit (one number, or one per row); ``step_offset``: for one-token
+        steps, the positions as an array (the compiled halves take it as an input, so one trace serves every step)."""
         L = x.shape[1]
-        if L == 1 and self.compile_halves and offset is not None:
+        if L == 1 and self.compile_halves and step_offset is not None:
             if use_lora not in self._compiled:
                 self._compiled[use_lora] = (mx.compile(partial(self.queries_keys_values, use_lora=use_lora)),
                                             mx.compile(partial(self.finish, use_lora=use_lora)))
             queries_keys_values, finish = self._compiled[use_lora]
+            offset = step_offset
         else:
             queries_keys_values = partial(self.queries_keys_values, use_lora=use_lora)
             finish = partial(self.finish, use_lora=use_lora)
-            offset = cache.offset
+            offset = positions
         q, k, v = queries_keys_values(x, offset)
-        k, v = cache.update(self.index, k, v)  # (B, kv_heads, offset + L, head_dim)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=cache.attention_mask(L))
+        k, v = cache.update_and_fetch(k, v)  # (B, kv_heads, offset + L, head_dim)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return finish(out, x)
 
 
@@ -201,21 +206,25 @@ class Model:
         )
         self.lm_head = Projection([head], kernel=kernel)
 
-    def new_cache(self, batch: int = 1) -> KVCache:
+    def new_cache(self, batch: int = 1) -> list[KVCache]:
         c = self.config
-        return KVCache(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, self.dtype)
+        return [KVCache(batch, c.num_key_value_heads, c.head_dim, self.dtype) for _ in self.layers]
 
-    def decode(self, tokens: mx.array, cache: KVCache, use_lora: bool = False) -> mx.array:
+    def decode(self, tokens: mx.array, cache: list[KVCache], use_lora: bool = False) -> mx.array:
         """One token per row, tokens (B, 1) -> logits (B, V); advances the cache by 1."""
         return self(tokens, cache, use_lora)
 
-    def __call__(self, tokens: mx.array, cache: KVCache, use_lora: bool = False, last_only: bool = True) -> mx.array:
+    def __call__(self, tokens: mx.array, cache: list[KVCache], use_lora: bool = False, last_only: bool = True
+                 ) -> mx.array:
         """tokens (B, L) -> logits (B, V) for the last position, or (B, L, V) for all; advances the cache by L."""
         h = self.embed_tokens.embed(tokens)
-        offset = mx.array(cache.offset, dtype=mx.int32) if tokens.shape[1] == 1 else None
-        for layer in self.layers:
-            h = layer(h, cache, use_lora, offset)
-        cache.advance(tokens.shape[1])
+        L = tokens.shape[1]
+        positions, mask = cache[0].positions(), cache[0].make_mask(L)
+        step_offset = None
+        if L == 1:
+            step_offset = positions if isinstance(positions, mx.array) else mx.array(positions, dtype=mx.int32)
+        for layer, layer_cache in zip(self.layers, cache):
+            h = layer(h, layer_cache, use_lora, positions, step_offset, mask)
         if last_only:
             h = h[:, -1, :]
         return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), False)[0].astype(mx.float32)
