@@ -9,8 +9,8 @@ from typing import Callable, Iterator
 
 import mlx.core as mx
 
-from .api import DraftDone, GenerationRequest, GenerationStats, LoadProgress, SamplingParams, TokenDelta
-from .cache import KVCache
+from .api import DraftDone, GenerationRequest, LoadProgress, SamplingParams, TokenDelta
+from .batching import BatchGenerator, PromptCache
 from .config import read_json
 from .dense_cpu import use_dense_cpu
 from .errors import ConfigError
@@ -18,51 +18,12 @@ from .io.checkpoint import load_weights, plan_checkpoint
 from .lora import AdapterConfig, apply_adapter
 from .models import family_of
 from .options import EngineOptions
-from .sampling import BatchSampler
-from .tokenizer import StreamingDetokenizer, Tokenizer
+from .tokenizer import Tokenizer
+
 
 def compute_dtype() -> mx.Dtype:
     """The default device's compute dtype (``EngineOptions.for_device().compute_dtype``) as an MLX dtype."""
     return EngineOptions.for_device().dtype
-
-
-class _Draft:
-    """One row of a batch: its detokenizer, stop-string watch and counts. Text that could be the start of a stop
-    string is held back, so the deltas always add up to the final text."""
-
-    def __init__(self, tokenizer: Tokenizer, stop_strings: tuple[str, ...]):
-        self.detokenizer = StreamingDetokenizer(tokenizer, drop_leading_space=True)
-        self.stop_strings = tuple(s for s in stop_strings if s)
-        self.holdback = max((len(s) for s in self.stop_strings), default=1) - 1
-        self.emitted = 0
-        self.generated = 0
-        self.finish_reason: str | None = None
-        self.finished_at = 0.0
-
-    @property
-    def text(self) -> str:
-        return self.detokenizer.text
-
-    def push(self, token: int) -> str:
-        self.generated += 1
-        self.detokenizer.add(token)
-        text = self.detokenizer.text
-        hits = [i for i in (text.find(s, max(0, self.emitted - self.holdback)) for s in self.stop_strings) if i >= 0]
-        if hits:
-            self.detokenizer.text = text[: min(hits)]
-            return self.finish("stop", flush=False)  # the cut ends the text: nothing held back belongs to it
-        ready = max(self.emitted, len(text) - self.holdback)
-        return self._emit_to(ready)
-
-    def finish(self, reason: str, flush: bool = True) -> str:
-        self.finish_reason, self.finished_at = reason, time.perf_counter()
-        if flush:
-            self.detokenizer.flush()
-        return self._emit_to(len(self.text))
-
-    def _emit_to(self, end: int) -> str:
-        delta, self.emitted = self.text[self.emitted : end], max(self.emitted, end)
-        return delta
 
 
 class Engine:
@@ -73,9 +34,7 @@ class Engine:
         self.eos_token_ids = eos_token_ids
         self._adapter_enabled = adapter is not None
         self._owner = threading.get_ident()
-        self._prompt_cache: list[KVCache] | None = None  # the last prompt's cache, reused for a shared prefix
-        self._prompt_tokens: list[int] = []
-        self._prompt_cache_lora = False
+        self.prompt_cache = PromptCache(model)  # the last prompt's cache, reused for a shared prefix
 
     @classmethod
     def load(cls, model_dir: Path | str, adapter_dir: Path | str | None = None,
@@ -131,92 +90,19 @@ class Engine:
         if threading.get_ident() != self._owner:
             raise RuntimeError("Engine used from a thread other than the one that loaded it (MLX streams are per thread)")
 
-    def _prefill(self, tokens: list[int]) -> mx.array:
-        """Run the prompt through the model, reusing the cached prefix of the last prompt; -> last logits (1, V)."""
-        use_lora = self._adapter_enabled
-        cache = self._prompt_cache
-        if cache is None or self._prompt_cache_lora != use_lora:
-            cache, reused = self.model.new_cache(1), 0
-        else:
-            reused = 0
-            limit = min(len(tokens) - 1, cache[0].offset)  # at least one new token is needed for logits
-            while reused < limit and self._prompt_tokens[reused] == tokens[reused]:
-                reused += 1
-        for layer_cache in cache:
-            layer_cache.trim(layer_cache.offset - reused)
-        chunk = self.model.options.prefill_chunk
-        for start in range(reused, len(tokens), chunk):
-            logits = self.model(mx.array([tokens[start : start + chunk]]), cache, use_lora)
-            mx.eval(logits)
-        self._prompt_cache, self._prompt_tokens, self._prompt_cache_lora = cache, tokens, use_lora
-        return logits
-
     def generate(self, request: GenerationRequest, should_cancel: Callable[[], bool] | None = None
                  ) -> Iterator[TokenDelta | DraftDone]:
+        """The request's drafts decoding in one batch: text deltas as they come, then each draft's DraftDone.
+        ``should_cancel`` is asked after every step; once it says yes, every draft still open ends "cancelled"."""
         self._check_thread()
-        prompt = self.tokenizer.encode(request.prompt)
-        if not prompt:
-            raise ValueError("the prompt is empty")
-        params = [p.resolved() for p in request.drafts]
-        batch, use_lora = len(params), self._adapter_enabled
         mx.reset_peak_memory()
-        started = time.perf_counter()
-        logits = self._prefill(prompt)
-        prefill_s = time.perf_counter() - started
-        cache = self._prompt_cache if batch == 1 else [c.repeat(batch) for c in self._prompt_cache]
-        sampler = BatchSampler(params, prompt)
-        drafts = [_Draft(self.tokenizer, request.stop_strings) for _ in params]
-
-        def step(logits: mx.array) -> mx.array:
-            tokens = sampler(logits)
-            sampler.observe(tokens)
-            return tokens
-
-        tokens = step(mx.repeat(logits, batch, axis=0) if batch > 1 else logits)
-        decode_started = time.perf_counter()
-        try:
-            for n in range(request.max_tokens):
-                next_tokens = None
-                if n + 1 < request.max_tokens:  # queue the next step before reading this one: the device stays busy
-                    next_tokens = step(self.model.decode(tokens[:, None], cache, use_lora))
-                    mx.async_eval(next_tokens)
-                for i, token in enumerate(tokens.tolist()):
-                    draft = drafts[i]
-                    if draft.finish_reason is not None:
-                        continue
-                    delta = draft.finish("stop") if token in self.eos_token_ids else draft.push(token)
-                    if draft.finish_reason is None and draft.generated >= request.max_tokens:
-                        delta += draft.finish("length")
-                    if delta:
-                        yield TokenDelta(i, delta)
-                    if draft.finish_reason is not None:
-                        yield self._done(i, draft, params[i], len(prompt), prefill_s, decode_started)
-                if should_cancel is not None and should_cancel():
-                    break
-                if all(d.finish_reason is not None for d in drafts):
-                    break
-                tokens = next_tokens
-            for i, draft in enumerate(drafts):
-                if draft.finish_reason is None:
-                    delta = draft.finish("cancelled" if request.max_tokens > 0 else "length")
-                    if delta:
-                        yield TokenDelta(i, delta)
-                    yield self._done(i, draft, params[i], len(prompt), prefill_s, decode_started)
-        finally:
-            for layer_cache in self._prompt_cache:  # a batch of one decoded into the prompt cache itself
-                layer_cache.trim(layer_cache.offset - len(prompt))
-
-    def _done(self, index: int, draft: _Draft, params: SamplingParams, prompt_tokens: int, prefill_s: float,
-              decode_started: float) -> DraftDone:
-        decode_s = max(draft.finished_at - decode_started, 1e-9)
-        stats = GenerationStats(
-            prompt_tokens=prompt_tokens,
-            generated_tokens=draft.generated,
-            prefill_tok_s=prompt_tokens / max(prefill_s, 1e-9),
-            decode_tok_s=draft.generated / decode_s,
-            peak_memory_bytes=mx.get_peak_memory(),
-        )
-        return DraftDone(index, draft.text, draft.finish_reason, params, stats)
+        generator = BatchGenerator(self, max_rows=max(1, len(request.drafts)))
+        request_id = generator.submit(request)
+        while generator.has_work:
+            for _, event in generator.step():
+                yield event
+            if should_cancel is not None and should_cancel():
+                generator.cancel(request_id)
 
     def token_logprobs(self, tokens: list[int]) -> list[float]:
         """log p(tokens[i] | tokens[:i]) for i = 1 .. n-1, with the adapter as currently switched."""
