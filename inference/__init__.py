@@ -11,7 +11,7 @@ from .api import (
 from .errors import AdapterError, CheckpointError, ConfigError, InferenceError, TokenizerError
 from .options import EngineOptions
 
-_ENGINE_NAMES = {"Engine": "engine", "compute_dtype": "engine"}
+_ENGINE_NAMES = {"Engine": "engine", "compute_dtype": "engine", "BatchGenerator": "batching"}
 
 
 def __getattr__(name: str):
@@ -25,7 +25,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AdapterError", "CheckpointError", "ConfigError", "DraftDone", "Engine", "EngineOptions", "GenerationRequest", "GenerationStats",
+    "AdapterError", "BatchGenerator", "CheckpointError", "ConfigError", "DraftDone", "Engine", "EngineOptions", "GenerationRequest", "GenerationStats",
     "InferenceError", "LoadProgress", "ParameterError", "SamplingParams", "TokenDelta", "TokenizerError",
     "compute_dtype",
 ]
