@@ -13,7 +13,7 @@ import mlx.core as mx
 
 from .config import read_json
 from .errors import AdapterError, InferenceError
-from .models import FAMILIES, family, family_of
+from .models import family_of, lora_keys
 from .models.base import BaseModelArgs
 from .safetensors_reader import SafetensorsFile
 
@@ -75,16 +75,14 @@ def _read_adapter(adapter_dir: Path, config: BaseModelArgs | None) -> tuple[Adap
     weights_path = Path(adapter_dir) / "adapters.safetensors"
     tensors = SafetensorsFile(weights_path)
     problems = []
-    # Without a model, the keys are checked against every family's projections
-    families = [family_of(config)] if config is not None else [family(t, adapter_config.path) for t in FAMILIES]
-    known = {key for f in families for key in f.LORA_KEYS}
+    known = lora_keys(config)  # without a model: every family's projections
     unknown_keys = [k for k in adapter_config.keys or () if k not in known]
     if unknown_keys:
         what = config.model_type if config is not None else " or ".join(FAMILIES)
         problems.append(f"{adapter_config.path}: lora keys {unknown_keys} are not {what} block projections")
     if config is None:
         return adapter_config, tensors, problems
-    model_family = families[0]
+    model_family = family_of(config)
     keys = adapter_config.effective_keys(model_family.LORA_KEYS)
     shapes = model_family.matrices(config)
     expected = {}

@@ -7,9 +7,9 @@ import struct
 import mlx.core as mx
 import pytest
 
-from inference import AdapterError, CheckpointError, ConfigError, Engine, InferenceError, TokenizerError
-from inference.lora import check_adapter_dir
-from inference.io.checkpoint import check_model_dir
+from inference import (
+    AdapterError, CheckpointError, ConfigError, Engine, InferenceError, TokenizerError, inspect_adapter, inspect_model,
+)
 
 
 @pytest.fixture
@@ -164,13 +164,13 @@ def test_missing_tokenizer(model_copy):
 
 def test_check_functions_list_every_problem(model_copy):
     model, adapter = model_copy
-    assert check_model_dir(model) == []
-    assert check_adapter_dir(adapter) == []
+    assert inspect_model(model).problems == []
+    assert inspect_adapter(adapter, model).problems == []
     weights = mx.load(str(model / "model.safetensors"))
     del weights["model.norm.weight"]
     weights["model.layers.0.rotary_emb.inv_freq"] = mx.zeros((16,))
     mx.save_safetensors(str(model / "model.safetensors"), weights)
-    problems = check_model_dir(model)
+    problems = inspect_model(model).problems
     assert any("'model.norm.weight' is missing" in p for p in problems)
     assert any("unexpected tensor 'model.layers.0.rotary_emb.inv_freq'" in p for p in problems)
 
@@ -182,3 +182,26 @@ def test_header_length_field_itself_truncated(tmp_path):
     path.write_bytes(struct.pack("<I", 7))
     with pytest.raises(CheckpointError, match="too short"):
         read_header(path)
+
+
+def test_inspect_lists_what_stops_a_generation_on_the_tokenizer_side(model_copy):
+    model, _ = model_copy
+    path = model / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    del config["chat_template"]
+    path.write_text(json.dumps(config))
+    assert any("no chat template" in p for p in inspect_model(model).problems)
+    (model / "tokenizer.json").unlink()
+    problems = inspect_model(model).problems
+    assert any("tokenizer.json" in p and "not found" in p for p in problems)
+
+
+def test_load_reports_reading_then_preparing(tiny_models):
+    model_dir, adapter_dir = tiny_models["q4-g64-tied"]
+    updates = []
+    Engine.load(model_dir, adapter_dir, progress=updates.append)
+    phases = [u.phase for u in updates]
+    reading, preparing = phases.count("reading"), phases.count("preparing")
+    assert phases == ["reading"] * reading + ["preparing"] * preparing and reading > 1
+    assert updates[reading - 1].done == updates[reading - 1].total
+    assert [u.done for u in updates[reading:]] == list(range(updates[-1].total + 1)) and updates[-1].total >= 2

@@ -15,7 +15,7 @@ import mlx.core as mx
 
 from ..api import LoadProgress
 from ..config import read_json
-from ..errors import CheckpointError, InferenceError
+from ..errors import CheckpointError, ConfigError, InferenceError
 from ..models import family_of, read_model_args
 from ..models.base import BaseModelArgs, QuantSpec
 from ..safetensors_reader import SafetensorsFile, TensorInfo
@@ -103,6 +103,18 @@ def check_model_dir(model_dir: Path | str) -> list[str]:
         return [str(e)]
     unexpected = sorted(set(plan.files) - plan.expected)
     return plan.problems + [f"{plan.files[n].path}: unexpected tensor {n!r}" for n in unexpected]
+
+
+def stop_token_ids(model_dir: Path, config: BaseModelArgs, tokenizer) -> set[int]:
+    """The ids that end a generation: config.json's eos, generation_config.json's and the tokenizer's eos token."""
+    eos = set(config.eos_token_ids) | tokenizer.eos_token_ids
+    generation_config = model_dir / "generation_config.json"
+    if generation_config.exists():
+        extra = read_json(generation_config).get("eos_token_id")
+        eos |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+    if not eos:
+        raise ConfigError(model_dir / "config.json", "no eos_token_id in config.json, generation_config.json or the tokenizer")
+    return eos
 
 
 def load_weights(
