@@ -17,7 +17,7 @@ from .options import EngineOptions
 
 # Loaded on first use, with MLX: what runs the model, and what reads checkpoints (the safetensors reader maps into MLX)
 _ENGINE_NAMES = {
-    "Engine": "engine", "compute_dtype": "engine", "BatchGenerator": "batching",
+    "Engine": "engine", "BatchGenerator": "batching",
     "inspect_model": "inspection", "inspect_adapter": "inspection", "ModelFacts": "inspection",
     "AdapterFacts": "inspection", "QuantSpec": "models.base",
 }
@@ -36,6 +36,6 @@ def __getattr__(name: str):
 __all__ = [
     "AdapterError", "AdapterFacts", "BatchGenerator", "CheckpointError", "ConfigError", "DraftDone", "Engine",
     "EngineOptions", "GenerationRequest", "GenerationStats", "InferenceError", "LoadProgress", "ModelFacts",
-    "ParameterError", "QuantSpec", "SamplingParams", "TokenDelta", "TokenizerError", "compute_dtype",
+    "ParameterError", "QuantSpec", "SamplingParams", "TokenDelta", "TokenizerError",
     "inspect_adapter", "inspect_model",
 ]

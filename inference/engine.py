@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,11 +16,6 @@ from .lora import AdapterConfig, apply_adapter
 from .models import family_of
 from .options import EngineOptions
 from .tokenizer import Tokenizer
-
-
-def compute_dtype() -> mx.Dtype:
-    """The default device's compute dtype (``EngineOptions.for_device().compute_dtype``) as an MLX dtype."""
-    return EngineOptions.for_device().dtype
 
 
 class _Steps:

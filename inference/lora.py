@@ -13,7 +13,7 @@ import mlx.core as mx
 
 from .config import read_json
 from .errors import AdapterError, InferenceError
-from .models import family_of, lora_keys
+from .models import FAMILIES, family_of, lora_keys
 from .models.base import BaseModelArgs
 from .safetensors_reader import SafetensorsFile
 
