@@ -92,3 +92,16 @@ def test_compiled_block_halves_match_op_by_op(tiny_models):
             steps[compiled] = mx.stack(logits)
         assert mx.abs(steps[True] - steps[False]).max().item() < 1e-5
     assert all(len(layer._compiled) == 2 for layer in model.layers)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_adapter_stored_in_half_precision_matches_mlx_lm(tiny_models, tmp_path, dtype):
+    """The scale is folded into lora_b in float32: folding it in the adapter's own dtype rounds the product."""
+    model_dir, adapter_dir = tiny_models["q4-g64-tied"]
+    half = shutil.copytree(adapter_dir, tmp_path / dtype)
+    weights = mx.load(str(half / "adapters.safetensors"))
+    mx.save_safetensors(str(half / "adapters.safetensors"), {k: v.astype(getattr(mx, dtype)) for k, v in weights.items()})
+    engine = Engine.load(model_dir, half)
+    ref_model, _ = mlx_lm_model(model_dir, half)
+    ids = engine.tokenizer.encode(engine.render_prompt(PROMPT))
+    assert mx.abs(ours_last_logits(engine, ids) - mlx_lm_last_logits(ref_model, ids)).max().item() < 1e-4
