@@ -62,6 +62,9 @@ def inspect_model(model_dir: Path) -> Report:
         report.facts += [("quantization", line) for line in _quantization_lines(facts.quantization)]
         count = len(facts.weight_files)
         report.facts.append(("weights", f"{_bytes(facts.weight_bytes)} in {count} file{'s' if count != 1 else ''}"))
+    if facts.skipped:
+        report.facts.append(("skipped tensors", f"{len(facts.skipped)}, not used by the model: "
+                                                f"{', '.join(facts.skipped)}"))
     report.facts.append(("on disk", _bytes(facts.disk_bytes)))
     return report
 

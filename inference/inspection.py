@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InferenceError, TokenizerError
-from .io.checkpoint import check_model_dir, stop_token_ids, weight_files
+from .io.checkpoint import plan_checkpoint, stop_token_ids, weight_files
 from .lora import AdapterConfig, check_adapter_dir
 from .models import family_of, lora_keys, read_model_args
 from .models.base import BaseModelArgs, QuantSpec
@@ -21,6 +21,7 @@ class ModelFacts:
     path: Path
     problems: list[str]  # one line each; empty when the model loads and generates
     config: BaseModelArgs | None = None  # the family's ModelArgs; None when config.json cannot be used
+    skipped: list[str] = field(default_factory=list)  # tensors the model drops on purpose (harmless, known extras)
     # Every matrix module of the checkpoint -> its quantization (None: dense): the family's in block order, then
     # any other 2-D weight.
     quantization: dict[str, QuantSpec | None] = field(default_factory=dict)
@@ -46,11 +47,16 @@ class AdapterFacts:
 
 def inspect_model(model_dir: Path | str) -> ModelFacts:
     model_dir = Path(model_dir)
-    facts = ModelFacts(model_dir, check_model_dir(model_dir), disk_bytes=_dir_bytes(model_dir))
+    facts = ModelFacts(model_dir, [], disk_bytes=_dir_bytes(model_dir))
+    try:
+        plan = plan_checkpoint(model_dir)
+        facts.problems, facts.skipped = plan.problems, plan.skipped
+    except InferenceError as err:
+        facts.problems.append(str(err))
     try:
         facts.config = read_model_args(model_dir)
     except InferenceError:
-        return facts  # check_model_dir has said why
+        return facts  # the plan has said why
     facts.problems += _tokenizer_problems(model_dir, facts.config)
     try:
         files = weight_files(model_dir)
@@ -58,7 +64,7 @@ def inspect_model(model_dir: Path | str) -> ModelFacts:
         for path in files:
             tensors.update(read_header(path))
     except InferenceError:
-        return facts  # check_model_dir has said why
+        return facts  # the plan has said why
     facts.quantization = _module_quantization(facts.config, tensors)
     facts.parameters = _parameter_count(tensors, facts.quantization)
     facts.weight_files, facts.weight_bytes = files, sum(f.stat().st_size for f in files)

@@ -168,11 +168,53 @@ def test_check_functions_list_every_problem(model_copy):
     assert inspect_adapter(adapter, model).problems == []
     weights = mx.load(str(model / "model.safetensors"))
     del weights["model.norm.weight"]
-    weights["model.layers.0.rotary_emb.inv_freq"] = mx.zeros((16,))
+    weights["model.layers.0.self_attn.q_proj.bias"] = mx.zeros((128,))
     mx.save_safetensors(str(model / "model.safetensors"), weights)
     problems = inspect_model(model).problems
     assert any("'model.norm.weight' is missing" in p for p in problems)
-    assert any("unexpected tensor 'model.layers.0.rotary_emb.inv_freq'" in p for p in problems)
+    assert any("'model.layers.0.self_attn.q_proj.bias' is not used by the model" in p for p in problems)
+
+
+def mlx_lm_refuses(model_dir) -> bool:
+    from mlx_lm import load
+
+    try:
+        load(str(model_dir))
+    except ValueError:
+        return True
+    return False
+
+
+def add_tensors(model_dir, **tensors):
+    path = model_dir / "model.safetensors"
+    weights = mx.load(str(path))
+    weights.update(tensors)
+    mx.save_safetensors(str(path), weights, metadata={"format": "mlx"})
+
+
+def test_attention_biases_the_model_has_no_place_for_are_refused_as_mlx_lm_does(model_copy):
+    model, _ = model_copy
+    add_tensors(model, **{f"model.layers.1.self_attn.{p}_proj.bias": mx.ones((n,)) for p, n in
+                          (("q", 128), ("k", 64), ("v", 64))})
+    err = load_error(model)
+    assert isinstance(err, CheckpointError) and "'model.layers.1.self_attn.k_proj.bias' is not used by the model" in str(err)
+    assert mlx_lm_refuses(model)
+
+
+def test_config_with_fewer_layers_than_the_checkpoint_is_refused_as_mlx_lm_does(model_copy):
+    model, _ = model_copy
+    rewrite_config(model, num_hidden_layers=3)
+    err = load_error(model)
+    assert "model.layers.3." in str(err) and "config.json says 3 layers" in str(err)
+    assert mlx_lm_refuses(model)
+
+
+def test_rotary_frequencies_are_skipped_and_listed(model_copy):
+    model, _ = model_copy
+    add_tensors(model, **{"model.layers.0.self_attn.rotary_emb.inv_freq": mx.ones((16,))})
+    facts = inspect_model(model)
+    assert facts.problems == [] and facts.skipped == ["model.layers.0.self_attn.rotary_emb.inv_freq"]
+    Engine.load(model)
 
 
 def test_header_length_field_itself_truncated(tmp_path):

@@ -2,11 +2,12 @@
 load them with progress.
 
 Validation happens against the config before anything is loaded, so a bad file fails fast with one line that
-names it, and ``check_model_dir`` can list every problem at once (for ``bobby-tui inspect``).
+names it, and a plan lists every problem at once (for ``bobby-tui inspect``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -51,6 +52,7 @@ class CheckpointPlan:
     quant: dict[str, QuantSpec | None]  # matrix module -> its quantization (None: dense)
     expected: set[str]  # the tensors the model is built from
     problems: list[str]
+    skipped: list[str]  # tensors of the checkpoint the family drops on purpose (known to be harmless)
 
     @property
     def total_bytes(self) -> int:
@@ -90,19 +92,22 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
             problems.append(f"{shard.path}: tensor {name!r} has dtype {info.dtype}, expected {'/'.join(want.dtypes)}")
         elif info.shape != want.shape:
             problems.append(f"{shard.path}: tensor {name!r} has shape {list(info.shape)}, config.json implies {list(want.shape)}")
-    for name in model_family.sanitize(config, list(files)):
+    skipped = sorted(model_family.sanitize(config, list(files)))
+    for name in skipped:
         del files[name]
-    return CheckpointPlan(config, files, quant, set(wanted), problems)
+    # Like mlx_lm ("parameters not in model"): a tensor the model would not use means the config does not describe
+    # the checkpoint (biases it has no place for, more layers than config.json says), so the outputs would be wrong.
+    for name in sorted(set(files) - set(wanted)):
+        problems.append(f"{files[name].path}: tensor {name!r} is not used by the model{_layer_hint(config, name)}")
+    return CheckpointPlan(config, files, quant, set(wanted), problems, skipped)
 
 
-def check_model_dir(model_dir: Path | str) -> list[str]:
-    """Every problem found in a model directory, one line each; empty when it loads."""
-    try:
-        plan = plan_checkpoint(model_dir)
-    except InferenceError as e:
-        return [str(e)]
-    unexpected = sorted(set(plan.files) - plan.expected)
-    return plan.problems + [f"{plan.files[n].path}: unexpected tensor {n!r}" for n in unexpected]
+def _layer_hint(config: BaseModelArgs, name: str) -> str:
+    match = re.match(r"^model\.layers\.(\d+)\.", name)
+    layers = getattr(config, "num_hidden_layers", None)
+    if match and layers is not None and int(match.group(1)) >= layers:
+        return f" (config.json says {layers} layers)"
+    return ""
 
 
 def stop_token_ids(model_dir: Path, config: BaseModelArgs, tokenizer) -> set[int]:

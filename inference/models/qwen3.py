@@ -112,8 +112,10 @@ def tensor_spec(args: ModelArgs, quant_of: Callable[[str], QuantSpec | None]) ->
 
 
 def sanitize(args: ModelArgs, names: Iterable[str]) -> set[str]:
-    """The checkpoint tensors the model drops on purpose: a tied model's stray ``lm_head`` (as mlx_lm does)."""
-    return {n for n in names if n.startswith("lm_head.")} if args.tie_word_embeddings else set()
+    """The checkpoint tensors the model drops on purpose: a tied model's stray ``lm_head`` (as mlx_lm does), and
+    the RoPE frequencies some exporters save (``rotary_emb.inv_freq``: the model computes them from rope_theta)."""
+    return {n for n in names
+            if (args.tie_word_embeddings and n.startswith("lm_head.")) or n.endswith(".rotary_emb.inv_freq")}
 
 
 class Block:
