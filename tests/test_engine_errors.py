@@ -247,3 +247,30 @@ def test_load_reports_reading_then_preparing(tiny_models):
     assert phases == ["reading"] * reading + ["preparing"] * preparing and reading > 1
     assert updates[reading - 1].done == updates[reading - 1].total
     assert [u.done for u in updates[reading:]] == list(range(updates[-1].total + 1)) and updates[-1].total >= 2
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors", 7])
+def test_index_naming_a_shard_outside_the_model_directory_is_refused(tiny_models, tmp_path, shard):
+    model = shutil.copytree(tiny_models["bf16-2shards"][0], tmp_path / "sharded")
+    (tmp_path / "outside.safetensors").write_bytes(b"secret bytes, never to be opened")
+    index = model / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["model.norm.weight"] = shard
+    index.write_text(json.dumps(data))
+    err = load_error(model)
+    assert isinstance(err, CheckpointError) and "model.safetensors.index.json" in str(err)
+    assert "not a file name inside the model directory" in str(err) and "secret" not in str(err)
+
+
+def test_a_fifo_in_place_of_a_weights_file_is_refused_without_blocking(model_copy):
+    import os
+
+    model, _ = model_copy
+    (model / "config.json").unlink()
+    os.mkfifo(model / "config.json")
+    err = load_error(model)
+    assert "config.json" in str(err) and "not a regular file" in str(err)
+    (model / "model.safetensors").unlink()
+    os.mkfifo(model / "model.safetensors")
+    err = load_error(model)
+    assert "model.safetensors" in str(err) and "not a regular file" in str(err)

@@ -7,9 +7,10 @@ names it, and a plan lists every problem at once (for ``bobby-tui inspect``).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable
 
 import mlx.core as mx
@@ -32,15 +33,29 @@ def weight_files(model_dir: Path | str) -> list[Path]:
         weight_map = read_json(index_path, CheckpointError).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(index_path, "has no 'weight_map' object")
-        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        names = set(weight_map.values())
+        for name in names:
+            if not isinstance(name, str) or not _inside(name):
+                raise CheckpointError(index_path, f"shard {name!r} is not a file name inside the model directory")
+        files = [model_dir / name for name in sorted(names)]
         for f in files:
             if not f.exists():
                 raise CheckpointError(f, "shard named in model.safetensors.index.json not found")
-        return files
-    files = sorted(model_dir.glob("model*.safetensors"))
-    if not files:
-        raise CheckpointError(model_dir, "no model.safetensors (or model.safetensors.index.json) in the model directory")
+    else:
+        files = sorted(model_dir.glob("model*.safetensors"))
+        if not files:
+            raise CheckpointError(model_dir, "no model.safetensors (or model.safetensors.index.json) in the model directory")
+    for f in files:
+        if not f.is_file():  # a FIFO or a device would block or never end
+            raise CheckpointError(f, "not a regular file")
     return files
+
+
+def _inside(name: str) -> bool:
+    """Whether a relative file name stays inside its directory (as written: a shard may be a symlink, as in the
+    Hugging Face cache, whose target lies elsewhere)."""
+    parts = PurePath(os.path.normpath(name)).parts
+    return bool(parts) and not PurePath(name).is_absolute() and parts[0] not in ("..", ".") and "\0" not in name
 
 
 @dataclass
