@@ -11,7 +11,7 @@ import mlx.core as mx
 from .api import DraftDone, GenerationRequest, LoadProgress, SamplingParams, TokenDelta
 from .batching import BatchGenerator, PromptCache
 from .dense_cpu import use_dense_cpu
-from .io.checkpoint import load_weights, plan_checkpoint, stop_token_ids
+from .io.checkpoint import check_tokenizer_fits, load_weights, plan_checkpoint, stop_token_ids
 from .lora import AdapterConfig, apply_adapter
 from .models import family_of
 from .options import EngineOptions
@@ -52,6 +52,7 @@ class Engine:
         options = options or EngineOptions.for_device()
         plan = plan_checkpoint(model_dir)
         tokenizer = Tokenizer(model_dir)
+        check_tokenizer_fits(model_dir, plan.config, tokenizer)
         eos = stop_token_ids(model_dir, plan.config, tokenizer)
         weights = load_weights(plan, options.dtype, progress)
         # The steps that transform the weights after reading report as "preparing", so a bar does not sit at 100%

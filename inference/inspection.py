@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InferenceError, TokenizerError
-from .io.checkpoint import plan_checkpoint, stop_token_ids, weight_files
+from .io.checkpoint import check_tokenizer_fits, plan_checkpoint, stop_token_ids, weight_files
 from .lora import AdapterConfig, check_adapter_dir
 from .models import family_of, lora_keys, read_model_args
 from .models.base import BaseModelArgs, QuantSpec
@@ -110,10 +110,11 @@ def _tokenizer_problems(model_dir: Path, config: BaseModelArgs) -> list[str]:
         tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
     except TokenizerError as err:
         problems.append(str(err))
-    try:
-        stop_token_ids(model_dir, config, tokenizer)
-    except InferenceError as err:
-        problems.append(str(err))
+    for check in (check_tokenizer_fits, stop_token_ids):
+        try:
+            check(model_dir, config, tokenizer)
+        except InferenceError as err:
+            problems.append(str(err))
     return problems
 
 

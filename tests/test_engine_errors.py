@@ -274,3 +274,19 @@ def test_a_fifo_in_place_of_a_weights_file_is_refused_without_blocking(model_cop
     os.mkfifo(model / "model.safetensors")
     err = load_error(model)
     assert "model.safetensors" in str(err) and "not a regular file" in str(err)
+
+
+def test_a_tokenizer_with_more_ids_than_embedding_rows_is_refused(tiny_models, tmp_path):
+    """The fixture's 384-row model with a 64-row config: tokens past row 63 would be read out of bounds."""
+    from fixtures import FIXTURES, write_model
+
+    model = write_model(tmp_path / "small-vocab", FIXTURES["bf16-2shards"])
+    rewrite_config(model, vocab_size=64)
+    for shard in model.glob("model-*.safetensors"):  # the tables cut to 64 rows, so only the tokenizer disagrees
+        weights = mx.load(str(shard))
+        mx.save_safetensors(str(shard), {k: v[:64] if k.endswith(("embed_tokens.weight", "lm_head.weight")) else v
+                                         for k, v in weights.items()})
+    assert inspect_model(model).problems == [
+        f"{model / 'tokenizer.json'}: has 384 tokens, more than the model's 64 embedding rows (vocab_size in config.json)"]
+    err = load_error(model)
+    assert isinstance(err, TokenizerError) and "more than the model's 64 embedding rows" in str(err)

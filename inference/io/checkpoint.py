@@ -17,7 +17,7 @@ import mlx.core as mx
 
 from ..api import LoadProgress
 from ..config import read_json
-from ..errors import CheckpointError, ConfigError, InferenceError
+from ..errors import CheckpointError, ConfigError, InferenceError, TokenizerError
 from ..models import family_of, read_model_args
 from ..models.base import BaseModelArgs, QuantSpec
 from ..safetensors_reader import SafetensorsFile, TensorInfo
@@ -123,6 +123,13 @@ def _layer_hint(config: BaseModelArgs, name: str) -> str:
     if match and layers is not None and int(match.group(1)) >= layers:
         return f" (config.json says {layers} layers)"
     return ""
+
+
+def check_tokenizer_fits(model_dir: Path, config: BaseModelArgs, tokenizer) -> None:
+    """Every id the tokenizer can produce must name a row of the embedding table: a larger id would read past it."""
+    if tokenizer.vocab_size > config.vocab_size:
+        raise TokenizerError(model_dir / "tokenizer.json", f"has {tokenizer.vocab_size} tokens, more than the model's "
+                             f"{config.vocab_size} embedding rows (vocab_size in config.json)")
 
 
 def stop_token_ids(model_dir: Path, config: BaseModelArgs, tokenizer) -> set[int]:
