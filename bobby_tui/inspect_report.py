@@ -94,7 +94,7 @@ def inspect_adapter(adapter_dir: Path, model_dir: Path | None) -> Report:
 
 def _adapted_layers(facts: AdapterFacts) -> str:
     if facts.layers is None:
-        count = "all" if facts.config.num_layers < 0 else f"the last {facts.config.num_layers}"
+        count = "all" if facts.config.num_layers <= 0 else f"the last {facts.config.num_layers}"
         return f"{count} of the model's layers (pass --model DIR to see which)"
     return f"{_ranges(facts.layers)} ({len(facts.layers)} of {facts.model_layers}, counted on {facts.model_dir})"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InferenceError, TokenizerError
-from .io.checkpoint import check_tokenizer_fits, plan_checkpoint, stop_token_ids, weight_files
+from .io.checkpoint import check_tokenizer_fits, module_quantization, plan_checkpoint, stop_token_ids, weight_files
 from .lora import AdapterConfig, check_adapter_dir
 from .models import family_of, lora_keys, read_model_args
 from .models.base import BaseModelArgs, QuantSpec
@@ -136,9 +136,10 @@ def _base_model_dir(adapter_dir: Path) -> Path | None:
 def _module_quantization(config: BaseModelArgs, tensors: dict) -> dict[str, QuantSpec | None]:
     modules = {name[: -len(".weight")] for name in tensors if name.endswith(".weight")}
     matrices = {m for m in modules if len(tensors[m + ".weight"].shape) == 2}
-    known = [m for m in family_of(config).matrices(config) if m in matrices]
+    shapes = family_of(config).matrices(config)
+    known = [m for m in shapes if m in matrices]
     ordered = known + sorted(matrices - set(known))
-    return {m: config.quant_for(m, has_scales=f"{m}.scales" in tensors) for m in ordered}
+    return {m: module_quantization(config, m, shapes[m][1] if m in shapes else None, tensors) for m in ordered}
 
 
 def _parameter_count(tensors: dict, quant: dict[str, QuantSpec | None]) -> int:

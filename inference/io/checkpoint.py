@@ -19,7 +19,7 @@ from ..api import LoadProgress
 from ..config import read_json
 from ..errors import CheckpointError, ConfigError, InferenceError, TokenizerError
 from ..models import family_of, read_model_args
-from ..models.base import BaseModelArgs, QuantSpec
+from ..models.base import QUANT_BITS, QUANT_GROUP_SIZES, BaseModelArgs, QuantSpec
 from ..safetensors_reader import SafetensorsFile, TensorInfo
 
 
@@ -88,8 +88,9 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
     problems: list[str] = []
     quant: dict[str, QuantSpec | None] = {}
     ungrouped = set()  # quantized modules whose input is not whole groups: their tensors are not looked at
+    headers = {name: shard.tensors[name] for name, shard in files.items()}
     for module, (_, in_f) in model_family.matrices(config).items():
-        spec = quant[module] = config.quant_for(module, has_scales=f"{module}.scales" in files)
+        spec = quant[module] = module_quantization(config, module, in_f, headers)
         if spec is not None and in_f % spec.group_size:
             problems.append(f"{config.path}: {module} input size {in_f} is not a multiple of group_size {spec.group_size}")
             ungrouped.add(module)
@@ -115,6 +116,25 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
     for name in sorted(set(files) - set(wanted)):
         problems.append(f"{files[name].path}: tensor {name!r} is not used by the model{_layer_hint(config, name)}")
     return CheckpointPlan(config, files, quant, set(wanted), problems, skipped)
+
+
+def module_quantization(config: BaseModelArgs, module: str, in_features: int | None,
+                        tensors: dict[str, TensorInfo]) -> QuantSpec | None:
+    """How one matrix module is stored, as mlx_lm 0.32 reads it: a per-module entry of config.json wins; otherwise a
+    module with ``.scales`` in a quantized checkpoint is quantized, with the bits and group size its tensor shapes
+    imply (the default when they imply none that exists: the shape check then names the problem)."""
+    if module in config.quantization_overrides or in_features is None:
+        return config.quant_for(module, has_scales=f"{module}.scales" in tensors)
+    weight, scales = tensors.get(f"{module}.weight"), tensors.get(f"{module}.scales")
+    if config.quantization is None or scales is None:
+        return None
+    if weight is not None and len(weight.shape) == len(scales.shape) == 2 and scales.shape[1] > 0:
+        groups, packed_bits = scales.shape[1], weight.shape[1] * 32
+        if in_features % groups == 0 and packed_bits % in_features == 0:
+            spec = QuantSpec(bits=packed_bits // in_features, group_size=in_features // groups)
+            if spec.bits in QUANT_BITS and spec.group_size in QUANT_GROUP_SIZES:
+                return spec
+    return config.quantization
 
 
 def _layer_hint(config: BaseModelArgs, name: str) -> str:

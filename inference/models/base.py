@@ -3,7 +3,8 @@ fused projections, runtime LoRA).
 
 A family module (``inference/models/<model_type>.py``) provides ``ModelArgs`` (its config.json fields, on top of
 ``BaseModelArgs``), ``matrices(args)`` and ``tensor_spec(args, quant_of)`` (every tensor it is built from, with shape
-and dtypes), ``sanitize(args, names)`` (checkpoint tensors it drops on purpose), ``LORA_KEYS`` and ``Model``.
+and dtypes), ``sanitize(args, names)`` (checkpoint tensors it drops on purpose), ``LORA_KEYS`` (a block's projections an adapter
+may name), ``EMBEDDINGS`` (matrix modules an adapter may not change) and ``Model``.
 """
 
 from __future__ import annotations

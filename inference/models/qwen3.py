@@ -26,6 +26,7 @@ PROJECTION_GROUPS = {  # projection name -> the checkpoint modules it runs, in o
     "down": ("mlp.down_proj",),
 }
 LORA_KEYS = tuple(key for keys in PROJECTION_GROUPS.values() for key in keys)  # a block's adaptable projections
+EMBEDDINGS = ("model.embed_tokens",)  # matrix modules that are looked up, not multiplied: no LoRA on them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,4 +230,4 @@ class Model:
             h = layer(h, layer_cache, use_lora, positions, step_offset, mask)
         if last_only:
             h = h[:, -1, :]
-        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), False)[0].astype(mx.float32)
+        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), use_lora)[0].astype(mx.float32)
