@@ -294,3 +294,30 @@ def test_a_tokenizer_with_more_ids_than_embedding_rows_is_refused(tiny_models, t
         f"{model / 'tokenizer.json'}: has 384 tokens, more than the model's 64 embedding rows (vocab_size in config.json)"]
     err = load_error(model)
     assert isinstance(err, TokenizerError) and "more than the model's 64 embedding rows" in str(err)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"rope_theta": None}, "missing required key 'rope_theta'"),  # mlx_lm refuses it too; no silent 1e6
+    ({"rms_norm_eps": None}, "missing required key 'rms_norm_eps'"),
+    ({"head_dim": None}, "missing required key 'head_dim'"),
+    ({"hidden_size": 256.9}, "'hidden_size' must be an integer (got 256.9)"),
+    ({"num_hidden_layers": "4"}, "'num_hidden_layers' must be an integer (got '4')"),
+    ({"tie_word_embeddings": "false"}, "'tie_word_embeddings' must be true or false (got 'false')"),
+    ({"rms_norm_eps": 0}, "'rms_norm_eps' must be a finite number > 0 (got 0)"),
+    ({"rope_theta": -1.0}, "'rope_theta' must be a finite number > 0 (got -1.0)"),
+    ({"num_key_value_heads": 3}, "num_attention_heads (4) must be a multiple of num_key_value_heads (3)"),
+    ({"use_sliding_window": True}, "use_sliding_window: true is not supported"),
+    ({"quantization": {"bits": 4, "group_size": 16, "mode": "nvfp4"}}, "quantization mode 'nvfp4' is not supported"),
+])
+def test_config_values_are_read_strictly(model_copy, changes, message):
+    model, _ = model_copy
+    path = model / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            del config[key]
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+    err = load_error(model)
+    assert isinstance(err, ConfigError) and str(path) in str(err) and message in str(err)

@@ -9,6 +9,7 @@ may name), ``EMBEDDINGS`` (matrix modules an adapter may not change) and ``Model
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -48,15 +49,55 @@ def read_quantization(raw: dict, path: Path) -> tuple[QuantSpec | None, dict[str
     quant_raw = raw.get("quantization") or raw.get("quantization_config")
     if not isinstance(quant_raw, dict):
         return None, {}
+    mode = quant_raw.get("mode", "affine")
+    if mode != "affine":  # before the bits and group size, which only affine's rules judge
+        raise ConfigError(path, f"quantization mode {mode!r} is not supported (only affine)")
     default = _quant_spec(path, "quantization", quant_raw)
     overrides = {
         key: _quant_spec(path, key, value)
         for key, value in quant_raw.items()
         if key not in ("bits", "group_size", "mode", "quant_method") and (isinstance(value, dict) or value is False)
     }
-    if quant_raw.get("mode", "affine") != "affine":
-        raise ConfigError(path, f"quantization mode {quant_raw['mode']!r} is not supported (only affine)")
     return default, overrides
+
+
+_REQUIRED = object()
+
+
+class ConfigFields:
+    """Strict reading of config.json values: a missing required key, a value of the wrong type (``256.9`` or
+    ``"4"`` for an integer, ``"false"`` for a boolean) or out of range is a ConfigError naming the key; nothing is
+    coerced."""
+
+    def __init__(self, raw: dict, path: Path):
+        self.raw, self.path = raw, path
+
+    def _get(self, key: str, default):
+        if key in self.raw and self.raw[key] is not None:
+            return self.raw[key]
+        if default is _REQUIRED:
+            raise ConfigError(self.path, f"missing required key {key!r}")
+        return default
+
+    def integer(self, key: str, default=_REQUIRED, low: int = 1) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(self.path, f"{key!r} must be an integer (got {value!r})")
+        if value < low:
+            raise ConfigError(self.path, f"{key!r} must be at least {low} (got {value})")
+        return value
+
+    def positive_number(self, key: str, default=_REQUIRED, value=_REQUIRED) -> float:
+        value = self._get(key, default) if value is _REQUIRED else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(self.path, f"{key!r} must be a finite number > 0 (got {value!r})")
+        return float(value)
+
+    def boolean(self, key: str, default=_REQUIRED) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.path, f"{key!r} must be true or false (got {value!r})")
+        return value
 
 
 def eos_ids(value) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ from .. import gemv, qk_rope
 from ..cache import KVCache
 from ..errors import ConfigError
 from ..options import EngineOptions
-from .base import BaseModelArgs, Linear, Projection, QuantSpec, TensorSpec, eos_ids, matrix_tensors, read_quantization
+from .base import BaseModelArgs, ConfigFields, Linear, Projection, QuantSpec, TensorSpec, eos_ids, matrix_tensors, read_quantization
 
 ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 MLP_IN_KEYS = ("mlp.gate_proj", "mlp.up_proj")
@@ -44,37 +44,41 @@ class ModelArgs(BaseModelArgs):
 
     @classmethod
     def from_dict(cls, raw: dict, path: Path) -> "ModelArgs":
+        """config.json's fields with mlx_lm's meaning: the keys mlx_lm requires are required here too."""
         rope = raw.get("rope_scaling") or (raw.get("rope_parameters") or {})
-        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+        if not isinstance(rope, dict):
+            raise ConfigError(path, f"'rope_scaling' must be an object (got {rope!r})")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", None):
             raise ConfigError(path, f"rope scaling {rope_type!r} is not supported")
-        rope_theta = raw.get("rope_theta", rope.get("rope_theta") if isinstance(rope, dict) else None)
-        try:
-            heads = int(raw["num_attention_heads"])
-            hidden = int(raw["hidden_size"])
-            quantization, overrides = read_quantization(raw, path)
-            return cls(
-                model_type=raw["model_type"],
-                hidden_size=hidden,
-                num_hidden_layers=int(raw["num_hidden_layers"]),
-                intermediate_size=int(raw["intermediate_size"]),
-                num_attention_heads=heads,
-                num_key_value_heads=int(raw.get("num_key_value_heads", heads)),
-                head_dim=int(raw.get("head_dim") or hidden // heads),
-                vocab_size=int(raw["vocab_size"]),
-                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(rope_theta if rope_theta is not None else 1_000_000.0),
-                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-                max_position_embeddings=int(raw.get("max_position_embeddings", 40960)),
-                eos_token_ids=eos_ids(raw.get("eos_token_id")),
-                quantization=quantization,
-                quantization_overrides=overrides,
-                path=path,
-            )
-        except KeyError as e:
-            raise ConfigError(path, f"missing required key {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise ConfigError(path, f"a value has the wrong type ({e})") from None
+        read = ConfigFields(raw, path)
+        if read.boolean("use_sliding_window", False):
+            raise ConfigError(path, "use_sliding_window: true is not supported (attention over the whole context only)")
+        rope_theta = raw.get("rope_theta", rope.get("rope_theta"))
+        if rope_theta is None:
+            raise ConfigError(path, "missing required key 'rope_theta'")
+        quantization, overrides = read_quantization(raw, path)
+        heads, kv_heads = read.integer("num_attention_heads"), read.integer("num_key_value_heads")
+        if heads % kv_heads:
+            raise ConfigError(path, f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
+        return cls(
+            model_type=raw["model_type"],
+            hidden_size=read.integer("hidden_size"),
+            num_hidden_layers=read.integer("num_hidden_layers"),
+            intermediate_size=read.integer("intermediate_size"),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=read.integer("head_dim"),
+            vocab_size=read.integer("vocab_size"),
+            rms_norm_eps=read.positive_number("rms_norm_eps"),
+            rope_theta=read.positive_number("rope_theta", value=rope_theta),
+            tie_word_embeddings=read.boolean("tie_word_embeddings"),
+            max_position_embeddings=read.integer("max_position_embeddings"),
+            eos_token_ids=eos_ids(raw.get("eos_token_id")),
+            quantization=quantization,
+            quantization_overrides=overrides,
+            path=path,
+        )
 
 
 def matrices(args: ModelArgs) -> dict[str, tuple[int, int]]:
