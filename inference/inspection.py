@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InferenceError, TokenizerError
-from .io.checkpoint import check_tokenizer_fits, module_quantization, plan_checkpoint, stop_token_ids, weight_files
+from .io.checkpoint import check_tokenizer_fits, plan_checkpoint, stop_token_ids, weight_files
 from .lora import AdapterConfig, check_adapter_dir
 from .models import family_of, lora_keys, read_model_args
 from .models.base import BaseModelArgs, QuantSpec
@@ -48,9 +48,10 @@ class AdapterFacts:
 def inspect_model(model_dir: Path | str) -> ModelFacts:
     model_dir = Path(model_dir)
     facts = ModelFacts(model_dir, [], disk_bytes=_dir_bytes(model_dir))
+    planned: dict[str, QuantSpec | None] = {}
     try:
         plan = plan_checkpoint(model_dir)
-        facts.problems, facts.skipped = plan.problems, plan.skipped
+        facts.problems, facts.skipped, planned = plan.problems, plan.skipped, plan.quant
     except InferenceError as err:
         facts.problems.append(str(err))
     try:
@@ -65,7 +66,7 @@ def inspect_model(model_dir: Path | str) -> ModelFacts:
             tensors.update(read_header(path))
     except InferenceError:
         return facts  # the plan has said why
-    facts.quantization = _module_quantization(facts.config, tensors)
+    facts.quantization = _module_quantization(facts.config, tensors, planned)
     facts.parameters = _parameter_count(tensors, facts.quantization)
     facts.weight_files, facts.weight_bytes = files, sum(f.stat().st_size for f in files)
     return facts
@@ -133,13 +134,16 @@ def _base_model_dir(adapter_dir: Path) -> Path | None:
     return next((c for c in candidates if (c / "config.json").exists()), None)
 
 
-def _module_quantization(config: BaseModelArgs, tensors: dict) -> dict[str, QuantSpec | None]:
+def _module_quantization(config: BaseModelArgs, tensors: dict, planned: dict[str, QuantSpec | None]
+                         ) -> dict[str, QuantSpec | None]:
+    """``planned``: the plan's quantization of the family's modules, in block order; any other matrix as its
+    config entry or default says."""
     modules = {name[: -len(".weight")] for name in tensors if name.endswith(".weight")}
     matrices = {m for m in modules if len(tensors[m + ".weight"].shape) == 2}
-    shapes = family_of(config).matrices(config)
-    known = [m for m in shapes if m in matrices]
+    known = [m for m in planned if m in matrices]
     ordered = known + sorted(matrices - set(known))
-    return {m: module_quantization(config, m, shapes[m][1] if m in shapes else None, tensors) for m in ordered}
+    return {m: planned[m] if m in planned else config.quant_for(m, has_scales=f"{m}.scales" in tensors)
+            for m in ordered}
 
 
 def _parameter_count(tensors: dict, quant: dict[str, QuantSpec | None]) -> int:

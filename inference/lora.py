@@ -14,7 +14,7 @@ import mlx.core as mx
 from .config import read_json
 from .errors import AdapterError, InferenceError
 from .models import FAMILIES, family_of, lora_keys
-from .models.base import BaseModelArgs
+from .models.base import BaseModelArgs, ConfigFields
 from .safetensors_reader import SafetensorsFile
 
 
@@ -44,21 +44,16 @@ class AdapterConfig:
         if "scale" not in params:
             hint = " (found 'alpha': mlx_lm adapters use 'scale')" if "alpha" in params else ""
             raise AdapterError(path, f"'lora_parameters' has no 'scale'{hint}")
-        try:
-            keys = params.get("keys")
-            return cls(
-                fine_tune_type=fine_tune_type,
-                num_layers=int(raw["num_layers"]),
-                rank=int(params["rank"]),
-                scale=float(params["scale"]),
-                dropout=float(params.get("dropout", 0.0)),
-                keys=None if keys is None else tuple(str(k) for k in keys),
-                path=path,
-            )
-        except KeyError as e:
-            raise AdapterError(path, f"missing required key {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise AdapterError(path, f"a value has the wrong type ({e})") from None
+        read, lora = ConfigFields(raw, path, AdapterError), ConfigFields(params, path, AdapterError)
+        return cls(
+            fine_tune_type=fine_tune_type,
+            num_layers=read.integer("num_layers", low=None),  # 0 or negative: every block (mlx_lm)
+            rank=lora.integer("rank"),
+            scale=lora.number("scale"),
+            dropout=lora.number("dropout", 0.0),
+            keys=lora.strings("keys", None),
+            path=path,
+        )
 
     def effective_keys(self, lora_keys: tuple[str, ...]) -> tuple[str, ...]:
         """The adapted projections, given the family's adaptable ones (``LORA_KEYS``)."""

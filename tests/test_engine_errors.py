@@ -321,3 +321,32 @@ def test_config_values_are_read_strictly(model_copy, changes, message):
     path.write_text(json.dumps(config))
     err = load_error(model)
     assert isinstance(err, ConfigError) and str(path) in str(err) and message in str(err)
+
+
+@pytest.mark.parametrize("where, key, value, message", [
+    ("lora_parameters", "scale", float("nan"), "'scale' must be a finite number (got nan)"),
+    ("lora_parameters", "scale", "20", "'scale' must be a finite number (got '20')"),
+    ("lora_parameters", "rank", 0, "'rank' must be at least 1 (got 0)"),
+    ("lora_parameters", "keys", "self_attn.q_proj", "'keys' must be a list of strings (got 'self_attn.q_proj')"),
+    (None, "num_layers", 2.5, "'num_layers' must be an integer (got 2.5)"),
+])
+def test_adapter_config_values_are_read_strictly(model_copy, where, key, value, message):
+    model, adapter = model_copy
+    path = adapter / "adapter_config.json"
+    config = json.loads(path.read_text())
+    (config[where] if where else config)[key] = value
+    path.write_text(json.dumps(config))  # NaN is written as JSON's NaN, which Python's reader accepts
+    err = load_error(model, adapter)
+    assert isinstance(err, AdapterError) and str(path) in str(err) and message in str(err)
+
+
+def test_a_huge_layer_count_is_one_problem_found_at_once(model_copy):
+    import time
+
+    model, _ = model_copy
+    rewrite_config(model, num_hidden_layers=10**6)
+    started = time.perf_counter()
+    problems = inspect_model(model).problems
+    assert problems == [f"{model / 'config.json'}: num_hidden_layers is 1000000, the checkpoint holds tensors of 4 layers"]
+    assert time.perf_counter() - started < 5
+    assert "num_hidden_layers is 1000000" in str(load_error(model))

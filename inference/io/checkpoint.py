@@ -23,6 +23,9 @@ from ..models.base import QUANT_BITS, QUANT_GROUP_SIZES, BaseModelArgs, QuantSpe
 from ..safetensors_reader import SafetensorsFile, TensorInfo
 
 
+_LAYER_TENSOR = re.compile(r"^model\.layers\.(\d+)\.")
+
+
 def weight_files(model_dir: Path | str) -> list[Path]:
     """The safetensors files of a model: those the index names, else ``model.safetensors``, else ``model*.safetensors``."""
     model_dir = Path(model_dir)
@@ -86,6 +89,12 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
         for name in shard.tensors:
             files[name] = shard
     problems: list[str] = []
+    # A layer count far beyond the files' would make a spec (and a list of missing tensors) without bound: one line
+    layers = getattr(config, "num_hidden_layers", None)
+    held = {int(m.group(1)) for m in map(_LAYER_TENSOR.match, files) if m}
+    if layers is not None and layers > len(held):
+        problems.append(f"{config.path}: num_hidden_layers is {layers}, the checkpoint holds tensors of {len(held)} layers")
+        return CheckpointPlan(config, files, {}, set(), problems, [])
     quant: dict[str, QuantSpec | None] = {}
     ungrouped = set()  # quantized modules whose input is not whole groups: their tensors are not looked at
     headers = {name: shard.tensors[name] for name, shard in files.items()}
@@ -138,7 +147,7 @@ def module_quantization(config: BaseModelArgs, module: str, in_features: int | N
 
 
 def _layer_hint(config: BaseModelArgs, name: str) -> str:
-    match = re.match(r"^model\.layers\.(\d+)\.", name)
+    match = _LAYER_TENSOR.match(name)
     layers = getattr(config, "num_hidden_layers", None)
     if match and layers is not None and int(match.group(1)) >= layers:
         return f" (config.json says {layers} layers)"

@@ -18,7 +18,7 @@ from typing import Callable
 import mlx.core as mx
 
 from .. import gemv
-from ..errors import ConfigError
+from ..errors import ConfigError, InferenceError
 
 FLOAT_DTYPES = ("F32", "F16", "BF16")  # safetensors dtypes a floating tensor may be stored in
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
@@ -69,35 +69,47 @@ class ConfigFields:
     ``"4"`` for an integer, ``"false"`` for a boolean) or out of range is a ConfigError naming the key; nothing is
     coerced."""
 
-    def __init__(self, raw: dict, path: Path):
-        self.raw, self.path = raw, path
+    def __init__(self, raw: dict, path: Path, error: type[InferenceError] = ConfigError):
+        self.raw, self.path, self.error = raw, path, error
 
     def _get(self, key: str, default):
         if key in self.raw and self.raw[key] is not None:
             return self.raw[key]
         if default is _REQUIRED:
-            raise ConfigError(self.path, f"missing required key {key!r}")
+            raise self.error(self.path, f"missing required key {key!r}")
         return default
 
-    def integer(self, key: str, default=_REQUIRED, low: int = 1) -> int:
+    def integer(self, key: str, default=_REQUIRED, low: int | None = 1) -> int:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(self.path, f"{key!r} must be an integer (got {value!r})")
-        if value < low:
-            raise ConfigError(self.path, f"{key!r} must be at least {low} (got {value})")
+            raise self.error(self.path, f"{key!r} must be an integer (got {value!r})")
+        if low is not None and value < low:
+            raise self.error(self.path, f"{key!r} must be at least {low} (got {value})")
         return value
 
-    def positive_number(self, key: str, default=_REQUIRED, value=_REQUIRED) -> float:
+    def number(self, key: str, default=_REQUIRED, value=_REQUIRED, positive: bool = False) -> float:
         value = self._get(key, default) if value is _REQUIRED else value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ConfigError(self.path, f"{key!r} must be a finite number > 0 (got {value!r})")
+        wrong = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        if wrong or (positive and value <= 0):
+            raise self.error(self.path, f"{key!r} must be a finite number{' > 0' if positive else ''} (got {value!r})")
         return float(value)
+
+    def positive_number(self, key: str, default=_REQUIRED, value=_REQUIRED) -> float:
+        return self.number(key, default, value, positive=True)
 
     def boolean(self, key: str, default=_REQUIRED) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
-            raise ConfigError(self.path, f"{key!r} must be true or false (got {value!r})")
+            raise self.error(self.path, f"{key!r} must be true or false (got {value!r})")
         return value
+
+    def strings(self, key: str, default=_REQUIRED) -> tuple[str, ...] | None:
+        value = self._get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(self.path, f"{key!r} must be a list of strings (got {value!r})")
+        return tuple(value)
 
 
 def eos_ids(value) -> tuple[int, ...]:
