@@ -107,12 +107,13 @@ class Engine:
         self._check_thread()
         mx.reset_peak_memory()
         generator = BatchGenerator(self, max_rows=max(1, len(request.drafts)))
-        request_id = generator.submit(request)
+        request_id, cancelled = generator.submit(request), False
         while generator.has_work:
             for _, event in generator.step():
                 yield event
-            if should_cancel is not None and should_cancel():
+            if not cancelled and should_cancel is not None and should_cancel():
                 generator.cancel(request_id)
+                cancelled = True
 
     def token_logprobs(self, tokens: list[int]) -> list[float]:
         """log p(tokens[i] | tokens[:i]) for i = 1 .. n-1, with the adapter as currently switched."""

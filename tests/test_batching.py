@@ -142,3 +142,15 @@ def test_chunked_prefill_gives_the_text_of_one_pass(engine, tiny_models):
     one_pass = Engine.load(model_dir, adapter_dir)
     greedy = [SamplingParams(temperature=0.0)]
     assert alone(engine, PROMPTS[1], greedy) == alone(one_pass, PROMPTS[1], greedy)
+
+
+def test_cancel_stops_a_long_prompt_between_prefill_chunks(engine):
+    """Engine.generate asks should_cancel after every step, a prefill chunk included: a long prompt stops after
+    its first chunk, its draft ending "cancelled" with no token."""
+    prompt = engine.render_prompt(" ".join([PROMPTS[1]] * 8))
+    assert len(engine.tokenizer.encode(prompt)) > 10 * CHUNK
+    calls = []
+    events = list(engine.generate(GenerationRequest(prompt, [SamplingParams()], max_tokens=8),
+                                  lambda: calls.append(1) or True))
+    assert len(calls) == 1
+    assert [(e.finish_reason, e.stats.generated_tokens) for e in events if isinstance(e, DraftDone)] == [("cancelled", 0)]
