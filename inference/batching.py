@@ -1,10 +1,11 @@
-"""Continuous batching: requests join a running batch after their own prefill and leave it when done, between steps.
+"""Continuous batching: requests join a running batch after their own prefill and leave it, between steps.
 
 All of it runs on the engine's thread. Each ``step()`` (1) lets cancelled rows go, (2) runs one prefill chunk of the
 request at the head of the queue when its rows fit (a long prompt so holds the running rows up one chunk at a time),
 its rows joining the batch once the prompt is in, and (3) decodes one token for every running row. A request's
 drafts share one prefill; the last prompt's cache is kept, so a prompt that shares a prefix with it prefills only
-the rest. Rows of different requests are left-padded to one cache (``inference/cache.py``).
+the rest. Rows of different requests are left-padded to one cache (``inference/cache.py``). A finished row stays
+in the device batch, its tokens ignored, until the batch next changes shape (a request joins, or one is cancelled).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class _Request:
 class _Row:
     request: _Request
     draft: int
+    done: bool = False  # finished: still in the device batch (its tokens ignored) until the batch is compacted
 
 
 class BatchGenerator:
@@ -93,7 +95,8 @@ class BatchGenerator:
 
     @property
     def active_rows(self) -> int:
-        return len(self._rows)
+        """Rows decoding for a draft that is not done."""
+        return sum(not row.done for row in self._rows)
 
     def submit(self, request: GenerationRequest) -> int:
         """Queue a request; its rows (one per draft) join the running batch after its prefill. -> its id."""
@@ -148,21 +151,19 @@ class BatchGenerator:
             self._waiting.remove(entry)
             for draft in sorted(entry.open_drafts):
                 self._finish(entry, draft, "cancelled", events)
-        keep = []
-        for i, row in enumerate(self._rows):
-            if row.request.id in cancelled:
+        for row in self._rows:
+            if row.request.id in cancelled and not row.done:
+                row.done = True
                 self._finish(row.request, row.draft, "cancelled", events)
-            else:
-                keep.append(i)
-        self._keep_rows(keep)
+        self._compact()
 
     def _advance_prefill(self, events: list[Event]) -> None:
         if not self._waiting:
             return
         entry = self._waiting[0]
         if entry.prefill is None:  # not started: only when its rows fit the batch now
-            fits = len(self._rows) + len(entry.params) <= self.max_rows
-            same_adapter = self._batch is None or not self._rows or self._batch.use_lora == entry.use_lora
+            fits = self.active_rows + len(entry.params) <= self.max_rows
+            same_adapter = self.active_rows == 0 or self._batch.use_lora == entry.use_lora
             if not (fits and same_adapter):
                 return
             cache, reused = self.engine.prompt_cache.start(entry.prompt, entry.use_lora)
@@ -185,7 +186,8 @@ class BatchGenerator:
             for draft in range(n):
                 self._finish(entry, draft, "length", events)
             return
-        if self._batch is None or not self._rows:
+        self._compact()  # the batch changes shape anyway: finished rows go now
+        if not self._rows:
             self._batch = DecodeBatch(self.engine.model, entry.use_lora)
         self._batch.extend([c.repeat(n) for c in prompt_cache], BatchSampler(entry.params, [entry.prompt] * n),
                            mx.repeat(logits, n, axis=0) if n > 1 else logits)
@@ -195,28 +197,36 @@ class BatchGenerator:
     def _decode(self, events: list[Event]) -> None:
         eos = self.engine.eos_token_ids
         wants_more = any(row.request.texts[row.draft].generated + 1 < row.request.request.max_tokens
-                         for row in self._rows)
+                         for row in self._rows if not row.done)
         tokens = self._batch.step(queue_next=wants_more)
-        keep = []
-        for i, (row, token) in enumerate(zip(self._rows, tokens)):
+        for row, token in zip(self._rows, tokens):
+            if row.done:
+                continue
             entry, text = row.request, row.request.texts[row.draft]
             delta = text.finish("stop") if token in eos else text.push(token)
             if text.finish_reason is None and text.generated >= entry.request.max_tokens:
                 delta += text.finish("length")
             if delta:
                 events.append((entry.id, TokenDelta(row.draft, delta)))
-            if text.finish_reason is None:
-                keep.append(i)
-            else:
+            if text.finish_reason is not None:
+                row.done = True
                 self._done(entry, row.draft, events)
-        self._keep_rows(keep)
+        if not self.active_rows:
+            self._rows, self._batch = [], None
 
     # --- bookkeeping --------------------------------------------------------------------------------------------
-    def _keep_rows(self, keep: list[int]) -> None:
+    def _compact(self) -> None:
+        """Drop finished rows from the device batch. Done only when a request joins or leaves by cancellation: a
+        row finishing by itself stays (its tokens ignored), because every new batch shape compiles new kernels on
+        a GPU, and drafts of one request finish one by one."""
+        keep = [i for i, row in enumerate(self._rows) if not row.done]
         if len(keep) == len(self._rows):
             return
         self._rows = [self._rows[i] for i in keep]
-        self._batch.filter(keep)
+        if keep:
+            self._batch.filter(keep)
+        else:
+            self._batch = None
 
     def _finish(self, entry: _Request, draft: int, reason: str, events: list[Event]) -> None:
         """End a draft that has not ended by itself: what its text held back comes out, then its DraftDone."""
