@@ -172,3 +172,26 @@ def test_adapter_keys_as_full_module_paths_match_mlx_lm(tiny_models, tmp_path):
     modules = {"model.layers.1.mlp.up_proj": (h, config["intermediate_size"]), "lm_head": (h, vocab)}
     adapter_dir = write_lora(tmp_path / "paths", model_dir, modules, list(modules), num_layers=1)
     assert adapter_parity(model_dir, adapter_dir) < 1e-4
+
+
+def test_stop_tokens_are_chosen_as_mlx_lm_chooses_them(tiny_models, tmp_path):
+    """generation_config.json's eos replaces config.json's, the tokenizer's is added; an eos named only in
+    special_tokens_map.json counts."""
+    from mlx_lm import load
+
+    model_dir = shutil.copytree(tiny_models["q4-g64-tied"][0], tmp_path / "model")
+    engine = Engine.load(model_dir)
+    endoftext, think = engine.tokenizer.token_id("<|endoftext|>"), engine.tokenizer.token_id("<think>")
+    config = json.loads((model_dir / "config.json").read_text())
+    config["eos_token_id"] = endoftext
+    (model_dir / "config.json").write_text(json.dumps(config))
+    (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [think]}))
+    ours = Engine.load(model_dir).eos_token_ids
+    assert ours == set(load(str(model_dir))[1].eos_token_ids) and endoftext not in ours and think in ours
+
+    tokenizer_config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    (model_dir / "special_tokens_map.json").write_text(json.dumps({"eos_token": tokenizer_config.pop("eos_token")}))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (model_dir / "generation_config.json").unlink()
+    ours = Engine.load(model_dir).eos_token_ids
+    assert ours == set(load(str(model_dir))[1].eos_token_ids) == {endoftext, engine.tokenizer.token_id("<|im_end|>")}

@@ -19,7 +19,7 @@ from ..api import LoadProgress
 from ..config import read_json
 from ..errors import CheckpointError, ConfigError, InferenceError, TokenizerError
 from ..models import family_of, read_model_args
-from ..models.base import QUANT_BITS, QUANT_GROUP_SIZES, BaseModelArgs, QuantSpec
+from ..models.base import QUANT_BITS, QUANT_GROUP_SIZES, BaseModelArgs, QuantSpec, eos_ids
 from ..safetensors_reader import SafetensorsFile, TensorInfo
 
 
@@ -162,12 +162,23 @@ def check_tokenizer_fits(model_dir: Path, config: BaseModelArgs, tokenizer) -> N
 
 
 def stop_token_ids(model_dir: Path, config: BaseModelArgs, tokenizer) -> set[int]:
-    """The ids that end a generation: config.json's eos, generation_config.json's and the tokenizer's eos token."""
-    eos = set(config.eos_token_ids) | tokenizer.eos_token_ids
+    """The ids that end a generation, as mlx_lm (and transformers) choose them: generation_config.json's
+    ``eos_token_id`` replaces config.json's, then the tokenizer's eos token is added (from tokenizer_config.json,
+    else special_tokens_map.json)."""
+    eos = set(config.eos_token_ids)
     generation_config = model_dir / "generation_config.json"
     if generation_config.exists():
         extra = read_json(generation_config).get("eos_token_id")
-        eos |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+        if extra:
+            eos = set(eos_ids(extra))
+    eos |= tokenizer.eos_token_ids
+    special_tokens = model_dir / "special_tokens_map.json"
+    if not tokenizer.eos_token_ids and special_tokens.exists():
+        entry = read_json(special_tokens, TokenizerError).get("eos_token")
+        text = entry.get("content") if isinstance(entry, dict) else entry
+        token = tokenizer.token_id(text) if isinstance(text, str) else None
+        if token is not None:
+            eos.add(token)
     if not eos:
         raise ConfigError(model_dir / "config.json", "no eos_token_id in config.json, generation_config.json or the tokenizer")
     return eos
