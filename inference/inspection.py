@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import InferenceError, TokenizerError
 from .io.checkpoint import check_tokenizer_fits, plan_checkpoint, stop_token_ids, weight_files
 from .lora import AdapterConfig, check_adapter_dir
-from .models import family_of, lora_keys, read_model_args
+from .models import lora_keys, read_model_args
 from .models.base import BaseModelArgs, QuantSpec
 from .safetensors_reader import read_header
 from .tokenizer import Tokenizer

@@ -71,7 +71,7 @@ def test_rows_keep_their_own_streams_when_rows_join_and_leave():
     batch = BatchSampler([a], [[1, 2, 3]])
     together = draws(batch, logits[:2])  # a alone for two steps
     batch.extend(BatchSampler([b], [[4, 5]]))  # b joins
-    together += draws(batch, [mx.concatenate([l, l]) for l in logits[2:4]])
+    together += draws(batch, [mx.concatenate([step, step]) for step in logits[2:4]])
     batch.filter([1])  # a leaves
     tail_b = draws(batch, logits[4:])
     assert [t[0] for t in together] == [t[0] for t in alone_a[:4]]

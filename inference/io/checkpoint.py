@@ -17,7 +17,7 @@ import mlx.core as mx
 
 from ..api import LoadProgress
 from ..config import read_json
-from ..errors import CheckpointError, ConfigError, InferenceError, TokenizerError
+from ..errors import CheckpointError, ConfigError, TokenizerError
 from ..models import family_of, read_model_args
 from ..models.base import QUANT_BITS, QUANT_GROUP_SIZES, BaseModelArgs, QuantSpec, eos_ids
 from ..safetensors_reader import SafetensorsFile, TensorInfo
