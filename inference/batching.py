@@ -19,7 +19,8 @@ import mlx.core as mx
 
 from .api import DraftDone, GenerationRequest, GenerationStats, ParameterError, SamplingParams, TokenDelta
 from .cache import KVCache
-from .generation import DecodeBatch, prefill
+from .errors import InferenceError
+from .generation import NOT_FINITE, DecodeBatch, prefill
 from .sampling import BatchSampler
 from .text import DraftText
 
@@ -134,7 +135,8 @@ class BatchGenerator:
 
     def step(self) -> list[Event]:
         """Cancelled rows leave, one prefill chunk runs, every running row decodes one token: -> (request id, event)
-        pairs, ``TokenDelta.draft`` / ``DraftDone.draft`` indexing the request's own drafts."""
+        pairs, ``TokenDelta.draft`` / ``DraftDone.draft`` indexing the request's own drafts. Logits that are not
+        finite (broken weights) raise InferenceError."""
         self.engine._check_thread()
         events: list[Event] = []
         if self._cancelled:
@@ -202,6 +204,9 @@ class BatchGenerator:
         for row, token in zip(self._rows, tokens):
             if row.done:
                 continue
+            if token == NOT_FINITE:
+                raise InferenceError(self.engine.model_dir, "the model computed logits that are not finite (NaN or "
+                                     "infinity): its weights or config.json are broken")
             entry, text = row.request, row.request.texts[row.draft]
             delta = text.finish("stop") if token in eos else text.push(token)
             if text.finish_reason is None and text.generated >= entry.request.max_tokens:

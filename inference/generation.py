@@ -13,7 +13,9 @@ from typing import Iterator
 import mlx.core as mx
 
 from .cache import KVCache
-from .sampling import BatchSampler
+from .sampling import BatchSampler, finite_rows
+
+NOT_FINITE = -1  # what a row's token reads as on the host when its logits held a NaN or an infinity
 
 
 def prefill(model, cache: list[KVCache], tokens: list[int], use_lora: bool, chunk: int) -> Iterator[mx.array]:
@@ -33,6 +35,7 @@ class DecodeBatch:
         self.cache: list[KVCache] | None = None
         self.sampler: BatchSampler | None = None
         self.tokens: mx.array | None = None  # (rows,): what each row feeds at the next step (maybe not computed yet)
+        self.readout: mx.array | None = None  # the same tokens as the host reads them: NOT_FINITE where broken
 
     @property
     def rows(self) -> int:
@@ -41,32 +44,43 @@ class DecodeBatch:
     def extend(self, cache: list[KVCache], sampler: BatchSampler, logits: mx.array) -> None:
         """Rows that finished their prefill: ``cache`` holds their prompts, ``logits`` (rows, V) their last
         positions'; their first tokens are sampled now and come out of the next ``step``."""
-        first = sampler(logits)
+        first, readout = self._sample(sampler, logits)
         if self.rows == 0:
-            self.cache, self.sampler, self.tokens = cache, sampler, first
+            self.cache, self.sampler, self.tokens, self.readout = cache, sampler, first, readout
             return
         for layer_cache, joining in zip(self.cache, cache):
             layer_cache.extend(joining)
         self.sampler.extend(sampler)
         self.tokens = mx.concatenate([self.tokens, first])
+        self.readout = mx.concatenate([self.readout, readout])
+
+    @staticmethod
+    def _sample(sampler: BatchSampler, logits: mx.array) -> tuple[mx.array, mx.array]:
+        """The tokens the model is fed (always an id of the vocabulary), and what the host reads of them."""
+        tokens = sampler(logits)
+        return tokens, mx.where(finite_rows(logits), tokens.astype(mx.int32), NOT_FINITE)
 
     def filter(self, rows: list[int]) -> None:
         """Keep only ``rows`` (indices, in the new order)."""
         if not rows:
-            self.cache = self.sampler = self.tokens = None
+            self.cache = self.sampler = self.tokens = self.readout = None
             return
         for layer_cache in self.cache:
             layer_cache.filter(rows)
         self.sampler.filter(rows)
-        self.tokens = self.tokens[mx.array(rows)] if self.tokens is not None else None
+        if self.tokens is not None:
+            index = mx.array(rows)
+            self.tokens, self.readout = self.tokens[index], self.readout[index]
 
     def step(self, queue_next: bool = True) -> list[int]:
-        """This step's token of every row. With ``queue_next``, the next step's forward pass and sampling are
-        queued on the device first (pass False when no row will want another token)."""
-        tokens = self.tokens
+        """This step's token of every row (NOT_FINITE for a row whose logits were not finite). With
+        ``queue_next``, the next step's forward pass and sampling are queued on the device first (pass False when
+        no row will want another token)."""
+        tokens, readout = self.tokens, self.readout
         if queue_next:
-            self.tokens = self.sampler(self.model.decode(tokens[:, None], self.cache, self.use_lora))
-            mx.async_eval(self.tokens)
+            logits = self.model.decode(tokens[:, None], self.cache, self.use_lora)
+            self.tokens, self.readout = self._sample(self.sampler, logits)
+            mx.async_eval(self.tokens, self.readout)
         else:
-            self.tokens = None
-        return tokens.tolist()
+            self.tokens = self.readout = None
+        return readout.tolist()

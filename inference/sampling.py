@@ -54,6 +54,11 @@ def gumbel_max(logprobs: mx.array, keys: list[mx.array]) -> tuple[mx.array, list
     return mx.argmax(logprobs + mx.stack(noise), axis=-1), next_keys
 
 
+def finite_rows(logits: mx.array) -> mx.array:
+    """(B,) bool: whether each row's logits are all finite (a NaN or an infinity makes its maximum non-finite)."""
+    return mx.isfinite(mx.max(logits, axis=-1))
+
+
 def _column(values: list[float]) -> mx.array:
     return mx.array(values, dtype=mx.float32)[:, None]  # (B, 1)
 

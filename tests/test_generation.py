@@ -166,3 +166,22 @@ def test_prompt_and_max_tokens_beyond_the_context_are_refused(engine):
     context = engine.model.config.max_position_embeddings
     with pytest.raises(ParameterError, match=f"context of {context} positions"):
         run(engine, [SamplingParams()], max_tokens=context)
+
+
+def test_logits_that_are_not_finite_stop_the_generation_with_one_line(tiny_models, tmp_path):
+    """A NaN in the weights used to decode as '!!!!' (token 0) and be saved; now the generation stops with a clear
+    error."""
+    import shutil
+
+    from inference import InferenceError
+
+    model_dir = shutil.copytree(tiny_models["bf16-2shards"][0], tmp_path / "nan")
+    shard = next(model_dir.glob("model-*.safetensors"))
+    weights = mx.load(str(shard))
+    name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
+    weights[name] = mx.full(weights[name].shape, float("nan"), dtype=weights[name].dtype)
+    mx.save_safetensors(str(shard), weights, metadata={"format": "mlx"})
+    broken = Engine.load(model_dir)
+    with pytest.raises(InferenceError, match="not finite") as info:
+        run(broken, [SamplingParams(temperature=0.0)], max_tokens=4)
+    assert "\n" not in str(info.value) and str(model_dir) in str(info.value)
