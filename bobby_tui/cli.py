@@ -370,12 +370,12 @@ def _sampling(args: argparse.Namespace, config: Config) -> dict:
 def _check_fits_model(model_dir: Path, count: int, prompt: str, system: str | None, max_tokens: int,
                       args: argparse.Namespace):
     """Before the slow load: the model's config.json, --max-tokens against its positions and COUNT against memory."""
-    from inference.config import ModelConfig
+    from inference import read_model_args
 
     from bobby_tui.composer import DraftLimitError, available_memory, check_draft_count
 
     _require_dir(model_dir)
-    model_config = ModelConfig.from_dir(model_dir)
+    model_config = read_model_args(model_dir)
     source = "--max-tokens" if args.max_tokens is not None else f"sampling.max_tokens in {config_path()}"
     if max_tokens > model_config.max_position_embeddings:
         raise UsageError(f"{source} is {max_tokens:,}: past the model's {model_config.max_position_embeddings:,} "

@@ -66,8 +66,8 @@ def _over_batch(count: int) -> DraftLimitError:
 
 
 def kv_cache_bytes(config, tokens: int) -> int:
-    """The KV cache one draft (one batch row) of `tokens` positions needs for a model of `config` (inference's
-    ModelConfig): keys and values, every layer."""
+    """The KV cache one draft (one batch row) of `tokens` positions needs for a model of `config` (its
+    ``inference.read_model_args``): keys and values, every layer."""
     return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * _KV_BYTES_PER_VALUE * tokens
 
 

@@ -136,9 +136,9 @@ def test_configured_sampling_out_of_range_names_the_config_key():
 
 def test_count_beyond_what_memory_holds_names_the_limit(tmp_path):
     from bobby_tui.composer import available_memory, kv_cache_bytes
-    from inference.config import ModelConfig
+    from inference import read_model_args
 
-    demo = ModelConfig.from_dir(demo_dirs()[0])
+    demo = read_model_args(demo_dirs()[0])
     per_layer = kv_cache_bytes(demo, 1 + 64 + 280) / demo.num_hidden_layers  # prompt "x", template, max_tokens
     memory = available_memory()
     # layers enough that one draft's KV cache is twice the memory: not even one draft fits

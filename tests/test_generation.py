@@ -151,3 +151,37 @@ def test_token_logprobs_match_the_generation(engine):
         logits = ours_last_logits(engine, ids[:k])
         expected = (logits - mx.logsumexp(logits))[ids[k]].item()
         assert logprobs[k - 1] == pytest.approx(expected, abs=1e-4)
+
+
+def test_top_k_beyond_the_vocabulary_is_off(engine):
+    """A top_k past the vocabulary keeps every token (it never indexes past the logits), as top_k = 0 does."""
+    (off,), _ = run(engine, [SamplingParams(temperature=1.0, seed=4)])
+    (huge,), _ = run(engine, [SamplingParams(temperature=1.0, top_k=10**12, seed=4)])
+    assert huge.text == off.text
+
+
+def test_prompt_and_max_tokens_beyond_the_context_are_refused(engine):
+    from inference import ParameterError
+
+    context = engine.model.config.max_position_embeddings
+    with pytest.raises(ParameterError, match=f"context of {context} positions"):
+        run(engine, [SamplingParams()], max_tokens=context)
+
+
+def test_logits_that_are_not_finite_stop_the_generation_with_one_line(tiny_models, tmp_path):
+    """A NaN in the weights used to decode as '!!!!' (token 0) and be saved; now the generation stops with a clear
+    error."""
+    import shutil
+
+    from inference import InferenceError
+
+    model_dir = shutil.copytree(tiny_models["bf16-2shards"][0], tmp_path / "nan")
+    shard = next(model_dir.glob("model-*.safetensors"))
+    weights = mx.load(str(shard))
+    name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
+    weights[name] = mx.full(weights[name].shape, float("nan"), dtype=weights[name].dtype)
+    mx.save_safetensors(str(shard), weights, metadata={"format": "mlx"})
+    broken = Engine.load(model_dir)
+    with pytest.raises(InferenceError, match="not finite") as info:
+        run(broken, [SamplingParams(temperature=0.0)], max_tokens=4)
+    assert "\n" not in str(info.value) and str(model_dir) in str(info.value)

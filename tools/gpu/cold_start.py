@@ -64,7 +64,7 @@ def main() -> None:
         for step in (1, 2):
             tokens = mx.argmax(phase(f"{label}: step {step}, 1 draft", lambda: model.decode(tokens, cache, use_lora)),
                                axis=-1)[:, None]
-        batch = cache.repeat(4)
+        batch = [layer.repeat(4) for layer in cache]
         tokens = mx.repeat(tokens, 4, axis=0)
         for step in (1, 2):
             tokens = mx.argmax(phase(f"{label}: step {step}, 4 drafts", lambda: model.decode(tokens, batch, use_lora)),
@@ -74,7 +74,7 @@ def main() -> None:
     mx.eval(model(prompt, cache))
     for rows in map(int, args.batches.split(",")):
         for use_lora in (False, True):
-            print(steady_steps(model, cache.repeat(rows), rows, use_lora), flush=True)
+            print(steady_steps(model, [layer.repeat(rows) for layer in cache], rows, use_lora), flush=True)
 
 
 def steady_steps(model, cache, rows: int, use_lora: bool, steps: int = 64) -> str:

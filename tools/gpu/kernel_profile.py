@@ -42,7 +42,7 @@ def main() -> None:
     mx.eval(model(mx.array([[1000 + (i * 7919) % 50000 for i in range(512)]]), prompt_cache, args.adapter))
     torch.cuda.init()
     for rows in map(int, args.batches.split(",")):
-        cache = prompt_cache.repeat(rows)
+        cache = [layer.repeat(rows) for layer in prompt_cache]
         tokens = mx.zeros((rows, 1), dtype=mx.uint32)
         for _ in range(3):
             tokens = mx.argmax(model.decode(tokens, cache, args.adapter), axis=-1)[:, None]
