@@ -99,6 +99,13 @@ def test_raw_completion_needs_a_string_prompt(server):
         assert (status, error["error"]["param"]) == (400, "prompt") and words in error["error"]["message"]
 
 
+def test_a_prompt_past_the_models_context_is_refused_before_prefill(server):
+    long = "sea " * 45_000  # > 40960 tokens, the demo's context, in well under the 1 MiB body limit
+    status, _, error = server.request("POST", CHAT, chat(messages=[{"role": "user", "content": long}]))
+    assert (status, error["error"]["code"], error["error"]["param"]) == (400, "context_length_exceeded", "messages")
+    assert "40960" in error["error"]["message"]
+
+
 def test_routing_and_size_errors_are_json(server):
     status, _, error = server.request("GET", "/v1/nothing")
     assert (status, error["error"]["code"]) == (404, "not_found")
