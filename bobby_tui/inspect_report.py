@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference import InferenceError
-from inference.adapter import ALL_LINEAR_KEYS, AdapterConfig, check_adapter_dir
-from inference.checkpoint import check_model_dir, weight_files
-from inference.config import ModelConfig, QuantSpec
+from inference.io.checkpoint import check_model_dir, weight_files
+from inference.lora import AdapterConfig, check_adapter_dir
+from inference.models import read_model_args as _read_args
+from inference.models.base import BaseModelArgs as ModelConfig, QuantSpec
+from inference.models.qwen3 import LORA_KEYS as ALL_LINEAR_KEYS
 from inference.safetensors_reader import read_header
 
 _LAYER_MODULE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -47,7 +49,7 @@ def is_adapter_dir(path: Path) -> bool:
 def inspect_model(model_dir: Path) -> Report:
     report = Report("model", problems=check_model_dir(model_dir))
     try:
-        config = ModelConfig.from_dir(model_dir)
+        config = _read_args(model_dir)
     except InferenceError:
         return report  # check_model_dir has said why
     report.facts += [
@@ -80,7 +82,7 @@ def inspect_adapter(adapter_dir: Path, model_dir: Path | None) -> Report:
     problems: list[str] = []
     if model_dir is not None:
         try:
-            model_config = ModelConfig.from_dir(model_dir)
+            model_config = _read_args(model_dir)
         except InferenceError as err:
             problems.append(f"cannot check against the model: {err}")
     report = Report("LoRA adapter", problems=problems + check_adapter_dir(adapter_dir, model_config))
@@ -96,7 +98,7 @@ def inspect_adapter(adapter_dir: Path, model_dir: Path | None) -> Report:
                                  f"not by scale/rank = {config.scale / config.rank:g} as in PEFT)"),
         ("dropout", f"{config.dropout:g} (training only)"),
         ("layers", _adapted_layers(config, model_config, model_dir)),
-        ("projections", ", ".join(config.effective_keys) + (" (all linear projections)" if config.keys is None else "")),
+        ("projections", ", ".join(config.effective_keys(ALL_LINEAR_KEYS)) + (" (all linear projections)" if config.keys is None else "")),
     ]
     weights = adapter_dir / "adapters.safetensors"
     try:

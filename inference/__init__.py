@@ -9,8 +9,9 @@ from .api import (
     DraftDone, GenerationRequest, GenerationStats, LoadProgress, ParameterError, SamplingParams, TokenDelta,
 )
 from .errors import AdapterError, CheckpointError, ConfigError, InferenceError, TokenizerError
+from .options import EngineOptions
 
-_ENGINE_NAMES = {"Engine": "generate", "compute_dtype": "generate"}
+_ENGINE_NAMES = {"Engine": "engine", "compute_dtype": "engine", "BatchGenerator": "batching"}
 
 
 def __getattr__(name: str):
@@ -24,7 +25,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AdapterError", "CheckpointError", "ConfigError", "DraftDone", "Engine", "GenerationRequest", "GenerationStats",
+    "AdapterError", "BatchGenerator", "CheckpointError", "ConfigError", "DraftDone", "Engine", "EngineOptions", "GenerationRequest", "GenerationStats",
     "InferenceError", "LoadProgress", "ParameterError", "SamplingParams", "TokenDelta", "TokenizerError",
     "compute_dtype",
 ]

@@ -30,9 +30,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .adapter import ALL_LINEAR_KEYS
-from .checkpoint import linear_shapes, norm_shapes
-from .config import ModelConfig
+from .models import qwen3, read_model_args
 from .tokenizer import Tokenizer
 
 VOCAB_SIZE = 151936
@@ -92,16 +90,18 @@ def write_checkpoint(model_dir: Path, shape: Shape, tokenizer_dir: Path, seed: i
     (model_dir / "config.json").write_text(json.dumps(config, indent=2))
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, model_dir / name)
-    model_config = ModelConfig.from_dir(model_dir)
+    model_config = read_model_args(model_dir)
     mx.random.seed(seed)
     weights = {}
-    for module, (out_f, in_f) in linear_shapes(model_config).items():
+    for name, spec in qwen3.tensor_spec(model_config, quant_of=lambda module: None).items():
+        if len(spec.shape) == 1:  # norms
+            weights[name] = mx.ones(spec.shape, dtype=mx.bfloat16)
+            continue
+        module, (out_f, in_f) = name.removesuffix(".weight"), spec.shape
         w = mx.random.normal((out_f, in_f), dtype=mx.bfloat16) * in_f**-0.5
         q, scales, biases = mx.quantize(w, group_size=GROUP_SIZE, bits=BITS)
         mx.eval(q, scales, biases)
         weights.update({f"{module}.weight": q, f"{module}.scales": scales, f"{module}.biases": biases})
-    for name, norm_shape in norm_shapes(model_config).items():
-        weights[name] = mx.ones(norm_shape, dtype=mx.bfloat16)
     mx.save_safetensors(str(model_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
     marker.touch()
     return model_dir
@@ -113,14 +113,14 @@ def write_adapter(adapter_dir: Path, model_dir: Path, seed: int = 1) -> Path:
     if marker.exists():
         return adapter_dir
     adapter_dir.mkdir(parents=True, exist_ok=True)
-    config = ModelConfig.from_dir(model_dir)
-    shapes = linear_shapes(config)
+    config = read_model_args(model_dir)
+    shapes = qwen3.matrices(config)
     num_layers = min(ADAPTER["num_layers"], config.num_hidden_layers)
     rank = ADAPTER["rank"]
     mx.random.seed(seed)
     tensors = {}
     for i in range(config.num_hidden_layers - num_layers, config.num_hidden_layers):
-        for key in ALL_LINEAR_KEYS:
+        for key in qwen3.LORA_KEYS:
             out_f, in_f = shapes[f"model.layers.{i}.{key}"]
             tensors[f"model.layers.{i}.{key}.lora_a"] = mx.random.uniform(-1, 1, (in_f, rank)) * in_f**-0.5
             tensors[f"model.layers.{i}.{key}.lora_b"] = mx.random.normal((rank, out_f)) * 0.02
@@ -159,12 +159,14 @@ class Measure:
 
 class OursRunner:
     name = "ours"
+    variant: dict = {}  # EngineOptions fields that differ from the device's defaults
 
     def __init__(self, model_dir: Path, adapter_dir: Path | None):
-        from . import Engine
+        from . import Engine, EngineOptions
 
+        options = replace(EngineOptions.for_device(), **self.variant)
         started = time.perf_counter()
-        self.engine = Engine.load(model_dir, adapter_dir)
+        self.engine = Engine.load(model_dir, adapter_dir, options=options)
         self.load_s = time.perf_counter() - started
         self.engine.eos_token_ids = set()  # see the module docstring
 
@@ -199,44 +201,24 @@ class OursRunner:
 
 
 class OursUncompiledRunner(OursRunner):
-    """Ours with one-token steps op by op (``model.COMPILE_BLOCK_HALVES`` off): what compiling the block halves gains."""
+    """Ours with one-token steps op by op (``compile_block_halves`` off): what compiling the block halves gains."""
 
     name = "ours_uncompiled"
-
-    def __init__(self, model_dir: Path, adapter_dir: Path | None):
-        super().__init__(model_dir, adapter_dir)
-        for layer in self.engine.model.layers:
-            layer.compile_halves = False
+    variant = {"compile_block_halves": False}
 
 
 class OursUnfusedRunner(OursRunner):
     """Ours with q/k/v and gate/up as separate matmuls, as the checkpoint has them: what fusing them gains."""
 
     name = "ours_unfused"
-
-    def __init__(self, model_dir: Path, adapter_dir: Path | None):
-        from . import model
-
-        model.FUSE_PROJECTIONS = False
-        try:
-            super().__init__(model_dir, adapter_dir)
-        finally:
-            model.FUSE_PROJECTIONS = True
+    variant = {"fuse_projections": False}
 
 
 class OursMlxOpsRunner(OursRunner):
     """Ours with MLX's own 4-bit products instead of our CUDA kernel (``inference.gemv``): what the kernel gains."""
 
     name = "ours_mlx_ops"
-
-    def __init__(self, model_dir: Path, adapter_dir: Path | None):
-        import os
-
-        os.environ["BOBBY_CUDA_KERNELS"] = "0"
-        try:
-            super().__init__(model_dir, adapter_dir)
-        finally:
-            del os.environ["BOBBY_CUDA_KERNELS"]
+    variant = {"cuda_kernels": False}
 
 
 class MlxLmRunner:
@@ -245,12 +227,13 @@ class MlxLmRunner:
     def __init__(self, model_dir: Path, adapter_dir: Path | None):
         from mlx_lm import load
 
-        from .generate import compute_dtype
+        from .options import EngineOptions
 
+        dtype = EngineOptions.for_device().dtype
         started = time.perf_counter()
         self.model, self.tokenizer = load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
-        if compute_dtype() != mx.bfloat16:
-            self.model.set_dtype(compute_dtype())
+        if dtype != mx.bfloat16:
+            self.model.set_dtype(dtype)
             mx.eval(self.model.parameters())
         self.load_s = time.perf_counter() - started
         self.tokenizer.eos_token_ids = set()  # see the module docstring

@@ -5,12 +5,12 @@ MLX's CPU wheel for Linux links the netlib *reference* BLAS, and its 4-bit ``qua
 matrix, and 3.3 ms as ``x @ Wt`` on the same matrix stored (in, out) contiguous; the 151936-row head took 174, 176
 and 82 ms. So each quantized projection is dequantized to float32 and kept transposed, as ``Linear(weight=Wt.T)``:
 ``Linear.__call__``'s ``x @ self.weight.T`` then multiplies by the contiguous (in, out) matrix, with no copy.
-Qwen3-0.6B shape, 4-bit g64, 16 greedy tokens on that CPU: 2.40 tok/s against 1.50 with ``BOBBY_CPU_DENSE=0``
+Qwen3-0.6B shape, 4-bit g64, 16 greedy tokens on that CPU: 2.40 tok/s against 1.50 with ``cpu_dense=False``
 (median of 3, one process); ``python -m inference.bench``: 2.3-2.8 tok/s against mlx_lm's 1.5-1.6.
 
 Memory: 4 bytes per weight instead of 0.625 (4 bits, and a float32 scale and bias per 64); Qwen3-0.6B holds 2.48 GB
 instead of 0.37 GB, and loads in ~10 s instead of ~1 s (the conversion, and first touches of 2.4 GB of fresh memory).
-Taken only when that fits ``RAM_FRACTION`` of physical memory; ``BOBBY_CPU_DENSE=0`` turns it off.
+Taken only when that fits ``RAM_FRACTION`` of physical memory; ``EngineOptions(cpu_dense=False)`` turns it off.
 The embedding table stays as it is (a row lookup dequantizes only the rows it reads); a tied head gets its own dense
 copy, since the head's product over the whole vocabulary is the largest single matmul of a small model's step.
 """
@@ -23,10 +23,8 @@ import sys
 
 import mlx.core as mx
 
-from .layers import Linear
-from .model import Qwen3Model
+from .models.base import Linear
 
-ENV_VAR = "BOBBY_CPU_DENSE"
 RAM_FRACTION = 0.25  # the dense projections may take at most this share of physical memory
 
 log = logging.getLogger(__name__)
@@ -41,7 +39,7 @@ def physical_memory_bytes() -> int | None:
     return pages * page_size if pages > 0 and page_size > 0 else None
 
 
-def _projection_slots(model: Qwen3Model):
+def _projection_slots(model):
     """(list, index) of every Linear that a matmul reads: each block's projections and the head."""
     for layer in model.layers:
         for projection in layer.projections.values():
@@ -51,7 +49,7 @@ def _projection_slots(model: Qwen3Model):
         yield model.lm_head.linears, i
 
 
-def dense_bytes(model: Qwen3Model) -> int:
+def dense_bytes(model) -> int:
     """Bytes the projections take as dense float32 (the head counted once more when it is the embedding table)."""
     return sum(4 * linear.out_features * linear.scales.shape[-1] * linear.spec.group_size if linear.spec is not None
                else 4 * linear.weight.size
@@ -88,12 +86,10 @@ def _dense(linear: Linear) -> Linear:
     return Linear(transposed.T)
 
 
-def use_dense_cpu(model: Qwen3Model, budget_bytes: int | None = None) -> bool:
+def use_dense_cpu(model, budget_bytes: int | None = None) -> bool:
     """Replace the model's projections by dense float32 ones in (in, out) layout, where it pays: on the CPU, in a
-    float32 model, when they fit ``budget_bytes`` (default ``RAM_FRACTION`` of physical memory; unknown: no), unless
-    ``BOBBY_CPU_DENSE=0``. Returns whether it did. The embedding table (even a tied one) stays as loaded."""
-    if os.environ.get(ENV_VAR, "1") == "0":
-        return False
+    float32 model, when they fit ``budget_bytes`` (default ``RAM_FRACTION`` of physical memory; unknown: no).
+    Returns whether it did. The embedding table (even a tied one) stays as loaded."""
     if mx.default_device().type != mx.DeviceType.cpu or model.dtype != mx.float32:
         return False
     if budget_bytes is None:

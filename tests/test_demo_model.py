@@ -10,9 +10,9 @@ import pytest
 
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_ADAPTER_VALIDATION, DEMO_MODEL_DIR, DEMO_VOCABULARY
 from inference import DraftDone, Engine, GenerationRequest, SamplingParams
-from inference.adapter import AdapterConfig, check_adapter_dir
-from inference.checkpoint import check_model_dir
-from inference.config import ModelConfig
+from inference.lora import AdapterConfig, check_adapter_dir
+from inference.io.checkpoint import check_model_dir
+from inference.models import read_model_args
 from parity import mlx_lm_greedy, mlx_lm_model, ours_greedy_text
 
 REQUEST = "Write a post."
@@ -31,7 +31,7 @@ def adapter_on(engine, request):
 
 
 def test_shipped_files_are_a_4bit_qwen3_and_its_lora_within_10_mb():
-    config = ModelConfig.from_dir(DEMO_MODEL_DIR)
+    config = read_model_args(DEMO_MODEL_DIR)
     assert config.model_type == "qwen3" and config.tie_word_embeddings
     assert (config.quant_for("model.embed_tokens").bits, config.quant_for("model.embed_tokens").group_size) == (4, 64)
     assert check_model_dir(DEMO_MODEL_DIR) == []

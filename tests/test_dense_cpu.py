@@ -1,9 +1,11 @@
-"""On the CPU, projections run as dense float32 matmuls (inference/dense_cpu.py); BOBBY_CPU_DENSE=0 keeps the 4-bit ones."""
+"""On the CPU, projections run as dense float32 matmuls (inference/dense_cpu.py); ``cpu_dense=False`` keeps the 4-bit ones."""
+
+from dataclasses import replace
 
 import mlx.core as mx
 import pytest
 
-from inference import Engine
+from inference import Engine, EngineOptions
 from inference.dense_cpu import dense_bytes, physical_memory_bytes, use_dense_cpu
 from parity import ours_greedy_text, ours_last_logits
 
@@ -17,7 +19,7 @@ def linears(engine: Engine):
 
 @pytest.mark.skipif(mx.default_device().type != mx.DeviceType.cpu, reason="the dense path is for the CPU only")
 @pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
-def test_dense_path_on_cpu_matches_quantized(tiny_models, monkeypatch, with_adapter):
+def test_dense_path_on_cpu_matches_quantized(tiny_models, with_adapter):
     model_dir, adapter_dir = tiny_models["q4-g64-tied"]
     adapter_dir = adapter_dir if with_adapter else None
     assert physical_memory_bytes() is not None
@@ -28,8 +30,7 @@ def test_dense_path_on_cpu_matches_quantized(tiny_models, monkeypatch, with_adap
     assert embed.spec is not None and embed.spec.bits == 4  # the table stays quantized; the tied head got a copy
     assert dense.model.lm_head.linears[0] is not embed
 
-    monkeypatch.setenv("BOBBY_CPU_DENSE", "0")
-    quantized = Engine.load(model_dir, adapter_dir)
+    quantized = Engine.load(model_dir, adapter_dir, options=replace(EngineOptions.for_device(), cpu_dense=False))
     assert all(lin.spec is not None and lin.spec.bits == 4 for lin in linears(quantized))
 
     ids = dense.tokenizer.encode(dense.render_prompt(PROMPT))
@@ -38,11 +39,9 @@ def test_dense_path_on_cpu_matches_quantized(tiny_models, monkeypatch, with_adap
     assert ours_greedy_text(dense, prompt, 64) == ours_greedy_text(quantized, prompt, 64)
 
 
-def test_dense_path_respects_the_memory_budget(tiny_models, monkeypatch):
+def test_dense_path_respects_the_memory_budget(tiny_models):
     model_dir, _ = tiny_models["q4-g64-tied"]
-    monkeypatch.setenv("BOBBY_CPU_DENSE", "0")
-    engine = Engine.load(model_dir)
-    monkeypatch.delenv("BOBBY_CPU_DENSE")
+    engine = Engine.load(model_dir, options=replace(EngineOptions.for_device(), cpu_dense=False))
     needed = dense_bytes(engine.model)
     assert not use_dense_cpu(engine.model, budget_bytes=needed - 1)
     assert all(lin.spec is not None for lin in linears(engine))

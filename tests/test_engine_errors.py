@@ -8,8 +8,8 @@ import mlx.core as mx
 import pytest
 
 from inference import AdapterError, CheckpointError, ConfigError, Engine, InferenceError, TokenizerError
-from inference.adapter import check_adapter_dir
-from inference.checkpoint import check_model_dir
+from inference.lora import check_adapter_dir
+from inference.io.checkpoint import check_model_dir
 
 
 @pytest.fixture

@@ -151,3 +151,18 @@ def test_token_logprobs_match_the_generation(engine):
         logits = ours_last_logits(engine, ids[:k])
         expected = (logits - mx.logsumexp(logits))[ids[k]].item()
         assert logprobs[k - 1] == pytest.approx(expected, abs=1e-4)
+
+
+def test_top_k_beyond_the_vocabulary_is_off(engine):
+    """A top_k past the vocabulary keeps every token (it never indexes past the logits), as top_k = 0 does."""
+    (off,), _ = run(engine, [SamplingParams(temperature=1.0, seed=4)])
+    (huge,), _ = run(engine, [SamplingParams(temperature=1.0, top_k=10**12, seed=4)])
+    assert huge.text == off.text
+
+
+def test_prompt_and_max_tokens_beyond_the_context_are_refused(engine):
+    from inference import ParameterError
+
+    context = engine.model.config.max_position_embeddings
+    with pytest.raises(ParameterError, match=f"context of {context} positions"):
+        run(engine, [SamplingParams()], max_tokens=context)

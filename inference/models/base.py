@@ -1,14 +1,117 @@
-"""Matrix layers: quantized or dense linears, fused projections, runtime LoRA."""
+"""What every model family shares: quantization settings, tensor specs, matrix layers (quantized or dense linears,
+fused projections, runtime LoRA).
+
+A family module (``inference/models/<model_type>.py``) provides ``ModelArgs`` (its config.json fields, on top of
+``BaseModelArgs``), ``matrices(args)`` and ``tensor_spec(args, quant_of)`` (every tensor it is built from, with shape
+and dtypes), ``sanitize(args, names)`` (checkpoint tensors it drops on purpose), ``LORA_KEYS`` and ``Model``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
+from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 
-from . import gemv
-from .config import QuantSpec
+from .. import gemv
+from ..errors import ConfigError
+
+FLOAT_DTYPES = ("F32", "F16", "BF16")  # safetensors dtypes a floating tensor may be stored in
+QUANT_BITS = (2, 3, 4, 5, 6, 8)
+QUANT_GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int
+    group_size: int
+
+
+def _quant_spec(path: Path, where: str, value) -> QuantSpec | None:
+    if value is False or value is None:
+        return None
+    try:
+        spec = QuantSpec(bits=int(value["bits"]), group_size=int(value["group_size"]))
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(path, f"quantization entry {where!r} needs integer 'bits' and 'group_size'") from None
+    if spec.bits not in QUANT_BITS or spec.group_size not in QUANT_GROUP_SIZES:
+        raise ConfigError(path, f"quantization {where!r}: unsupported bits={spec.bits} group_size={spec.group_size}")
+    return spec
+
+
+def read_quantization(raw: dict, path: Path) -> tuple[QuantSpec | None, dict[str, QuantSpec | None]]:
+    """config.json's ``quantization`` (or ``quantization_config``) as mlx_lm writes it: the default spec, and the
+    per-module entries (``"model.layers.0.mlp.down_proj": {"bits": 8, ...}`` or ``false``)."""
+    quant_raw = raw.get("quantization") or raw.get("quantization_config")
+    if not isinstance(quant_raw, dict):
+        return None, {}
+    default = _quant_spec(path, "quantization", quant_raw)
+    overrides = {
+        key: _quant_spec(path, key, value)
+        for key, value in quant_raw.items()
+        if key not in ("bits", "group_size", "mode", "quant_method") and (isinstance(value, dict) or value is False)
+    }
+    if quant_raw.get("mode", "affine") != "affine":
+        raise ConfigError(path, f"quantization mode {quant_raw['mode']!r} is not supported (only affine)")
+    return default, overrides
+
+
+def eos_ids(value) -> tuple[int, ...]:
+    """An ``eos_token_id`` entry (one id, a list, or absent) as a tuple."""
+    return tuple(value if isinstance(value, list) else [value] if value is not None else [])
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseModelArgs:
+    """The config.json fields every family reads the same way."""
+
+    model_type: str
+    vocab_size: int
+    eos_token_ids: tuple[int, ...] = ()
+    quantization: QuantSpec | None = None
+    # Per-module overrides as mlx_lm writes them: "model.layers.0.mlp.down_proj": {"bits": 8, ...} or False.
+    quantization_overrides: dict[str, QuantSpec | None] = field(default_factory=dict)
+    path: Path | None = None  # the config.json read
+
+    def quant_for(self, module_path: str, has_scales: bool = True) -> QuantSpec | None:
+        """The quantization of one module, e.g. ``model.layers.3.mlp.down_proj``.
+
+        Like mlx_lm: an explicit per-module entry wins; otherwise a module is quantized with the default spec when
+        the checkpoint carries ``<module>.scales``.
+        """
+        if module_path in self.quantization_overrides:
+            return self.quantization_overrides[module_path]
+        return self.quantization if has_scales else None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor a model is built from: its shape and the safetensors dtypes it may be stored in."""
+
+    shape: tuple[int, ...]
+    dtypes: tuple[str, ...] = FLOAT_DTYPES
+
+
+def linear_tensors(module: str, out_features: int, in_features: int, spec: QuantSpec | None) -> dict[str, TensorSpec]:
+    """The tensors of one matrix module: ``weight`` (out, in) when dense; packed ``weight`` (out, in * bits / 32)
+    uint32 with per-group ``scales`` and ``biases`` when affine-quantized (mlx's layout)."""
+    if spec is None:
+        return {f"{module}.weight": TensorSpec((out_features, in_features))}
+    groups = (out_features, in_features // spec.group_size)
+    return {
+        f"{module}.weight": TensorSpec((out_features, in_features * spec.bits // 32), ("U32",)),
+        f"{module}.scales": TensorSpec(groups),
+        f"{module}.biases": TensorSpec(groups),
+    }
+
+
+def matrix_tensors(matrices: dict[str, tuple[int, int]], quant_of: Callable[[str], QuantSpec | None]
+                   ) -> dict[str, TensorSpec]:
+    """``linear_tensors`` of every matrix module, each quantized as ``quant_of(module)`` says."""
+    return {name: t for module, (out_f, in_f) in matrices.items()
+            for name, t in linear_tensors(module, out_f, in_f, quant_of(module)).items()}
 
 
 @dataclass

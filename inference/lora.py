@@ -11,12 +11,11 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .config import ModelConfig, read_json
+from .config import read_json
 from .errors import AdapterError, InferenceError
-from .model import PROJECTION_GROUPS, Qwen3Model
+from .models import FAMILIES, family, family_of
+from .models.base import BaseModelArgs
 from .safetensors_reader import SafetensorsFile
-
-ALL_LINEAR_KEYS = tuple(key for keys in PROJECTION_GROUPS.values() for key in keys)
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,9 @@ class AdapterConfig:
         except (TypeError, ValueError) as e:
             raise AdapterError(path, f"a value has the wrong type ({e})") from None
 
-    @property
-    def effective_keys(self) -> tuple[str, ...]:
-        return ALL_LINEAR_KEYS if self.keys is None else self.keys
+    def effective_keys(self, lora_keys: tuple[str, ...]) -> tuple[str, ...]:
+        """The adapted projections, given the family's adaptable ones (``LORA_KEYS``)."""
+        return lora_keys if self.keys is None else self.keys
 
     def layer_indices(self, num_hidden_layers: int) -> list[int]:
         """The adapted blocks: the last ``num_layers`` (mlx_lm: a negative count means all of them)."""
@@ -71,22 +70,26 @@ class AdapterConfig:
         return list(range(num_hidden_layers - count, num_hidden_layers))
 
 
-def _read_adapter(adapter_dir: Path, config: ModelConfig | None) -> tuple[AdapterConfig, SafetensorsFile, list[str]]:
+def _read_adapter(adapter_dir: Path, config: BaseModelArgs | None) -> tuple[AdapterConfig, SafetensorsFile, list[str]]:
     adapter_config = AdapterConfig.from_dir(adapter_dir)
     weights_path = Path(adapter_dir) / "adapters.safetensors"
     tensors = SafetensorsFile(weights_path)
     problems = []
-    unknown_keys = [k for k in adapter_config.effective_keys if k not in ALL_LINEAR_KEYS]
+    # Without a model, the keys are checked against every family's projections
+    families = [family_of(config)] if config is not None else [family(t, adapter_config.path) for t in FAMILIES]
+    known = {key for f in families for key in f.LORA_KEYS}
+    unknown_keys = [k for k in adapter_config.keys or () if k not in known]
     if unknown_keys:
-        problems.append(f"{adapter_config.path}: lora keys {unknown_keys} are not Qwen3 block projections")
+        what = config.model_type if config is not None else " or ".join(FAMILIES)
+        problems.append(f"{adapter_config.path}: lora keys {unknown_keys} are not {what} block projections")
     if config is None:
         return adapter_config, tensors, problems
-    from .checkpoint import linear_shapes
-
-    shapes = linear_shapes(config)
+    model_family = families[0]
+    keys = adapter_config.effective_keys(model_family.LORA_KEYS)
+    shapes = model_family.matrices(config)
     expected = {}
     for i in adapter_config.layer_indices(config.num_hidden_layers):
-        for key in adapter_config.effective_keys:
+        for key in keys:
             module = f"model.layers.{i}.{key}"
             if module in shapes:
                 out_f, in_f = shapes[module]
@@ -102,7 +105,7 @@ def _read_adapter(adapter_dir: Path, config: ModelConfig | None) -> tuple[Adapte
     return adapter_config, tensors, problems
 
 
-def check_adapter_dir(adapter_dir: Path | str, model_config: ModelConfig | None = None) -> list[str]:
+def check_adapter_dir(adapter_dir: Path | str, model_config: BaseModelArgs | None = None) -> list[str]:
     """Every problem found in an adapter directory (against a model, when given), one line each."""
     try:
         return _read_adapter(Path(adapter_dir), model_config)[2]
@@ -110,18 +113,19 @@ def check_adapter_dir(adapter_dir: Path | str, model_config: ModelConfig | None 
         return [str(e)]
 
 
-def apply_adapter(model: Qwen3Model, adapter_dir: Path | str) -> AdapterConfig:
+def apply_adapter(model, adapter_dir: Path | str) -> AdapterConfig:
     """Attach the adapter's LoRA weights to the model's projections (the base weights are untouched)."""
     adapter_config, tensors, problems = _read_adapter(Path(adapter_dir), model.config)
     if problems:
         raise AdapterError(None, problems[0])
     adapted = set(adapter_config.layer_indices(model.config.num_hidden_layers))
+    keys_adapted = adapter_config.effective_keys(family_of(model.config).LORA_KEYS)
     for layer in model.layers:
-        for name, keys in PROJECTION_GROUPS.items():
+        for name, keys in model.projection_groups.items():
             pairs = []
             for key in keys:
                 module = f"model.layers.{layer.index}.{key}"
-                if layer.index in adapted and key in adapter_config.effective_keys:
+                if layer.index in adapted and key in keys_adapted:
                     pairs.append((tensors.load(f"{module}.lora_a"), tensors.load(f"{module}.lora_b")))
                 else:
                     pairs.append(None)

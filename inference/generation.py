@@ -1,0 +1,72 @@
+"""The device loop: tokens in, tokens out. No text, no events: ``inference/batching.py`` builds those on top.
+
+``prefill`` runs a prompt through the model a chunk at a time; ``DecodeBatch`` holds the rows decoding together
+(their per-layer caches, their sampler, the tokens they feed next) and runs one step at a time, queueing the next
+step on the device before reading this one's tokens, so the device stays busy while the host handles them (as
+mlx_lm's ``generate_step`` does with ``mx.async_eval``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import mlx.core as mx
+
+from .cache import KVCache
+from .sampling import BatchSampler
+
+
+def prefill(model, cache: list[KVCache], tokens: list[int], use_lora: bool, chunk: int) -> Iterator[mx.array]:
+    """Feed ``tokens`` (one row) into ``cache``, ``chunk`` tokens per forward pass, evaluating each pass; yields
+    after each one, the last yield being the logits (1, V) of the last token."""
+    for start in range(0, len(tokens), chunk):
+        logits = model(mx.array([tokens[start : start + chunk]]), cache, use_lora)
+        mx.eval(logits)
+        yield logits
+
+
+class DecodeBatch:
+    """Rows decoding in one forward pass per step; rows join with ``extend`` and leave with ``filter``."""
+
+    def __init__(self, model, use_lora: bool):
+        self.model, self.use_lora = model, use_lora
+        self.cache: list[KVCache] | None = None
+        self.sampler: BatchSampler | None = None
+        self.tokens: mx.array | None = None  # (rows,): what each row feeds at the next step (maybe not computed yet)
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.sampler is None else len(self.sampler.params)
+
+    def extend(self, cache: list[KVCache], sampler: BatchSampler, logits: mx.array) -> None:
+        """Rows that finished their prefill: ``cache`` holds their prompts, ``logits`` (rows, V) their last
+        positions'; their first tokens are sampled now and come out of the next ``step``."""
+        first = sampler(logits)
+        if self.rows == 0:
+            self.cache, self.sampler, self.tokens = cache, sampler, first
+            return
+        for layer_cache, joining in zip(self.cache, cache):
+            layer_cache.extend(joining)
+        self.sampler.extend(sampler)
+        self.tokens = mx.concatenate([self.tokens, first])
+
+    def filter(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (indices, in the new order)."""
+        if not rows:
+            self.cache = self.sampler = self.tokens = None
+            return
+        for layer_cache in self.cache:
+            layer_cache.filter(rows)
+        self.sampler.filter(rows)
+        self.tokens = self.tokens[mx.array(rows)] if self.tokens is not None else None
+
+    def step(self, queue_next: bool = True) -> list[int]:
+        """This step's token of every row. With ``queue_next``, the next step's forward pass and sampling are
+        queued on the device first (pass False when no row will want another token)."""
+        tokens = self.tokens
+        if queue_next:
+            self.tokens = self.sampler(self.model.decode(tokens[:, None], self.cache, self.use_lora))
+            mx.async_eval(self.tokens)
+        else:
+            self.tokens = None
+        return tokens.tolist()

@@ -1,0 +1,230 @@
+"""Qwen3, the whole family: config fields, tensor spec, sanitizing, and the decoder (embeddings, per-head q/k
+RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, tied or separate head)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .. import gemv, qk_rope
+from ..cache import KVCache
+from ..errors import ConfigError
+from ..options import EngineOptions
+from .base import BaseModelArgs, Linear, Projection, QuantSpec, TensorSpec, eos_ids, matrix_tensors, read_quantization
+
+ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+MLP_IN_KEYS = ("mlp.gate_proj", "mlp.up_proj")
+PROJECTION_GROUPS = {  # projection name -> the checkpoint modules it runs, in output order
+    "qkv": ATTENTION_KEYS,
+    "o": ("self_attn.o_proj",),
+    "gate_up": MLP_IN_KEYS,
+    "down": ("mlp.down_proj",),
+}
+LORA_KEYS = tuple(key for keys in PROJECTION_GROUPS.values() for key in keys)  # a block's adaptable projections
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelArgs(BaseModelArgs):
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+
+    @classmethod
+    def from_dict(cls, raw: dict, path: Path) -> "ModelArgs":
+        rope = raw.get("rope_scaling") or (raw.get("rope_parameters") or {})
+        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+        if rope_type not in ("default", None):
+            raise ConfigError(path, f"rope scaling {rope_type!r} is not supported")
+        rope_theta = raw.get("rope_theta", rope.get("rope_theta") if isinstance(rope, dict) else None)
+        try:
+            heads = int(raw["num_attention_heads"])
+            hidden = int(raw["hidden_size"])
+            quantization, overrides = read_quantization(raw, path)
+            return cls(
+                model_type=raw["model_type"],
+                hidden_size=hidden,
+                num_hidden_layers=int(raw["num_hidden_layers"]),
+                intermediate_size=int(raw["intermediate_size"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(raw.get("num_key_value_heads", heads)),
+                head_dim=int(raw.get("head_dim") or hidden // heads),
+                vocab_size=int(raw["vocab_size"]),
+                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(rope_theta if rope_theta is not None else 1_000_000.0),
+                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+                max_position_embeddings=int(raw.get("max_position_embeddings", 40960)),
+                eos_token_ids=eos_ids(raw.get("eos_token_id")),
+                quantization=quantization,
+                quantization_overrides=overrides,
+                path=path,
+            )
+        except KeyError as e:
+            raise ConfigError(path, f"missing required key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(path, f"a value has the wrong type ({e})") from None
+
+
+def matrices(args: ModelArgs) -> dict[str, tuple[int, int]]:
+    """Every (possibly quantized) matrix module -> (out_features, in_features)."""
+    h, hd = args.hidden_size, args.head_dim
+    shapes = {"model.embed_tokens": (args.vocab_size, h)}
+    for i in range(args.num_hidden_layers):
+        p = f"model.layers.{i}"
+        shapes.update({
+            f"{p}.self_attn.q_proj": (args.num_attention_heads * hd, h),
+            f"{p}.self_attn.k_proj": (args.num_key_value_heads * hd, h),
+            f"{p}.self_attn.v_proj": (args.num_key_value_heads * hd, h),
+            f"{p}.self_attn.o_proj": (h, args.num_attention_heads * hd),
+            f"{p}.mlp.gate_proj": (args.intermediate_size, h),
+            f"{p}.mlp.up_proj": (args.intermediate_size, h),
+            f"{p}.mlp.down_proj": (h, args.intermediate_size),
+        })
+    if not args.tie_word_embeddings:
+        shapes["lm_head"] = (args.vocab_size, h)
+    return shapes
+
+
+def tensor_spec(args: ModelArgs, quant_of: Callable[[str], QuantSpec | None]) -> dict[str, TensorSpec]:
+    """Every tensor the model is built from -> its shape and dtypes; matrix module m quantized as ``quant_of(m)``."""
+    spec = matrix_tensors(matrices(args), quant_of)
+    spec["model.norm.weight"] = TensorSpec((args.hidden_size,))
+    for i in range(args.num_hidden_layers):
+        p = f"model.layers.{i}"
+        spec.update({
+            f"{p}.input_layernorm.weight": TensorSpec((args.hidden_size,)),
+            f"{p}.post_attention_layernorm.weight": TensorSpec((args.hidden_size,)),
+            f"{p}.self_attn.q_norm.weight": TensorSpec((args.head_dim,)),
+            f"{p}.self_attn.k_norm.weight": TensorSpec((args.head_dim,)),
+        })
+    return spec
+
+
+def sanitize(args: ModelArgs, names: Iterable[str]) -> set[str]:
+    """The checkpoint tensors the model drops on purpose: a tied model's stray ``lm_head`` (as mlx_lm does)."""
+    return {n for n in names if n.startswith("lm_head.")} if args.tie_word_embeddings else set()
+
+
+class Block:
+    def __init__(self, config: ModelArgs, index: int, weights: dict[str, mx.array], quant: dict[str, QuantSpec | None],
+                 options: EngineOptions, kernel: bool):
+        p = f"model.layers.{index}"
+        self.index = index
+        self.projections = {
+            name: Projection([Linear.from_weights(weights, f"{p}.{key}", quant[f"{p}.{key}"]) for key in keys],
+                             fuse=options.fuse_projections, kernel=kernel)
+            for name, keys in PROJECTION_GROUPS.items()
+        }
+        self.input_norm = weights[f"{p}.input_layernorm.weight"]
+        self.post_attention_norm = weights[f"{p}.post_attention_layernorm.weight"]
+        self.q_norm = weights[f"{p}.self_attn.q_norm.weight"]
+        self.k_norm = weights[f"{p}.self_attn.k_norm.weight"]
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.eps, self.rope_theta = config.head_dim, config.rms_norm_eps, config.rope_theta
+        self.scale = config.head_dim**-0.5
+        self.kernel = kernel  # our CUDA kernels: q/k norms and RoPE in one (inference/qk_rope.py)
+        self.compile_halves = options.compile_block_halves
+        self._compiled: dict[bool, tuple] = {}  # use_lora -> (queries_keys_values, finish), traced on first use
+
+    def forget_traces(self) -> None:
+        """Compiled halves hold the weights they traced (LoRA included): call after changing them."""
+        self._compiled.clear()
+
+    def queries_keys_values(self, x: mx.array, offset: int | mx.array, use_lora: bool):
+        """The block input (B, L, hidden) -> q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim)."""
+        B, L, _ = x.shape
+        qkv_projection, normed = self.projections["qkv"], mx.fast.rms_norm(x, self.input_norm, self.eps)
+        # the kernel takes one offset for all rows: rows at different positions go through MLX's ops
+        one_offset = isinstance(offset, mx.array) and offset.ndim == 0
+        if self.kernel and one_offset and qkv_projection.fused and L == 1 and self.head_dim % 64 == 0:
+            (qkv,) = qkv_projection(normed, use_lora, split=False)
+            return qk_rope.queries_keys_values(qkv, self.q_norm, self.k_norm, offset, self.n_heads, self.n_kv_heads,
+                                               self.head_dim, self.eps, self.rope_theta)
+        q, k, v = qkv_projection(normed, use_lora)
+        q = mx.fast.rms_norm(q.reshape(B, L, self.n_heads, -1), self.q_norm, self.eps).transpose(0, 2, 1, 3)
+        k = mx.fast.rms_norm(k.reshape(B, L, self.n_kv_heads, -1), self.k_norm, self.eps).transpose(0, 2, 1, 3)
+        v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
+        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
+        return q, k, v
+
+    def finish(self, attention: mx.array, x: mx.array, use_lora: bool) -> mx.array:
+        """Attention output (B, heads, L, head_dim) and the block input x -> the block output (B, L, hidden)."""
+        B, L, _ = x.shape
+        h = self.projections["o"](attention.transpose(0, 2, 1, 3).reshape(B, L, -1), use_lora, residual=x)[0]
+        gate, up = self.projections["gate_up"](mx.fast.rms_norm(h, self.post_attention_norm, self.eps), use_lora)
+        return self.projections["down"](nn.silu(gate) * up, use_lora, residual=h)[0]
+
+    def __call__(self, x: mx.array, cache: KVCache, use_lora: bool, positions: int | mx.array,
+                 step_offset: mx.array | None, mask: str | mx.array | None) -> mx.array:
+        """``positions``: where the new tokens sit (one number, or one per row); ``step_offset``: for one-token
+        steps, the positions as an array (the compiled halves take it as an input, so one trace serves every step)."""
+        L = x.shape[1]
+        if L == 1 and self.compile_halves and step_offset is not None:
+            if use_lora not in self._compiled:
+                self._compiled[use_lora] = (mx.compile(partial(self.queries_keys_values, use_lora=use_lora)),
+                                            mx.compile(partial(self.finish, use_lora=use_lora)))
+            queries_keys_values, finish = self._compiled[use_lora]
+            offset = step_offset
+        else:
+            queries_keys_values = partial(self.queries_keys_values, use_lora=use_lora)
+            finish = partial(self.finish, use_lora=use_lora)
+            offset = positions
+        q, k, v = queries_keys_values(x, offset)
+        k, v = cache.update_and_fetch(k, v)  # (B, kv_heads, offset + L, head_dim)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return finish(out, x)
+
+
+class Model:
+    projection_groups = PROJECTION_GROUPS
+
+    def __init__(self, config: ModelArgs, weights: dict[str, mx.array], quant: dict[str, QuantSpec | None],
+                 options: EngineOptions):
+        """``weights``: every tensor of ``tensor_spec`` (floating ones in the compute dtype); ``quant``: each matrix
+        module's quantization (None: dense)."""
+        self.config, self.options, self.dtype = config, options, options.dtype
+        kernel = options.cuda_kernels and gemv.enabled()  # decided once, at load, on the loading (engine) thread
+        self.embed_tokens = Linear.from_weights(weights, "model.embed_tokens", quant["model.embed_tokens"])
+        self.layers = [Block(config, i, weights, quant, options, kernel) for i in range(config.num_hidden_layers)]
+        self.norm = weights["model.norm.weight"]
+        head = (
+            self.embed_tokens
+            if config.tie_word_embeddings
+            else Linear.from_weights(weights, "lm_head", quant["lm_head"])
+        )
+        self.lm_head = Projection([head], kernel=kernel)
+
+    def new_cache(self, batch: int = 1) -> list[KVCache]:
+        c = self.config
+        return [KVCache(batch, c.num_key_value_heads, c.head_dim, self.dtype) for _ in self.layers]
+
+    def decode(self, tokens: mx.array, cache: list[KVCache], use_lora: bool = False) -> mx.array:
+        """One token per row, tokens (B, 1) -> logits (B, V); advances the cache by 1."""
+        return self(tokens, cache, use_lora)
+
+    def __call__(self, tokens: mx.array, cache: list[KVCache], use_lora: bool = False, last_only: bool = True
+                 ) -> mx.array:
+        """tokens (B, L) -> logits (B, V) for the last position, or (B, L, V) for all; advances the cache by L."""
+        h = self.embed_tokens.embed(tokens)
+        L = tokens.shape[1]
+        positions, mask = cache[0].positions(), cache[0].make_mask(L)
+        step_offset = None
+        if L == 1:
+            step_offset = positions if isinstance(positions, mx.array) else mx.array(positions, dtype=mx.int32)
+        for layer, layer_cache in zip(self.layers, cache):
+            h = layer(h, layer_cache, use_lora, positions, step_offset, mask)
+        if last_only:
+            h = h[:, -1, :]
+        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), False)[0].astype(mx.float32)
