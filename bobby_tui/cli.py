@@ -439,7 +439,7 @@ def _markdown(records: list[GenerationRecord], favorites: bool) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bobby_tui.server import SerialBatchGenerator, ServeError, ServeOptions, ServerLimits, bind_problem, serve
+    from bobby_tui.server import ServeError, ServeOptions, ServerLimits, bind_problem, serve
 
     problem = bind_problem(args.host, args.api_key)
     if problem:
@@ -454,7 +454,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           max_queue=args.max_queue)
     try:
         return serve(lambda: _load_engine(model_dir, adapter_dir), ServeOptions(args.host, args.port, args.api_key,
-                                                                                limits), SerialBatchGenerator)
+                                                                                limits))
     except ServeError as err:
         raise CliError(str(err)) from None
 

@@ -114,18 +114,20 @@ def test_raw_completion_of_the_rendered_prompt_equals_the_chat_reply(client):
     assert "".join(c.choices[0].text for c in streamed if c.choices) == completion.choices[0].text
 
 
-def test_eight_concurrent_streams_each_get_their_own_text(client):
+def test_eight_concurrent_streams_share_the_batch_and_each_get_their_solo_text(server, client):
     prompts = [f"Write a post about {topic}." for topic in
                ("cats", "rain", "Mondays", "coffee", "trains", "the moon", "taxes", "music")]
-    expected = [chat(client, p, temperature=0).choices[0].message.content for p in prompts]
-    assert len(set(expected)) > 1  # different prompts, different texts: a mix-up would show
+    options = dict(temperature=1.5, max_tokens=64)  # seeded: each text is known from its solo run
+    expected = [chat(client, p, seed=i, **options).choices[0].message.content for i, p in enumerate(prompts)]
+    assert len(set(expected)) == len(prompts)  # a mix-up between rows would show
+    peak_before = server.health()["peak_rows"]
     got: list[str | None] = [None] * len(prompts)
     start = threading.Barrier(len(prompts))
 
     def run(i: int) -> None:
         start.wait()
-        got[i] = "".join(c.choices[0].delta.content or "" for c in chat(client, prompts[i], temperature=0,
-                                                                           stream=True) if c.choices)
+        stream = chat(client, prompts[i], seed=i, stream=True, **options)
+        got[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
     for t in threads:
@@ -133,21 +135,34 @@ def test_eight_concurrent_streams_each_get_their_own_text(client):
     for t in threads:
         t.join(120)
     assert got == expected
+    assert peak_before < len(prompts) <= server.health()["peak_rows"]  # all 8 decoded in one batch at some step
 
 
-def test_a_disconnected_stream_frees_its_row_and_the_next_request_is_not_slowed(server, client):
-    quick_started = time.monotonic()
-    chat(client, temperature=0)
-    quick_s = time.monotonic() - quick_started
+def test_a_request_joins_a_running_batch_without_waiting_for_it(server, client):
+    solo_started = time.monotonic()
+    solo = chat(client, temperature=0).choices[0].message.content
+    solo_s = time.monotonic() - solo_started
+    long = client.chat.completions.create(**long_stream_body(), stream=True)
+    [next(long) for _ in range(4)]
+    joined_started = time.monotonic()
+    joined = chat(client, temperature=0).choices[0].message.content
+    joined_s = time.monotonic() - joined_started
+    assert joined == solo  # beside another request's row, the same text
+    assert server.health()["active_rows"] == 1  # the long request is still decoding: the short one did not wait
+    assert joined_s < solo_s + 1.0
+    long.close()
+
+
+def test_a_disconnected_stream_frees_its_row_at_once(server, client):
     stream = client.chat.completions.create(**long_stream_body(), stream=True)
     received = [next(stream) for _ in range(4)]
     assert all(c.choices[0].finish_reason is None for c in received)
     assert server.health()["active_rows"] == 1
     stream.close()
     server.wait_for(lambda: server.health()["active_rows"] == 0, timeout=2, what="the row to be freed")
-    started = time.monotonic()
-    chat(client, temperature=0)
-    assert time.monotonic() - started < quick_s + 1.0  # not behind the ~1300 tokens the long request had left
+    steps = server.health()["steps"]
+    time.sleep(0.3)
+    assert server.health()["steps"] == steps  # nothing left to decode: the ~1300 remaining tokens were dropped
     gone = [line for line in server.lines if "(client gone)" in line]
     assert gone and re.search(r"tokens=\d+\+\d+", gone[-1])
 

@@ -6,6 +6,5 @@ side. Only the engine thread imports MLX.
 
 from .app import ServeError, ServeOptions, bind_problem, serve
 from .protocol import ServerLimits
-from .serial_batch import SerialBatchGenerator
 
-__all__ = ["SerialBatchGenerator", "ServeError", "ServeOptions", "ServerLimits", "bind_problem", "serve"]
+__all__ = ["ServeError", "ServeOptions", "ServerLimits", "bind_problem", "serve"]

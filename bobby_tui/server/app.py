@@ -26,7 +26,7 @@ from .protocol import (
     EXTENSION, ApiError, ChunkWriter, CompletionSpec, ServerLimits, completion_body, parse_chat, parse_completion,
     parse_json, shutting_down_error,
 )
-from .worker import Aborted, BatchFactory, EngineInfo, EngineWorker, Job, Rejected, abort_all
+from .worker import Aborted, BatchFactory, EngineInfo, EngineWorker, Job, Rejected, abort_all, batch_generator
 
 LOG = logging.getLogger("bobby_tui.server")
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM: how long open connections get to take their final event
@@ -123,7 +123,7 @@ class ApiServer:
         return web.json_response({
             "status": "shutting_down" if self.shutting_down else "ok", "model": self.info.model_name,
             "adapter": self.info.adapter_name, "active_rows": self.worker.active_rows,
-            "waiting": self._waiting(), "steps": self.worker.steps,
+            "peak_rows": self.worker.peak_rows, "waiting": self._waiting(), "steps": self.worker.steps,
         })
 
     async def models(self, request: web.Request) -> web.Response:
@@ -226,7 +226,7 @@ def _one_line(value: object) -> str:
 # --- running -----------------------------------------------------------------------------------------------
 
 
-def serve(load: Callable[[], Any], options: ServeOptions, batch_factory: BatchFactory) -> NoReturn:
+def serve(load: Callable[[], Any], options: ServeOptions, batch_factory: BatchFactory = batch_generator) -> NoReturn:
     """Load the model on the engine thread, serve until SIGTERM / SIGINT, then exit the process (code 0)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

@@ -1,11 +1,12 @@
 """The engine thread: the one thread that owns the model (MLX streams are per thread) and runs the batch.
 
-It loops: take commands (submit, cancel, stop) from a thread-safe queue, let waiting requests join the running
-batch while rows are free, run one batch step, and hand that step's events to the asyncio side with one
+It loops: take commands (submit, cancel, stop) from a thread-safe queue, hand waiting requests to the
+``BatchGenerator`` while their rows fit under the cap (in arrival order), run one batch step (a prefill chunk and
+one decoded token for every running row), and pass that step's events to the asyncio side with one
 ``loop.call_soon_threadsafe`` per step, onto each request's own asyncio queue.
 
-The adapter is on or off for the whole batch: a request that wants the other setting waits until the running rows
-have left, then the engine switches (requests join in arrival order, so none waits forever).
+The adapter setting is the engine's at ``submit``: the worker sets it per request just before. The batch runs one
+setting at a time; a request with the other one waits for the running rows to leave.
 """
 
 from __future__ import annotations
@@ -76,8 +77,15 @@ class EngineInfo:
     context_length: int
 
 
-# The batch interface (inference.batching.BatchGenerator): submit / cancel / step / has_work / active_rows.
+# (engine, max_rows) -> an object with inference.batching.BatchGenerator's submit / cancel / step / has_work /
+# active_rows; called on the engine thread.
 BatchFactory = Callable[[Any, int], Any]
+
+
+def batch_generator(engine: Any, max_rows: int) -> Any:
+    from inference.batching import BatchGenerator  # here, on the engine thread: MLX is imported by the thread using it
+
+    return BatchGenerator(engine, max_rows)
 
 _SUBMIT, _CANCEL, _STOP = "submit", "cancel", "stop"
 
@@ -93,6 +101,7 @@ class EngineWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.info: EngineInfo | None = None
         self.active_rows = 0  # published by the engine thread after each step, read by /health
+        self.peak_rows = 0
         self.steps = 0
 
     # --- the asyncio side -----------------------------------------------------------------------------------
@@ -149,7 +158,7 @@ class EngineWorker:
     def _serve(self, engine: Any, adapter_default: bool) -> None:
         batch = self._batch_factory(engine, self._max_rows)
         waiting: deque[Job] = deque()
-        running: dict[int, list] = {}  # request id -> [job, drafts not yet done]
+        running: dict[int, list] = {}  # request id -> [job, drafts not yet done]: the batch's requests and rows
         outbox: list[tuple[Job, Event]] = []
         while True:
             for kind, job in self._take_commands(block=not batch.has_work and not waiting):
@@ -187,6 +196,7 @@ class EngineWorker:
                             del running[request_id]
                 self.steps += 1
             self.active_rows = batch.active_rows
+            self.peak_rows = max(self.peak_rows, self.active_rows)
             if outbox:
                 self._loop.call_soon_threadsafe(self._deliver, outbox)
                 outbox = []
@@ -221,13 +231,10 @@ class EngineWorker:
         return Accepted(prompt_tokens)
 
     def _admit(self, engine: Any, batch: Any, job: Job, running: dict, outbox: list) -> bool:
-        """Let the job's rows join the batch if rows are free and the adapter setting fits; False: it waits."""
-        if batch.active_rows + job.spec.n > self._max_rows:
+        """Give the job to the batch if its rows fit beside those of the requests it holds; False: it waits."""
+        if sum(entry[1] for entry in running.values()) + job.spec.n > self._max_rows:
             return False
-        if job.adapter != engine.adapter_enabled:
-            if batch.has_work:
-                return False
-            engine.adapter_enabled = job.adapter
+        engine.adapter_enabled = job.adapter  # the batch takes the setting at submit
         try:
             job.request_id = batch.submit(job.request)
         except ValueError as err:  # ParameterError included: the batch refused what the protocol let through
