@@ -1,8 +1,9 @@
 """Load benchmark of `bobby-tui serve` (and optionally `mlx_lm.server` on the same model, in the same run).
 
 K concurrent streaming clients (K = 1, 4, 8, 16, 32 by default), each asking a different prompt for M tokens, on
-loopback only: aggregate tok/s, time to first token p50 / p95, per-client tok/s (median), errors. The engine's own
-decode tok/s for one draft is measured first, in this process, so the HTTP layer's cost to a single client shows.
+loopback only: aggregate tok/s, time to first token p50 / p95, per-client tok/s (median), errors, and for ours the
+CPU time its asyncio thread (the whole HTTP layer) spent per token. The engine's own decode tok/s for one draft is
+measured in this process too, so the HTTP layer's cost to a single client shows.
 
     python -m tools.bench.server_load                       # the demo model, ours only
     python -m tools.bench.server_load --mlx-lm --seeds      # also mlx_lm.server; ours also with a seed per request
@@ -52,6 +53,7 @@ class Level:
     clients: int
     wall_s: float
     results: list[ClientResult] = field(default_factory=list)
+    loop_cpu_s: float | None = None  # CPU time of our server's asyncio thread (the HTTP layer) during the level
 
     def row(self) -> str:
         ok = [r for r in self.results if r.error is None]
@@ -61,7 +63,8 @@ class Level:
         errors = len(self.results) - len(ok)
         ttft = f"{_percentile(ttfts, 50):.0f} / {_percentile(ttfts, 95):.0f}" if ttfts else "-"
         median = f"{statistics.median(per_client):.1f}" if per_client else "-"
-        return f"| {self.clients} | {tokens / self.wall_s:.1f} | {ttft} | {median} | {errors} |"
+        loop = f"{1e6 * self.loop_cpu_s / tokens:.0f}" if self.loop_cpu_s is not None and tokens else "-"
+        return f"| {self.clients} | {tokens / self.wall_s:.1f} | {ttft} | {median} | {errors} | {loop} |"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -166,6 +169,25 @@ def _answers(url: str) -> bool:
         return False
 
 
+def main_thread_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a process's main thread (ours runs the asyncio loop there), from /proc; None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def measured_level(server: Server, clients: int, args: argparse.Namespace, seeds: bool) -> Level:
+    before = main_thread_cpu_s(server.proc.pid)
+    level = asyncio.run(run_level(server.url, clients, args.max_tokens, args.temperature, seeds, args.level_timeout))
+    after = main_thread_cpu_s(server.proc.pid)
+    if before is not None and after is not None:
+        level.loop_cpu_s = after - before
+    return level
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -246,8 +268,7 @@ def main() -> None:
         server = ours(args.model, adapter, max(levels))
         try:
             asyncio.run(run_level(server.url, 1, 4, args.temperature, seeds, args.level_timeout))  # warm
-            table = [asyncio.run(run_level(server.url, k, args.max_tokens, args.temperature, seeds,
-                                           args.level_timeout)) for k in levels]
+            table = [measured_level(server, k, args, seeds) for k in levels]
             if seeds or not args.seeds:
                 _print_http_cost(server.url, args, adapter)
         finally:
@@ -280,8 +301,8 @@ def _print_http_cost(url: str, args: argparse.Namespace, adapter: Path | None) -
 
 
 def _print(title: str, table: list[Level]) -> None:
-    print(f"{title}\n\n| clients | aggregate tok/s | TTFT p50 / p95 ms | per-client tok/s (median) | errors |\n"
-          "|---|---|---|---|---|")
+    print(f"{title}\n\n| clients | aggregate tok/s | TTFT p50 / p95 ms | per-client tok/s (median) | errors "
+          "| HTTP thread CPU us/token |\n|---|---|---|---|---|---|")
     for level in table:
         print(level.row())
     errors = sorted({r.error for level in table for r in level.results if r.error})
