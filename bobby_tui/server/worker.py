@@ -165,7 +165,11 @@ class EngineWorker:
                 if kind == _STOP:
                     return
                 if kind == _SUBMIT:
-                    event = self._prepare(engine, job, adapter_default)
+                    try:
+                        event = self._prepare(engine, job, adapter_default)
+                    except Exception as err:  # a bug, not the client's: answer 500 and keep serving
+                        self._log(f"preparing a request failed: {type(err).__name__}: {' '.join(str(err).split())}")
+                        event = Rejected(ApiError(500, "internal server error"))
                     outbox.append((job, event))
                     if isinstance(event, Accepted):
                         waiting.append(job)

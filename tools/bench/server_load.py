@@ -297,7 +297,7 @@ def _print_http_cost(url: str, args: argparse.Namespace, adapter: Path | None) -
     if http_rates:
         best = max(http_rates)
         print(f"one client: engine alone {engine_rate:.1f} tok/s, over HTTP {best:.1f} tok/s "
-              f"({100 * (1 - best / engine_rate):+.0f}% cost)\n")
+              f"({100 * best / engine_rate:.0f}% of the engine alone)\n")
 
 
 def _print(title: str, table: list[Level]) -> None:
