@@ -75,6 +75,25 @@ def test_adapter_per_request_matches_post_with_and_without_adapter(client):
     assert chat(client, temperature=0).choices[0].message.content == on["text"]  # the default is back on
 
 
+def test_rows_with_and_without_the_adapter_in_flight_together_keep_their_setting(client):
+    on = chat(client, temperature=0).choices[0].message.content
+    off = chat(client, temperature=0, extra_body={"bobby": {"adapter": False}}).choices[0].message.content
+    assert on != off
+    settings = (True, False, True, False)
+    results: list[str | None] = [None] * len(settings)
+
+    def run(i: int) -> None:
+        stream = chat(client, temperature=0, stream=True, extra_body={"bobby": {"adapter": settings[i]}})
+        results[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(settings))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [on if adapter else off for adapter in settings]
+
+
 def test_stream_adds_up_to_the_reply_and_reports_usage(client):
     whole = chat(client, temperature=0)
     chunks = list(chat(client, temperature=0, stream=True, stream_options={"include_usage": True}))

@@ -23,6 +23,17 @@ def test_a_non_loopback_bind_without_a_key_is_refused_before_loading(host):
     assert time.monotonic() - started < 10  # refused at once: no model load, no socket
 
 
+def test_the_http_side_does_not_import_mlx():
+    import subprocess
+    import sys
+
+    from cli_helpers import REPO
+
+    code = "import sys, bobby_tui.cli, bobby_tui.server; print([m for m in sys.modules if m.split('.')[0] == 'mlx'])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr  # MLX belongs to the engine thread
+
+
 def test_the_bind_rule():
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         assert bind_problem(host, None) is None
