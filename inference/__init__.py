@@ -1,8 +1,12 @@
 """bobby-tui's inference engine: MLX 4-bit Qwen3 with runtime LoRA, no mlx_lm or transformers at run time.
 
-The parameter, request and event types (``inference.api``) and the errors import without MLX, so a front end's UI
-thread can build requests; the engine itself (``Engine``, ``compute_dtype``) loads MLX on first use, which should be
-on the thread that will own the model.
+This module is the whole public API: loading (``Engine.load`` with ``EngineOptions``), generation (``Engine.generate``
+for one request, ``BatchGenerator`` for many sharing a batch), the request, parameter and event types, the errors,
+and the checkpoint and adapter facts ``bobby-tui inspect`` prints (``inspect_model``, ``inspect_adapter``).
+
+The parameter, request and event types (``inference.api``), the options and the errors import without MLX, so a
+front end's UI thread can build requests; everything else loads MLX on first use, which should be on the thread that
+will own the model.
 """
 
 from .api import (
@@ -11,7 +15,12 @@ from .api import (
 from .errors import AdapterError, CheckpointError, ConfigError, InferenceError, TokenizerError
 from .options import EngineOptions
 
-_ENGINE_NAMES = {"Engine": "engine", "compute_dtype": "engine", "BatchGenerator": "batching"}
+# Loaded on first use, with MLX: what runs the model, and what reads checkpoints (the safetensors reader maps into MLX)
+_ENGINE_NAMES = {
+    "Engine": "engine", "BatchGenerator": "batching",
+    "inspect_model": "inspection", "inspect_adapter": "inspection", "ModelFacts": "inspection",
+    "AdapterFacts": "inspection", "QuantSpec": "models.base",
+}
 
 
 def __getattr__(name: str):
@@ -25,7 +34,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AdapterError", "BatchGenerator", "CheckpointError", "ConfigError", "DraftDone", "Engine", "EngineOptions", "GenerationRequest", "GenerationStats",
-    "InferenceError", "LoadProgress", "ParameterError", "SamplingParams", "TokenDelta", "TokenizerError",
-    "compute_dtype",
+    "AdapterError", "AdapterFacts", "BatchGenerator", "CheckpointError", "ConfigError", "DraftDone", "Engine",
+    "EngineOptions", "GenerationRequest", "GenerationStats", "InferenceError", "LoadProgress", "ModelFacts",
+    "ParameterError", "QuantSpec", "SamplingParams", "TokenDelta", "TokenizerError",
+    "inspect_adapter", "inspect_model",
 ]

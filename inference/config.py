@@ -10,6 +10,8 @@ from .errors import ConfigError
 
 def read_json(path: Path, error=ConfigError) -> dict:
     """Load a JSON object from ``path``, raising ``error`` with a one-line message when it is missing or malformed."""
+    if path.exists() and not path.is_file():  # a directory, or a FIFO or device that would block or never end
+        raise error(path, "not a regular file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

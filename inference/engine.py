@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -11,19 +10,28 @@ import mlx.core as mx
 
 from .api import DraftDone, GenerationRequest, LoadProgress, SamplingParams, TokenDelta
 from .batching import BatchGenerator, PromptCache
-from .config import read_json
 from .dense_cpu import use_dense_cpu
-from .errors import ConfigError
-from .io.checkpoint import load_weights, plan_checkpoint
+from .io.checkpoint import check_tokenizer_fits, load_weights, plan_checkpoint, stop_token_ids
 from .lora import AdapterConfig, apply_adapter
 from .models import family_of
 from .options import EngineOptions
 from .tokenizer import Tokenizer
 
 
-def compute_dtype() -> mx.Dtype:
-    """The default device's compute dtype (``EngineOptions.for_device().compute_dtype``) as an MLX dtype."""
-    return EngineOptions.for_device().dtype
+class _Steps:
+    """``LoadProgress`` of the "preparing" phase: 0 of ``total`` at once, then one more at each ``done()``."""
+
+    def __init__(self, progress: Callable[[LoadProgress], None] | None, total: int):
+        self.progress, self.total, self.count = progress, total, 0
+        self._report()
+
+    def done(self) -> None:
+        self.count += 1
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(LoadProgress(self.count, self.total, phase="preparing"))
 
 
 class Engine:
@@ -44,18 +52,20 @@ class Engine:
         options = options or EngineOptions.for_device()
         plan = plan_checkpoint(model_dir)
         tokenizer = Tokenizer(model_dir)
+        check_tokenizer_fits(model_dir, plan.config, tokenizer)
+        eos = stop_token_ids(model_dir, plan.config, tokenizer)
         weights = load_weights(plan, options.dtype, progress)
-        model = family_of(plan.config).Model(plan.config, weights, plan.quant, options)
+        # The steps that transform the weights after reading report as "preparing", so a bar does not sit at 100%
+        steps = 1 + options.cpu_dense + (adapter_dir is not None)
+        prepared = _Steps(progress, steps)
+        model = family_of(plan.config).Model(plan.config, weights, plan.quant, options)  # fuses the projections
+        prepared.done()
         if options.cpu_dense:  # dense float32 projections, ~7x the 4-bit memory, ~1.6x the decode speed (dense_cpu.py)
             use_dense_cpu(model)
+            prepared.done()
         adapter = apply_adapter(model, adapter_dir) if adapter_dir is not None else None
-        eos = set(plan.config.eos_token_ids) | tokenizer.eos_token_ids
-        generation_config = model_dir / "generation_config.json"
-        if generation_config.exists():
-            extra = read_json(generation_config).get("eos_token_id")
-            eos |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
-        if not eos:
-            raise ConfigError(model_dir / "config.json", "no eos_token_id in config.json, generation_config.json or the tokenizer")
+        if adapter is not None:
+            prepared.done()
         return cls(model, tokenizer, model_dir, eos, adapter, Path(adapter_dir) if adapter_dir is not None else None)
 
     # --- what the app shows -------------------------------------------------------------------------------------

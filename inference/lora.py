@@ -13,7 +13,7 @@ import mlx.core as mx
 
 from .config import read_json
 from .errors import AdapterError, InferenceError
-from .models import FAMILIES, family, family_of
+from .models import FAMILIES, family_of, lora_keys
 from .models.base import BaseModelArgs
 from .safetensors_reader import SafetensorsFile
 
@@ -65,9 +65,25 @@ class AdapterConfig:
         return lora_keys if self.keys is None else self.keys
 
     def layer_indices(self, num_hidden_layers: int) -> list[int]:
-        """The adapted blocks: the last ``num_layers`` (mlx_lm: a negative count means all of them)."""
-        count = num_hidden_layers if self.num_layers < 0 else min(self.num_layers, num_hidden_layers)
+        """The adapted blocks: the last ``num_layers`` (mlx_lm: 0 or a negative count means all of them)."""
+        count = num_hidden_layers if self.num_layers <= 0 else min(self.num_layers, num_hidden_layers)
         return list(range(num_hidden_layers - count, num_hidden_layers))
+
+    def adapted_modules(self, config: BaseModelArgs) -> tuple[list[str], list[str]]:
+        """The model's matrix modules the adapter changes, and the keys that name none it can. As mlx_lm reads
+        ``keys``: a block's projection (``self_attn.q_proj``: in each of the last ``num_layers`` blocks) or a
+        module's full path (``model.layers.3.mlp.up_proj``, ``lm_head``: that module, whatever ``num_layers``)."""
+        model_family = family_of(config)
+        adaptable = [m for m in model_family.matrices(config) if m not in model_family.EMBEDDINGS]
+        modules, unusable = set(), []
+        for key in self.effective_keys(model_family.LORA_KEYS):
+            if key in model_family.LORA_KEYS:
+                modules.update(f"model.layers.{i}.{key}" for i in self.layer_indices(config.num_hidden_layers))
+            elif key in adaptable:
+                modules.add(key)
+            else:
+                unusable.append(key)
+        return [m for m in adaptable if m in modules], unusable
 
 
 def _read_adapter(adapter_dir: Path, config: BaseModelArgs | None) -> tuple[AdapterConfig, SafetensorsFile, list[str]]:
@@ -75,26 +91,24 @@ def _read_adapter(adapter_dir: Path, config: BaseModelArgs | None) -> tuple[Adap
     weights_path = Path(adapter_dir) / "adapters.safetensors"
     tensors = SafetensorsFile(weights_path)
     problems = []
-    # Without a model, the keys are checked against every family's projections
-    families = [family_of(config)] if config is not None else [family(t, adapter_config.path) for t in FAMILIES]
-    known = {key for f in families for key in f.LORA_KEYS}
-    unknown_keys = [k for k in adapter_config.keys or () if k not in known]
-    if unknown_keys:
+    if config is None:  # the keys against every family's projections, as block keys or in full paths
+        known = lora_keys()
+        unusable = [k for k in adapter_config.keys or ()
+                    if k not in known and k != "lm_head" and not any(k.endswith("." + key) for key in known)]
+    else:
+        modules, unusable = adapter_config.adapted_modules(config)
+    if unusable:
         what = config.model_type if config is not None else " or ".join(FAMILIES)
-        problems.append(f"{adapter_config.path}: lora keys {unknown_keys} are not {what} block projections")
+        problems.append(f"{adapter_config.path}: lora keys {unusable} are not {what} projections the adapter can "
+                        f"change (a block's, e.g. {lora_keys(config)[0]!r}, or a module's full path)")
     if config is None:
         return adapter_config, tensors, problems
-    model_family = families[0]
-    keys = adapter_config.effective_keys(model_family.LORA_KEYS)
-    shapes = model_family.matrices(config)
+    shapes = family_of(config).matrices(config)
     expected = {}
-    for i in adapter_config.layer_indices(config.num_hidden_layers):
-        for key in keys:
-            module = f"model.layers.{i}.{key}"
-            if module in shapes:
-                out_f, in_f = shapes[module]
-                expected[f"{module}.lora_a"] = (in_f, adapter_config.rank)
-                expected[f"{module}.lora_b"] = (adapter_config.rank, out_f)
+    for module in modules:
+        out_f, in_f = shapes[module]
+        expected[f"{module}.lora_a"] = (in_f, adapter_config.rank)
+        expected[f"{module}.lora_b"] = (adapter_config.rank, out_f)
     for name, info in tensors.tensors.items():
         if name not in expected:
             problems.append(f"{weights_path}: tensor {name!r} names no adapted layer of the model ({config.num_hidden_layers} layers)")
@@ -118,18 +132,17 @@ def apply_adapter(model, adapter_dir: Path | str) -> AdapterConfig:
     adapter_config, tensors, problems = _read_adapter(Path(adapter_dir), model.config)
     if problems:
         raise AdapterError(None, problems[0])
-    adapted = set(adapter_config.layer_indices(model.config.num_hidden_layers))
-    keys_adapted = adapter_config.effective_keys(family_of(model.config).LORA_KEYS)
+    adapted = set(adapter_config.adapted_modules(model.config)[0])
+
+    def pair(module: str):
+        return (tensors.load(f"{module}.lora_a"), tensors.load(f"{module}.lora_b")) if module in adapted else None
+
     for layer in model.layers:
         for name, keys in model.projection_groups.items():
-            pairs = []
-            for key in keys:
-                module = f"model.layers.{layer.index}.{key}"
-                if layer.index in adapted and key in keys_adapted:
-                    pairs.append((tensors.load(f"{module}.lora_a"), tensors.load(f"{module}.lora_b")))
-                else:
-                    pairs.append(None)
-            layer.projections[name].set_lora(pairs, adapter_config.scale, model.dtype)
+            layer.projections[name].set_lora([pair(f"model.layers.{layer.index}.{key}") for key in keys],
+                                             adapter_config.scale, model.dtype)
         layer.forget_traces()
-    mx.eval([lora.a for layer in model.layers for p in layer.projections.values() for lora in p.loras if lora])
+    model.lm_head.set_lora([pair("lm_head")], adapter_config.scale, model.dtype)
+    projections = [p for layer in model.layers for p in layer.projections.values()] + [model.lm_head]
+    mx.eval([lora.a for p in projections for lora in p.loras if lora])
     return adapter_config

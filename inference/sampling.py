@@ -68,7 +68,8 @@ class BatchSampler:
         self.params = list(params)
         self.keys = [mx.random.key(p.seed) for p in params]
         # Each row's window holds exactly REPETITION_CONTEXT entries: a shorter history is padded on the left with
-        # copies of its first token, which the penalty counts once (and which slide out first).
+        # copies of its first token, which the penalty counts once (and which slide out first). Windows move only
+        # while some row is penalized; a row without a penalty (1.0: an exact no-op) may keep a stale one.
         windows = []
         for tail in prompt_tails:
             tail = tail[-REPETITION_CONTEXT:]
@@ -88,7 +89,7 @@ class BatchSampler:
         self.penalty = _column([p.repetition_penalty for p in params]) if penalized else None
 
     def __call__(self, logits: mx.array) -> mx.array:
-        """logits (B, V) float32 -> tokens (B,) uint32; the chosen tokens enter the repetition window."""
+        """logits (B, V) float32 -> tokens (B,) uint32; the chosen tokens enter the repetition windows."""
         if self.penalty is not None:
             logits = penalize_repetitions(logits, self.recent, self.penalty)
         tokens = mx.argmax(logits, axis=-1)
@@ -97,7 +98,9 @@ class BatchSampler:
             sampled, self.keys = gumbel_max(logprobs, self.keys)
             tokens = mx.where(self.temperature[:, 0] > 0, sampled, tokens)
         tokens = tokens.astype(mx.uint32)
-        self.recent = mx.concatenate([self.recent, tokens.astype(mx.int32)[:, None]], axis=1)[:, -REPETITION_CONTEXT:]
+        if self.penalty is not None:
+            column = tokens.astype(mx.int32)[:, None]
+            self.recent = mx.concatenate([self.recent, column], axis=1)[:, -REPETITION_CONTEXT:]
         return tokens
 
     def _filter(self, logits: mx.array) -> mx.array:

@@ -9,10 +9,7 @@ import math
 import pytest
 
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_ADAPTER_VALIDATION, DEMO_MODEL_DIR, DEMO_VOCABULARY
-from inference import DraftDone, Engine, GenerationRequest, SamplingParams
-from inference.lora import AdapterConfig, check_adapter_dir
-from inference.io.checkpoint import check_model_dir
-from inference.models import read_model_args
+from inference import DraftDone, Engine, GenerationRequest, SamplingParams, inspect_adapter, inspect_model
 from parity import mlx_lm_greedy, mlx_lm_model, ours_greedy_text
 
 REQUEST = "Write a post."
@@ -31,12 +28,14 @@ def adapter_on(engine, request):
 
 
 def test_shipped_files_are_a_4bit_qwen3_and_its_lora_within_10_mb():
-    config = read_model_args(DEMO_MODEL_DIR)
+    model = inspect_model(DEMO_MODEL_DIR)
+    config = model.config
     assert config.model_type == "qwen3" and config.tie_word_embeddings
     assert (config.quant_for("model.embed_tokens").bits, config.quant_for("model.embed_tokens").group_size) == (4, 64)
-    assert check_model_dir(DEMO_MODEL_DIR) == []
-    assert check_adapter_dir(DEMO_ADAPTER_DIR, config) == []
-    adapter = AdapterConfig.from_dir(DEMO_ADAPTER_DIR)
+    assert model.problems == []
+    adapter_facts = inspect_adapter(DEMO_ADAPTER_DIR, DEMO_MODEL_DIR)
+    assert adapter_facts.problems == []
+    adapter = adapter_facts.config
     assert (adapter.fine_tune_type, adapter.rank, adapter.scale) == ("lora", 8, 20.0)
     shipped = [f for d in (DEMO_MODEL_DIR, DEMO_ADAPTER_DIR) for f in d.iterdir()]
     assert sum(f.stat().st_size for f in shipped) <= 10 * 2**20

@@ -7,9 +7,9 @@ import struct
 import mlx.core as mx
 import pytest
 
-from inference import AdapterError, CheckpointError, ConfigError, Engine, InferenceError, TokenizerError
-from inference.lora import check_adapter_dir
-from inference.io.checkpoint import check_model_dir
+from inference import (
+    AdapterError, CheckpointError, ConfigError, Engine, InferenceError, TokenizerError, inspect_adapter, inspect_model,
+)
 
 
 @pytest.fixture
@@ -113,11 +113,15 @@ def test_dtype_that_does_not_fit_config(model_copy):
     assert "'model.norm.weight' has dtype I32" in str(err)
 
 
-def test_quantization_claimed_but_weights_dense(model_copy):
+def test_quantized_tensors_whose_shapes_fit_no_spec_are_refused(model_copy):
     model, _ = model_copy
-    rewrite_config(model, quantization={"group_size": 64, "bits": 8}, quantization_config={"group_size": 64, "bits": 8})
+    path = model / "model.safetensors"
+    weights = mx.load(str(path))
+    name = "model.layers.0.mlp.up_proj.scales"
+    weights[name] = weights[name][:, :1]
+    mx.save_safetensors(str(path), weights)
     err = load_error(model)
-    assert "dtype" in str(err) or "shape" in str(err)
+    assert isinstance(err, CheckpointError) and "model.layers.0.mlp.up_proj." in str(err) and "shape" in str(err)
 
 
 def test_adapter_whose_tensors_do_not_fit(model_copy):
@@ -164,15 +168,57 @@ def test_missing_tokenizer(model_copy):
 
 def test_check_functions_list_every_problem(model_copy):
     model, adapter = model_copy
-    assert check_model_dir(model) == []
-    assert check_adapter_dir(adapter) == []
+    assert inspect_model(model).problems == []
+    assert inspect_adapter(adapter, model).problems == []
     weights = mx.load(str(model / "model.safetensors"))
     del weights["model.norm.weight"]
-    weights["model.layers.0.rotary_emb.inv_freq"] = mx.zeros((16,))
+    weights["model.layers.0.self_attn.q_proj.bias"] = mx.zeros((128,))
     mx.save_safetensors(str(model / "model.safetensors"), weights)
-    problems = check_model_dir(model)
+    problems = inspect_model(model).problems
     assert any("'model.norm.weight' is missing" in p for p in problems)
-    assert any("unexpected tensor 'model.layers.0.rotary_emb.inv_freq'" in p for p in problems)
+    assert any("'model.layers.0.self_attn.q_proj.bias' is not used by the model" in p for p in problems)
+
+
+def mlx_lm_refuses(model_dir) -> bool:
+    from mlx_lm import load
+
+    try:
+        load(str(model_dir))
+    except ValueError:
+        return True
+    return False
+
+
+def add_tensors(model_dir, **tensors):
+    path = model_dir / "model.safetensors"
+    weights = mx.load(str(path))
+    weights.update(tensors)
+    mx.save_safetensors(str(path), weights, metadata={"format": "mlx"})
+
+
+def test_attention_biases_the_model_has_no_place_for_are_refused_as_mlx_lm_does(model_copy):
+    model, _ = model_copy
+    add_tensors(model, **{f"model.layers.1.self_attn.{p}_proj.bias": mx.ones((n,)) for p, n in
+                          (("q", 128), ("k", 64), ("v", 64))})
+    err = load_error(model)
+    assert isinstance(err, CheckpointError) and "'model.layers.1.self_attn.k_proj.bias' is not used by the model" in str(err)
+    assert mlx_lm_refuses(model)
+
+
+def test_config_with_fewer_layers_than_the_checkpoint_is_refused_as_mlx_lm_does(model_copy):
+    model, _ = model_copy
+    rewrite_config(model, num_hidden_layers=3)
+    err = load_error(model)
+    assert "model.layers.3." in str(err) and "config.json says 3 layers" in str(err)
+    assert mlx_lm_refuses(model)
+
+
+def test_rotary_frequencies_are_skipped_and_listed(model_copy):
+    model, _ = model_copy
+    add_tensors(model, **{"model.layers.0.self_attn.rotary_emb.inv_freq": mx.ones((16,))})
+    facts = inspect_model(model)
+    assert facts.problems == [] and facts.skipped == ["model.layers.0.self_attn.rotary_emb.inv_freq"]
+    Engine.load(model)
 
 
 def test_header_length_field_itself_truncated(tmp_path):
@@ -182,3 +228,69 @@ def test_header_length_field_itself_truncated(tmp_path):
     path.write_bytes(struct.pack("<I", 7))
     with pytest.raises(CheckpointError, match="too short"):
         read_header(path)
+
+
+def test_inspect_lists_what_stops_a_generation_on_the_tokenizer_side(model_copy):
+    model, _ = model_copy
+    path = model / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    del config["chat_template"]
+    path.write_text(json.dumps(config))
+    assert any("no chat template" in p for p in inspect_model(model).problems)
+    (model / "tokenizer.json").unlink()
+    problems = inspect_model(model).problems
+    assert any("tokenizer.json" in p and "not found" in p for p in problems)
+
+
+def test_load_reports_reading_then_preparing(tiny_models):
+    model_dir, adapter_dir = tiny_models["q4-g64-tied"]
+    updates = []
+    Engine.load(model_dir, adapter_dir, progress=updates.append)
+    phases = [u.phase for u in updates]
+    reading, preparing = phases.count("reading"), phases.count("preparing")
+    assert phases == ["reading"] * reading + ["preparing"] * preparing and reading > 1
+    assert updates[reading - 1].done == updates[reading - 1].total
+    assert [u.done for u in updates[reading:]] == list(range(updates[-1].total + 1)) and updates[-1].total >= 2
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors", 7])
+def test_index_naming_a_shard_outside_the_model_directory_is_refused(tiny_models, tmp_path, shard):
+    model = shutil.copytree(tiny_models["bf16-2shards"][0], tmp_path / "sharded")
+    (tmp_path / "outside.safetensors").write_bytes(b"secret bytes, never to be opened")
+    index = model / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["model.norm.weight"] = shard
+    index.write_text(json.dumps(data))
+    err = load_error(model)
+    assert isinstance(err, CheckpointError) and "model.safetensors.index.json" in str(err)
+    assert "not a file name inside the model directory" in str(err) and "secret" not in str(err)
+
+
+def test_a_fifo_in_place_of_a_weights_file_is_refused_without_blocking(model_copy):
+    import os
+
+    model, _ = model_copy
+    (model / "config.json").unlink()
+    os.mkfifo(model / "config.json")
+    err = load_error(model)
+    assert "config.json" in str(err) and "not a regular file" in str(err)
+    (model / "model.safetensors").unlink()
+    os.mkfifo(model / "model.safetensors")
+    err = load_error(model)
+    assert "model.safetensors" in str(err) and "not a regular file" in str(err)
+
+
+def test_a_tokenizer_with_more_ids_than_embedding_rows_is_refused(tiny_models, tmp_path):
+    """The fixture's 384-row model with a 64-row config: tokens past row 63 would be read out of bounds."""
+    from fixtures import FIXTURES, write_model
+
+    model = write_model(tmp_path / "small-vocab", FIXTURES["bf16-2shards"])
+    rewrite_config(model, vocab_size=64)
+    for shard in model.glob("model-*.safetensors"):  # the tables cut to 64 rows, so only the tokenizer disagrees
+        weights = mx.load(str(shard))
+        mx.save_safetensors(str(shard), {k: v[:64] if k.endswith(("embed_tokens.weight", "lm_head.weight")) else v
+                                         for k, v in weights.items()})
+    assert inspect_model(model).problems == [
+        f"{model / 'tokenizer.json'}: has 384 tokens, more than the model's 64 embedding rows (vocab_size in config.json)"]
+    err = load_error(model)
+    assert isinstance(err, TokenizerError) and "more than the model's 64 embedding rows" in str(err)

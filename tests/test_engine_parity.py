@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import mlx.core as mx
 import pytest
@@ -92,3 +93,82 @@ def test_compiled_block_halves_match_op_by_op(tiny_models):
             steps[compiled] = mx.stack(logits)
         assert mx.abs(steps[True] - steps[False]).max().item() < 1e-5
     assert all(len(layer._compiled) == 2 for layer in model.layers)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_adapter_stored_in_half_precision_matches_mlx_lm(tiny_models, tmp_path, dtype):
+    """The scale is folded into lora_b in float32: folding it in the adapter's own dtype rounds the product."""
+    model_dir, adapter_dir = tiny_models["q4-g64-tied"]
+    half = shutil.copytree(adapter_dir, tmp_path / dtype)
+    weights = mx.load(str(half / "adapters.safetensors"))
+    mx.save_safetensors(str(half / "adapters.safetensors"), {k: v.astype(getattr(mx, dtype)) for k, v in weights.items()})
+    engine = Engine.load(model_dir, half)
+    ref_model, _ = mlx_lm_model(model_dir, half)
+    ids = engine.tokenizer.encode(engine.render_prompt(PROMPT))
+    assert mx.abs(ours_last_logits(engine, ids) - mlx_lm_last_logits(ref_model, ids)).max().item() < 1e-4
+
+
+def test_quantization_read_from_the_shapes_as_mlx_lm_does(tiny_models, tmp_path):
+    """A module quantized unlike the default, with no per-module entry in config.json: mlx_lm infers its bits and
+    group size from its tensors' shapes, and so do we (a config claiming other bits is read the same way)."""
+    from fixtures import FIXTURES, write_model
+
+    spec = replace(FIXTURES["q4-g64-tied"], overrides=(("model.layers.2.mlp.down_proj", 8, 32),))
+    model_dir = write_model(tmp_path / "mixed", spec)
+    with_entry = Engine.load(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    for key in ("quantization", "quantization_config"):
+        del config[key]["model.layers.2.mlp.down_proj"]
+    config["quantization"]["bits"] = 8  # the default claimed wrong too
+    (model_dir / "config.json").write_text(json.dumps(config))
+    engine = Engine.load(model_dir)
+    ref_model, _ = mlx_lm_model(model_dir)
+    ids = engine.tokenizer.encode(engine.render_prompt(PROMPT))
+    ours = ours_last_logits(engine, ids)
+    assert mx.abs(ours - mlx_lm_last_logits(ref_model, ids)).max().item() < 1e-4
+    assert mx.abs(ours - ours_last_logits(with_entry, ids)).max().item() == 0.0
+
+
+def write_lora(adapter_dir, model_dir, modules: dict[str, tuple[int, int]], config_keys, num_layers, rank=4):
+    """An mlx_lm-layout adapter on exactly ``modules`` (name -> (in, out)), its config naming ``config_keys``."""
+    import numpy as np
+
+    adapter_dir.mkdir()
+    rng = np.random.default_rng(3)
+    tensors = {}
+    for module, (in_f, out_f) in modules.items():
+        tensors[f"{module}.lora_a"] = mx.array((rng.uniform(-1, 1, (in_f, rank)) / np.sqrt(in_f)).astype(np.float32))
+        tensors[f"{module}.lora_b"] = mx.array((rng.standard_normal((rank, out_f)) * 0.05).astype(np.float32))
+    mx.save_safetensors(str(adapter_dir / "adapters.safetensors"), tensors)
+    params = {"rank": rank, "scale": 10.0, "dropout": 0.0, **({"keys": config_keys} if config_keys else {})}
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(
+        {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params}))
+    return adapter_dir
+
+
+def adapter_parity(model_dir, adapter_dir) -> float:
+    engine = Engine.load(model_dir, adapter_dir)
+    ref_model, _ = mlx_lm_model(model_dir, adapter_dir)
+    ids = engine.tokenizer.encode(engine.render_prompt(PROMPT))
+    ours = ours_last_logits(engine, ids)
+    engine.adapter_enabled = False
+    assert mx.abs(ours - ours_last_logits(engine, ids)).max().item() > 0.05  # the adapter changes the output
+    return mx.abs(ours - mlx_lm_last_logits(ref_model, ids)).max().item()
+
+
+def test_adapter_with_num_layers_0_adapts_every_block_as_mlx_lm_does(tiny_models, tmp_path):
+    model_dir, _ = tiny_models["q4-g64-tied"]
+    config = json.loads((model_dir / "config.json").read_text())
+    h = config["hidden_size"]
+    modules = {f"model.layers.{i}.self_attn.o_proj": (h, h) for i in range(config["num_hidden_layers"])}
+    adapter_dir = write_lora(tmp_path / "all-layers", model_dir, modules, ["self_attn.o_proj"], num_layers=0)
+    assert adapter_parity(model_dir, adapter_dir) < 1e-4
+
+
+def test_adapter_keys_as_full_module_paths_match_mlx_lm(tiny_models, tmp_path):
+    model_dir, _ = tiny_models["q8-g32-untied"]
+    config = json.loads((model_dir / "config.json").read_text())
+    h, vocab = config["hidden_size"], config["vocab_size"]
+    modules = {"model.layers.1.mlp.up_proj": (h, config["intermediate_size"]), "lm_head": (h, vocab)}
+    adapter_dir = write_lora(tmp_path / "paths", model_dir, modules, list(modules), num_layers=1)
+    assert adapter_parity(model_dir, adapter_dir) < 1e-4

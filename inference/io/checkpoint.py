@@ -2,22 +2,24 @@
 load them with progress.
 
 Validation happens against the config before anything is loaded, so a bad file fails fast with one line that
-names it, and ``check_model_dir`` can list every problem at once (for ``bobby-tui inspect``).
+names it, and a plan lists every problem at once (for ``bobby-tui inspect``).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable
 
 import mlx.core as mx
 
 from ..api import LoadProgress
 from ..config import read_json
-from ..errors import CheckpointError, InferenceError
+from ..errors import CheckpointError, ConfigError, InferenceError, TokenizerError
 from ..models import family_of, read_model_args
-from ..models.base import BaseModelArgs, QuantSpec
+from ..models.base import QUANT_BITS, QUANT_GROUP_SIZES, BaseModelArgs, QuantSpec
 from ..safetensors_reader import SafetensorsFile, TensorInfo
 
 
@@ -31,15 +33,29 @@ def weight_files(model_dir: Path | str) -> list[Path]:
         weight_map = read_json(index_path, CheckpointError).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(index_path, "has no 'weight_map' object")
-        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        names = set(weight_map.values())
+        for name in names:
+            if not isinstance(name, str) or not _inside(name):
+                raise CheckpointError(index_path, f"shard {name!r} is not a file name inside the model directory")
+        files = [model_dir / name for name in sorted(names)]
         for f in files:
             if not f.exists():
                 raise CheckpointError(f, "shard named in model.safetensors.index.json not found")
-        return files
-    files = sorted(model_dir.glob("model*.safetensors"))
-    if not files:
-        raise CheckpointError(model_dir, "no model.safetensors (or model.safetensors.index.json) in the model directory")
+    else:
+        files = sorted(model_dir.glob("model*.safetensors"))
+        if not files:
+            raise CheckpointError(model_dir, "no model.safetensors (or model.safetensors.index.json) in the model directory")
+    for f in files:
+        if not f.is_file():  # a FIFO or a device would block or never end
+            raise CheckpointError(f, "not a regular file")
     return files
+
+
+def _inside(name: str) -> bool:
+    """Whether a relative file name stays inside its directory (as written: a shard may be a symlink, as in the
+    Hugging Face cache, whose target lies elsewhere)."""
+    parts = PurePath(os.path.normpath(name)).parts
+    return bool(parts) and not PurePath(name).is_absolute() and parts[0] not in ("..", ".") and "\0" not in name
 
 
 @dataclass
@@ -51,6 +67,7 @@ class CheckpointPlan:
     quant: dict[str, QuantSpec | None]  # matrix module -> its quantization (None: dense)
     expected: set[str]  # the tensors the model is built from
     problems: list[str]
+    skipped: list[str]  # tensors of the checkpoint the family drops on purpose (known to be harmless)
 
     @property
     def total_bytes(self) -> int:
@@ -71,8 +88,9 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
     problems: list[str] = []
     quant: dict[str, QuantSpec | None] = {}
     ungrouped = set()  # quantized modules whose input is not whole groups: their tensors are not looked at
+    headers = {name: shard.tensors[name] for name, shard in files.items()}
     for module, (_, in_f) in model_family.matrices(config).items():
-        spec = quant[module] = config.quant_for(module, has_scales=f"{module}.scales" in files)
+        spec = quant[module] = module_quantization(config, module, in_f, headers)
         if spec is not None and in_f % spec.group_size:
             problems.append(f"{config.path}: {module} input size {in_f} is not a multiple of group_size {spec.group_size}")
             ungrouped.add(module)
@@ -90,19 +108,60 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
             problems.append(f"{shard.path}: tensor {name!r} has dtype {info.dtype}, expected {'/'.join(want.dtypes)}")
         elif info.shape != want.shape:
             problems.append(f"{shard.path}: tensor {name!r} has shape {list(info.shape)}, config.json implies {list(want.shape)}")
-    for name in model_family.sanitize(config, list(files)):
+    skipped = sorted(model_family.sanitize(config, list(files)))
+    for name in skipped:
         del files[name]
-    return CheckpointPlan(config, files, quant, set(wanted), problems)
+    # Like mlx_lm ("parameters not in model"): a tensor the model would not use means the config does not describe
+    # the checkpoint (biases it has no place for, more layers than config.json says), so the outputs would be wrong.
+    for name in sorted(set(files) - set(wanted)):
+        problems.append(f"{files[name].path}: tensor {name!r} is not used by the model{_layer_hint(config, name)}")
+    return CheckpointPlan(config, files, quant, set(wanted), problems, skipped)
 
 
-def check_model_dir(model_dir: Path | str) -> list[str]:
-    """Every problem found in a model directory, one line each; empty when it loads."""
-    try:
-        plan = plan_checkpoint(model_dir)
-    except InferenceError as e:
-        return [str(e)]
-    unexpected = sorted(set(plan.files) - plan.expected)
-    return plan.problems + [f"{plan.files[n].path}: unexpected tensor {n!r}" for n in unexpected]
+def module_quantization(config: BaseModelArgs, module: str, in_features: int | None,
+                        tensors: dict[str, TensorInfo]) -> QuantSpec | None:
+    """How one matrix module is stored, as mlx_lm 0.32 reads it: a per-module entry of config.json wins; otherwise a
+    module with ``.scales`` in a quantized checkpoint is quantized, with the bits and group size its tensor shapes
+    imply (the default when they imply none that exists: the shape check then names the problem)."""
+    if module in config.quantization_overrides or in_features is None:
+        return config.quant_for(module, has_scales=f"{module}.scales" in tensors)
+    weight, scales = tensors.get(f"{module}.weight"), tensors.get(f"{module}.scales")
+    if config.quantization is None or scales is None:
+        return None
+    if weight is not None and len(weight.shape) == len(scales.shape) == 2 and scales.shape[1] > 0:
+        groups, packed_bits = scales.shape[1], weight.shape[1] * 32
+        if in_features % groups == 0 and packed_bits % in_features == 0:
+            spec = QuantSpec(bits=packed_bits // in_features, group_size=in_features // groups)
+            if spec.bits in QUANT_BITS and spec.group_size in QUANT_GROUP_SIZES:
+                return spec
+    return config.quantization
+
+
+def _layer_hint(config: BaseModelArgs, name: str) -> str:
+    match = re.match(r"^model\.layers\.(\d+)\.", name)
+    layers = getattr(config, "num_hidden_layers", None)
+    if match and layers is not None and int(match.group(1)) >= layers:
+        return f" (config.json says {layers} layers)"
+    return ""
+
+
+def check_tokenizer_fits(model_dir: Path, config: BaseModelArgs, tokenizer) -> None:
+    """Every id the tokenizer can produce must name a row of the embedding table: a larger id would read past it."""
+    if tokenizer.vocab_size > config.vocab_size:
+        raise TokenizerError(model_dir / "tokenizer.json", f"has {tokenizer.vocab_size} tokens, more than the model's "
+                             f"{config.vocab_size} embedding rows (vocab_size in config.json)")
+
+
+def stop_token_ids(model_dir: Path, config: BaseModelArgs, tokenizer) -> set[int]:
+    """The ids that end a generation: config.json's eos, generation_config.json's and the tokenizer's eos token."""
+    eos = set(config.eos_token_ids) | tokenizer.eos_token_ids
+    generation_config = model_dir / "generation_config.json"
+    if generation_config.exists():
+        extra = read_json(generation_config).get("eos_token_id")
+        eos |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+    if not eos:
+        raise ConfigError(model_dir / "config.json", "no eos_token_id in config.json, generation_config.json or the tokenizer")
+    return eos
 
 
 def load_weights(

@@ -30,3 +30,9 @@ def read_model_args(model_dir: Path | str) -> BaseModelArgs:
 
 def family_of(args: BaseModelArgs) -> ModuleType:
     return family(args.model_type, args.path)
+
+
+def lora_keys(args: BaseModelArgs | None = None) -> tuple[str, ...]:
+    """The projections an adapter may name: the family's, or (no model given) every family's."""
+    families = [family_of(args)] if args is not None else [family(t, None) for t in FAMILIES]
+    return tuple(dict.fromkeys(key for f in families for key in f.LORA_KEYS))

@@ -3,7 +3,8 @@ fused projections, runtime LoRA).
 
 A family module (``inference/models/<model_type>.py``) provides ``ModelArgs`` (its config.json fields, on top of
 ``BaseModelArgs``), ``matrices(args)`` and ``tensor_spec(args, quant_of)`` (every tensor it is built from, with shape
-and dtypes), ``sanitize(args, names)`` (checkpoint tensors it drops on purpose), ``LORA_KEYS`` and ``Model``.
+and dtypes), ``sanitize(args, names)`` (checkpoint tensors it drops on purpose), ``LORA_KEYS`` (a block's projections an adapter
+may name), ``EMBEDDINGS`` (matrix modules an adapter may not change) and ``Model``.
 """
 
 from __future__ import annotations
@@ -210,12 +211,14 @@ class Projection:
         return len(self.linears) == 1
 
     def set_lora(self, pairs: list[tuple[mx.array, mx.array] | None], scale: float, dtype: mx.Dtype) -> None:
-        """``pairs[i]`` is member i's (a, b) or None; ``scale`` multiplies the update, as mlx_lm's LoRALinear does."""
+        """``pairs[i]`` is member i's (a, b) or None; ``scale`` multiplies the update, as mlx_lm's LoRALinear does.
+        It is folded into ``b`` in float32 and only then cast to ``dtype``: an adapter stored in bf16 or fp16 keeps
+        the product's precision instead of rounding it twice."""
         if all(p is None for p in pairs):
             self.loras = [None] * len(self.linears)
             return
         if not self.fused:
-            self.loras = [None if p is None else LoRA.build(p[0], scale * p[1], dtype) for p in pairs]
+            self.loras = [None if p is None else LoRA.build(p[0], scale * p[1].astype(mx.float32), dtype) for p in pairs]
             return
         in_features = next(p[0].shape[0] for p in pairs if p is not None)
         a_blocks, b_blocks, total_out = [], [], sum(self.sizes)
@@ -224,7 +227,7 @@ class Projection:
             if pair is not None:
                 a, b = pair
                 a_blocks.append(a)
-                b_blocks.append(mx.pad(scale * b, [(0, 0), (col, total_out - col - size)]))
+                b_blocks.append(mx.pad(scale * b.astype(mx.float32), [(0, 0), (col, total_out - col - size)]))
             col += size
         a = mx.concatenate(a_blocks, axis=1) if a_blocks else mx.zeros((in_features, 0))
         self.loras = [LoRA.build(a, mx.concatenate(b_blocks, axis=0), dtype)]

@@ -26,6 +26,7 @@ PROJECTION_GROUPS = {  # projection name -> the checkpoint modules it runs, in o
     "down": ("mlp.down_proj",),
 }
 LORA_KEYS = tuple(key for keys in PROJECTION_GROUPS.values() for key in keys)  # a block's adaptable projections
+EMBEDDINGS = ("model.embed_tokens",)  # matrix modules that are looked up, not multiplied: no LoRA on them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,8 +113,10 @@ def tensor_spec(args: ModelArgs, quant_of: Callable[[str], QuantSpec | None]) ->
 
 
 def sanitize(args: ModelArgs, names: Iterable[str]) -> set[str]:
-    """The checkpoint tensors the model drops on purpose: a tied model's stray ``lm_head`` (as mlx_lm does)."""
-    return {n for n in names if n.startswith("lm_head.")} if args.tie_word_embeddings else set()
+    """The checkpoint tensors the model drops on purpose: a tied model's stray ``lm_head`` (as mlx_lm does), and
+    the RoPE frequencies some exporters save (``rotary_emb.inv_freq``: the model computes them from rope_theta)."""
+    return {n for n in names
+            if (args.tie_word_embeddings and n.startswith("lm_head.")) or n.endswith(".rotary_emb.inv_freq")}
 
 
 class Block:
@@ -227,4 +230,4 @@ class Model:
             h = layer(h, layer_cache, use_lora, positions, step_offset, mask)
         if last_only:
             h = h[:, -1, :]
-        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), False)[0].astype(mx.float32)
+        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), use_lora)[0].astype(mx.float32)
