@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 
@@ -184,6 +185,17 @@ def test_a_disconnected_stream_frees_its_row_at_once(server, client):
     assert server.health()["steps"] == steps  # nothing left to decode: the ~1300 remaining tokens were dropped
     gone = [line for line in server.lines if "(client gone)" in line]
     assert gone and re.search(r"tokens=\d+\+\d+", gone[-1])
+
+
+def test_a_client_leaving_before_its_whole_reply_frees_the_row_too(server):
+    body = json.dumps(long_stream_body()).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        server.wait_for(lambda: server.health()["active_rows"] == 1, what="the request's row")
+    server.wait_for(lambda: server.health()["active_rows"] == 0, timeout=2, what="the row to be freed")
+    server.wait_for(lambda: any("POST /v1/chat/completions 499" in line for line in server.lines),
+                    what="the request's log line")
 
 
 def test_bad_request_through_the_client_is_a_400_with_the_message(client):
