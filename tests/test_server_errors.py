@@ -107,8 +107,11 @@ def test_a_prompt_past_the_models_context_is_refused_before_prefill(server):
 
 
 def test_routing_and_size_errors_are_json(server):
-    status, _, error = server.request("GET", "/v1/nothing")
+    status, _, error = server.request("GET", "/v1/nothing%0A12:00:00%20POST%20/v1/forged")
     assert (status, error["error"]["code"]) == (404, "not_found")
+    server.wait_for(lambda: any("/v1/nothing%0A12:00:00%20POST" in line for line in server.lines),
+                    what="the 404's log line, its path as sent")
+    assert not any(line.startswith("12:00:00 POST /v1/forged") for line in server.lines)  # no forged log line
     status, _, error = server.request("GET", CHAT)
     assert (status, error["error"]["code"]) == (405, "method_not_allowed")
     status, _, error = server.request("POST", CHAT, raw=b'{"model": "' + b"x" * (2 << 20) + b'"}')

@@ -90,13 +90,13 @@ class ApiServer:
             except web.HTTPException as err:  # routing (404, 405) and the body limit (413)
                 response = _error_response(self._http_error(request, err))
             except Exception as err:  # the client gets a JSON error, never a traceback
-                LOG.error("%s %s failed: %s: %s", request.method, request.path, type(err).__name__, _one_line(err))
+                LOG.error("%s %s failed: %s: %s", request.method, _path(request), type(err).__name__, _one_line(err))
                 response = _error_response(ApiError(500, "internal server error"))
             status = response.status
             return response
         finally:
             tokens = request.get("tokens")
-            LOG.info("%s %s %d tokens=%s %.0fms%s", request.method, request.path, status,
+            LOG.info("%s %s %d tokens=%s %.0fms%s", request.method, _path(request), status,
                      f"{tokens[0]}+{tokens[1]}" if tokens else "-", 1000 * (time.perf_counter() - started),
                      " (client gone)" if request.get("client_gone") or status == 499 else "")
 
@@ -110,9 +110,9 @@ class ApiServer:
 
     def _http_error(self, request: web.Request, err: web.HTTPException) -> ApiError:
         if err.status == 404:
-            return ApiError(404, f"no such endpoint: {request.method} {request.path}", code="not_found")
+            return ApiError(404, f"no such endpoint: {request.method} {_path(request)}", code="not_found")
         if err.status == 405:
-            return ApiError(405, f"{request.path} does not take {request.method}", code="method_not_allowed")
+            return ApiError(405, f"{_path(request)} does not take {request.method}", code="method_not_allowed")
         if err.status == 413:
             return ApiError(413, f"the request body exceeds {self.limits.max_body_bytes} bytes",
                             code="request_too_large")
@@ -217,6 +217,11 @@ class ApiServer:
 
 def _error_response(err: ApiError) -> web.Response:
     return web.json_response(err.body(), status=err.status, headers=err.headers)
+
+
+def _path(request: web.Request) -> str:
+    """The path as sent, percent-encoded: a decoded %0A would start a forged line in the log."""
+    return request.rel_url.raw_path
 
 
 def _one_line(value: object) -> str:
