@@ -20,10 +20,12 @@ START_TIMEOUT_S = 60
 class ServerProcess:
     """`python -m bobby_tui serve --port 0 ARGS`; its stderr is collected line by line in `lines`."""
 
-    def __init__(self, *args: object, user_dirs: Path):
+    def __init__(self, *args: object, user_dirs: Path, api_key_env: str | None = None):
         env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CONFIG_HOME": str(user_dirs / "config"),
                "XDG_DATA_HOME": str(user_dirs / "data"), "XDG_CACHE_HOME": str(user_dirs / "cache")}
         env.pop("BOBBY_TUI_API_KEY", None)
+        if api_key_env is not None:
+            env["BOBBY_TUI_API_KEY"] = api_key_env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bobby_tui", "serve", "--port", "0", *map(str, args)],
             cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -15,7 +15,8 @@ from bobby_tui.server import bind_problem
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "example.com"])
-def test_a_non_loopback_bind_without_a_key_is_refused_before_loading(host):
+def test_a_non_loopback_bind_without_a_key_is_refused_before_loading(host, monkeypatch):
+    monkeypatch.delenv("BOBBY_TUI_API_KEY", raising=False)  # a key from the environment would allow the bind
     started = time.monotonic()
     result = run_cli("serve", "--host", host, "--port", 0, check_one_line_error=True, timeout=30)
     assert result.returncode == 2
@@ -42,8 +43,12 @@ def test_the_bind_rule():
         assert bind_problem(host, "a-key") is None
 
 
-def test_with_a_key_every_api_request_needs_the_bearer(tmp_path):
-    server = ServerProcess("--api-key", "s3cret", user_dirs=tmp_path)
+@pytest.mark.parametrize("given_by", ["flag", "environment"])
+def test_with_a_key_every_api_request_needs_the_bearer(tmp_path, given_by):
+    if given_by == "flag":
+        server = ServerProcess("--api-key", "s3cret", user_dirs=tmp_path)
+    else:
+        server = ServerProcess(user_dirs=tmp_path, api_key_env="s3cret")
     try:
         body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
