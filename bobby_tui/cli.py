@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 PROG = "bobby-tui"
 EXPORT_FORMATS = (".md", ".jsonl")
+API_KEY_ENV = "BOBBY_TUI_API_KEY"  # serve's --api-key default: a key in the environment stays out of `ps`
 DEBUG_ENV = "BOBBY_TUI_DEBUG"  # set to get a traceback instead of the one-line message for an internal error
 EXIT_NOT_SAVED = 3  # the drafts were printed, but the history could not record them
 
@@ -138,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in .jsonl: add raw_text, the decoded text as it came (special tokens such as "
                              "<|im_start|> included)")
     export.add_argument("file", type=Path, metavar="FILE", help="output file ending in .md or .jsonl")
+
+    serve = commands.add_parser(
+        "serve", help="serve the model over an OpenAI-compatible HTTP API",
+        description="Load the model once and serve every client over an OpenAI-compatible HTTP API "
+                    "(/v1/chat/completions, /v1/completions, /v1/models, /health), batching their requests. "
+                    "SIGTERM or ctrl+c stops it.",
+    )
+    _add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; any other needs --api-key)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--api-key", metavar="KEY", default=os.environ.get(API_KEY_ENV),
+                       help=f"every request must send Authorization: Bearer KEY (default: ${API_KEY_ENV})")
+    serve.add_argument("--max-rows", type=int, default=32, metavar="N", help="rows decoding at once (default 32)")
+    serve.add_argument("--max-queue", type=int, default=64, metavar="N",
+                       help="requests waiting for rows before new ones get 429 (default 64)")
+    serve.add_argument("--max-tokens", type=int, default=2048, metavar="N",
+                       help="tokens per choice at most, and the default (default 2048)")
+    serve.add_argument("--max-n", type=int, default=8, metavar="N", help="choices per request at most (default 8)")
 
     inspect = commands.add_parser(
         "inspect", help="describe a model or adapter directory and list its problems",
@@ -635,6 +655,30 @@ def _number(value: object) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else _json_value(value)
 
 
+# --- serve ---------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bobby_tui.server import ServeError, ServeOptions, ServerLimits, bind_problem, serve
+
+    problem = bind_problem(args.host, args.api_key)
+    if problem:
+        raise UsageError(problem)
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be in [0, 65535] (got {args.port})")
+    for flag in ("max_rows", "max_queue", "max_tokens", "max_n"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
+    model_dir, adapter_dir, _ = resolve_model(_load_config(), args.model, args.adapter, args.no_adapter)
+    limits = ServerLimits(max_tokens=args.max_tokens, max_n=min(args.max_n, args.max_rows), max_rows=args.max_rows,
+                          max_queue=args.max_queue)
+    try:
+        return serve(lambda: _load_engine(model_dir, adapter_dir), ServeOptions(args.host, args.port, args.api_key,
+                                                                                limits))
+    except ServeError as err:
+        raise CliError(str(err)) from None
+
+
 # --- inspect -------------------------------------------------------------------------------------------
 
 
@@ -663,4 +707,5 @@ COMMANDS: dict[str | None, Callable[[argparse.Namespace], int]] = {
     "unfavorite": lambda args: cmd_favorite(args, favorite=False),
     "export": cmd_export,
     "inspect": cmd_inspect,
+    "serve": cmd_serve,
 }

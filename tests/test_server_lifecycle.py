@@ -1,0 +1,119 @@
+"""`bobby-tui serve`'s safety and lifecycle: the bind rule, the API key, the queue cap, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import openai
+import pytest
+from cli_helpers import run_cli
+from server_helpers import ServerProcess, long_stream_body
+
+from bobby_tui.server import bind_problem
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "example.com"])
+def test_a_non_loopback_bind_without_a_key_is_refused_before_loading(host, monkeypatch):
+    monkeypatch.delenv("BOBBY_TUI_API_KEY", raising=False)  # a key from the environment would allow the bind
+    started = time.monotonic()
+    result = run_cli("serve", "--host", host, "--port", 0, check_one_line_error=True, timeout=30)
+    assert result.returncode == 2
+    assert "--api-key" in result.stderr and host in result.stderr
+    assert time.monotonic() - started < 10  # refused at once: no model load, no socket
+
+
+def test_the_http_side_does_not_import_mlx():
+    import subprocess
+    import sys
+
+    from cli_helpers import REPO
+
+    code = "import sys, bobby_tui.cli, bobby_tui.server; print([m for m in sys.modules if m.split('.')[0] == 'mlx'])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr  # MLX belongs to the engine thread
+
+
+def test_the_bind_rule():
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert bind_problem(host, None) is None
+    for host in ("0.0.0.0", "10.0.0.1", "::", "my-laptop.local"):
+        assert bind_problem(host, None) is not None
+        assert bind_problem(host, "a-key") is None
+
+
+@pytest.mark.parametrize("given_by", ["flag", "environment"])
+def test_with_a_key_every_api_request_needs_the_bearer(tmp_path, given_by):
+    if given_by == "flag":
+        server = ServerProcess("--api-key", "s3cret", user_dirs=tmp_path)
+    else:
+        server = ServerProcess(user_dirs=tmp_path, api_key_env="s3cret")
+    try:
+        body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+                        {"Authorization": "Basic s3cret"}):
+            for method, path, data in (("POST", "/v1/chat/completions", body), ("GET", "/v1/models", None)):
+                status, response_headers, error = server.request(method, path, data, headers=headers)
+                assert status == 401, (headers, error)
+                assert error["error"]["code"] == "invalid_api_key"
+                assert response_headers["WWW-Authenticate"] == "Bearer"
+        assert server.health()["status"] == "ok"  # health stays open: it tells nothing but that we are up
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="s3cret", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(**body)
+        assert reply.choices[0].message.content
+    finally:
+        assert server.terminate() == 0
+
+
+def test_a_full_queue_answers_429_with_retry_after(tmp_path):
+    server = ServerProcess("--max-rows", 1, "--max-queue", 1, user_dirs=tmp_path)
+    try:
+        running_conn, running = server.open_stream(long_stream_body())
+        running.readline()
+        server.wait_for(lambda: server.health()["active_rows"] == 1, what="the first request's row")
+        waiting_conn, _ = server.open_stream(long_stream_body())
+        server.wait_for(lambda: server.health()["waiting"] == 1, what="the second request to wait")
+        status, headers, error = server.request("POST", "/v1/chat/completions", long_stream_body(4))
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert error["error"]["type"] == "rate_limit_error" and error["error"]["code"] == "queue_full"
+        running_conn.close()  # its row frees; the waiting request gets it
+        server.wait_for(lambda: server.health()["waiting"] == 0, what="the waiting request to join")
+        waiting_conn.close()
+        server.wait_for(lambda: server.health()["active_rows"] == 0, what="every row to be freed")
+        status, _, reply = server.request("POST", "/v1/chat/completions", long_stream_body(4))
+        assert status == 200 and reply["usage"]["completion_tokens"] == 4
+    finally:
+        assert server.terminate() == 0
+
+
+def test_sigterm_ends_streams_with_an_error_event_and_exits_cleanly(tmp_path):
+    server = ServerProcess(user_dirs=tmp_path)
+    events: list = []
+    conn, response = server.open_stream(long_stream_body(), headers={})
+    response.readline()  # the stream is running
+
+    def read() -> None:
+        for line in response:
+            line = line.decode().strip()
+            if line.startswith("data: "):
+                events.append(line[6:])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert server.terminate(timeout=10) == 0
+    exit_s = time.monotonic() - started
+    reader.join(10)
+    assert exit_s < 5
+    assert events and events[-1] != "[DONE]"
+    last = json.loads(events[-1])
+    assert last["error"]["code"] == "server_shutting_down" and last["error"]["type"] == "server_error"
+    assert any("shutting down" in line for line in server.lines)
+    assert not any("Traceback" in line or "terminate called" in line for line in server.lines)
+    with pytest.raises(OSError):
+        server.health()  # no longer listening
+    conn.close()
