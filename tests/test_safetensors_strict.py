@@ -62,6 +62,29 @@ def test_mlx_written_files_still_load(tmp_path):
         assert weights.load(name).dtype == array.dtype and mx.array_equal(weights.load(name), array).item()
 
 
+@pytest.mark.parametrize("dtype, numpy_dtype, mlx_dtype", [
+    ("I64", np.int64, mx.int64), ("U8", np.uint8, mx.uint8),
+    ("I8", np.int8, mx.int8), ("U32", np.uint32, mx.uint32), ("F16", np.float16, mx.float16),
+])
+def test_every_supported_dtype_loads(tmp_path, dtype, numpy_dtype, mlx_dtype):
+    values = np.arange(-3, 3).astype(numpy_dtype)
+    header = {"t": {"dtype": dtype, "shape": [2, 3], "data_offsets": [0, values.nbytes]}}
+    loaded = SafetensorsFile(write_file(tmp_path / "t.safetensors", header, values.tobytes())).load("t")
+    assert loaded.dtype == mlx_dtype and np.array_equal(np.array(loaded), values.reshape(2, 3).astype(np.array(loaded).dtype))
+
+
+def test_a_file_swapped_after_validation_is_refused(tmp_path, monkeypatch):
+    """MLX reads the data by name: the file it opens must be the one whose header was validated."""
+    import inference.safetensors_reader as reader
+
+    path = write_file(tmp_path / "model.safetensors", {"t": F32_2x2}, DATA_16)
+    other = write_file(tmp_path / "other", {"t": F32_2x2}, bytes(range(16)))
+    real_load = mx.load
+    monkeypatch.setattr(reader.mx, "load", lambda name: (os.replace(other, path), real_load(name))[1])
+    with pytest.raises(CheckpointError, match="file changed while it was being opened"):
+        SafetensorsFile(path)
+
+
 DATA_16 = bytes(16)
 
 
@@ -93,13 +116,14 @@ def test_tensors_must_tile_the_data_exactly(tmp_path, header, data, expected):
     ({"dtype": "F32", "shape": [2, 2], "data_offsets": [16, 0]}, "end before they start"),
     ({"dtype": 5, "shape": [2, 2], "data_offsets": [0, 16]}, "dtype must be a string, not an integer"),
     ({"dtype": "F128", "shape": [2, 2], "data_offsets": [0, 16]}, "unsupported dtype 'F128'"),
+    ({"dtype": "F64", "shape": [2], "data_offsets": [0, 16]}, "unsupported dtype 'F64'"),  # as in mlx_lm: MLX has none
     ({"shape": [2, 2], "data_offsets": [0, 16]}, "header entry has no 'dtype'"),
     ([0, 16], "header entry must be an object, not a list"),
     # 2**32 * 2**32 elements wrap to 0 in int64: a tensor of zero bytes that says it holds 2**64 elements
     ({"dtype": "F32", "shape": [2**32, 2**32], "data_offsets": [0, 0]}, "more elements than an int64 can count"),
     ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}, "has 12 bytes, its shape [2, 2] F32 needs 16"),
 ], ids=["float-shape", "bool-shape", "string-shape", "negative-shape", "shape-string", "float-offsets",
-        "string-offsets", "three-offsets", "offsets-object", "reversed-offsets", "dtype-number", "dtype-unknown",
+        "string-offsets", "three-offsets", "offsets-object", "reversed-offsets", "dtype-number", "dtype-unknown", "dtype-f64",
         "no-dtype", "entry-list", "int64-overflow", "size-mismatch"])
 def test_entries_must_have_the_exact_types(tmp_path, entry, expected):
     data = bytes(16) if expected != "more elements than an int64 can count" else b""
