@@ -515,6 +515,8 @@ def _find_template(model_dir: Path, config: dict) -> tuple[Path, str | None]:
         if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in template):
             raise TokenizerError(config_path, "chat_template list must hold objects with a 'name' and a 'template'")
         template = {t["name"]: t.get("template") for t in template}.get("default")
+        if template is not None and not isinstance(template, str):
+            raise TokenizerError(config_path, f"chat_template 'default' must be a string, not {_json_type(template)}")
     if template is not None and not isinstance(template, str):
         raise TokenizerError(config_path, f"chat_template must be a string or a list of named templates, not "
                                           f"{_json_type(template)}")
