@@ -168,13 +168,13 @@ def _is_count(value) -> bool:
 def _tensor_info(path: Path, name: str, entry, data_size: int) -> TensorInfo:
     where = f"tensor {name!r}"
     if not isinstance(entry, dict):
-        raise CheckpointError(path, f"{where}: header entry must be an object, not {_json_type(entry)}")
+        raise CheckpointError(path, f"{where}: header entry must be an object, not {json_type_name(entry)}")
     missing = [key for key in ("dtype", "shape", "data_offsets") if key not in entry]
     if missing:
         raise CheckpointError(path, f"{where}: header entry has no {', '.join(map(repr, missing))}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str):
-        raise CheckpointError(path, f"{where}: dtype must be a string, not {_json_type(dtype)}")
+        raise CheckpointError(path, f"{where}: dtype must be a string, not {json_type_name(dtype)}")
     if dtype not in _DTYPE_BYTES:
         raise CheckpointError(path, f"{where} has unsupported dtype {dtype!r} (supported: {', '.join(_DTYPE_BYTES)})")
     if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
@@ -212,8 +212,9 @@ def _check_tiling(path: Path, tensors: dict[str, TensorInfo], data_size: int) ->
         raise CheckpointError(path, f"{data_size - position} bytes after the last tensor belong to no tensor")
 
 
-def _json_type(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+def json_type_name(value) -> str:
+    """The JSON type of a parsed value, in words, for messages: "a list", "a number"."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 

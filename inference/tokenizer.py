@@ -33,7 +33,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from .config import read_json
 from .errors import TokenizerError
-from .safetensors_reader import open_regular_file
+from .safetensors_reader import json_type_name, open_regular_file
 
 TEMPLATE_TIME_LIMIT_S = 1.0  # one render, warm-up renders included; the real templates take milliseconds
 TEMPLATE_MAX_CHARS = 2**20  # the rendered prompt, and any one string or list built while rendering it
@@ -222,7 +222,7 @@ def _check_str_method(owner: str | bytes, name: str, args: tuple, kwargs: dict) 
 
 
 def _check_int_arguments(args, kwargs) -> None:
-    """A builtin method given a count beyond the size limit (``'x'.center(10**9)``, ``(1).to_bytes(10**9)``)."""
+    """A string or integer method given a count beyond the size limit (``'x'.center(10**9)``, ``(1).to_bytes(10**9)``)."""
     for value in (*args, *kwargs.values()):
         if type(value) is int and abs(value) > TEMPLATE_MAX_CHARS:
             raise TemplateLimitError(f"its size limit: an argument of {value} (at most {TEMPLATE_MAX_CHARS})")
@@ -239,7 +239,7 @@ def _bounded_range(*args) -> range:
     return numbers
 
 
-def _bounded_lipsum(n=5, html=True, min=20, max=100):  # noqa: A002 - jinja's parameter names
+def _bounded_lipsum(n=5, html=True, min=20, max=100):  # jinja's parameter names
     if type(n) is int and type(max) is int and n * max * 16 > TEMPLATE_MAX_CHARS:
         raise _too_big("lorem ipsum", n * max * 16)
     return generate_lorem_ipsum(n, html, min, max)
@@ -404,14 +404,14 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
             _check_printf(left, right)
         return _built(super().call_binop(context, operator, left, right))
 
-    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's names, free of keyword clashes
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: PYI063 - jinja's signature, free of keyword clashes
         _tick()
         target = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
         owner = getattr(target, "__self__", None)
-        if inspect.isbuiltin(target):
+        if inspect.isbuiltin(target) and isinstance(owner, (str, bytes, int)):
             _check_int_arguments(args, kwargs)
-        if isinstance(owner, (str, bytes)):
-            args = _check_str_method(owner, target.__name__, args, kwargs)
+            if not isinstance(owner, int):
+                args = _check_str_method(owner, target.__name__, args, kwargs)
         return _built(super().call(__context, __obj, *args, **kwargs))
 
 
@@ -448,7 +448,7 @@ def render_bounded(template: jinja2.Template, path: Path, **variables) -> str:
         raise TokenizerError(path, "chat template exceeded the memory available") from None
     except jinja2.TemplateError as e:
         raise TokenizerError(path, f"chat template failed: {e}") from None
-    except Exception as e:  # the template's own mistakes: 1 + 'a', a missing key, a division by zero
+    except Exception as e:  # noqa: BLE001 - the template's own mistakes: 1 + 'a', a missing key, a division by zero
         raise TokenizerError(path, f"chat template failed: {type(e).__name__}: {e}") from None
     finally:
         _budget.reset(token)
@@ -456,7 +456,7 @@ def render_bounded(template: jinja2.Template, path: Path, **variables) -> str:
 
 def compile_template(source, path: Path) -> jinja2.Template:
     if not isinstance(source, str):
-        raise TokenizerError(path, f"chat template must be a string, not {_json_type(source)}")
+        raise TokenizerError(path, f"chat template must be a string, not {json_type_name(source)}")
     if len(source) > TEMPLATE_MAX_SOURCE:
         raise TokenizerError(path, f"chat template is {len(source)} characters, more than {TEMPLATE_MAX_SOURCE}")
     try:
@@ -467,11 +467,6 @@ def compile_template(source, path: Path) -> jinja2.Template:
         raise TokenizerError(path, "chat template cannot be parsed: nested too deeply") from None
 
 
-def _json_type(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
 def _load_hf_tokenizer(model_dir: Path) -> HFTokenizer:
     path = model_dir / "tokenizer.json"
     with open_regular_file(path, TokenizerError, max_bytes=_MAX_TOKENIZER_BYTES) as f:
@@ -480,7 +475,7 @@ def _load_hf_tokenizer(model_dir: Path) -> HFTokenizer:
         return HFTokenizer.from_str(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise TokenizerError(path, "cannot be parsed (not UTF-8)") from None
-    except Exception as e:  # tokenizers raises a bare Exception for any malformed file
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for any malformed file
         raise TokenizerError(path, f"cannot be parsed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
@@ -496,7 +491,7 @@ def _token_text(path: Path, config: dict, key: str) -> str | None:
         if not isinstance(value, str):
             raise TokenizerError(path, f"{key} is an object without a 'content' string")
     if value is not None and not isinstance(value, str):
-        raise TokenizerError(path, f"{key} must be a string or an object with a 'content' string, not {_json_type(value)}")
+        raise TokenizerError(path, f"{key} must be a string or an object with a 'content' string, not {json_type_name(value)}")
     return value
 
 
@@ -516,10 +511,10 @@ def _find_template(model_dir: Path, config: dict) -> tuple[Path, str | None]:
             raise TokenizerError(config_path, "chat_template list must hold objects with a 'name' and a 'template'")
         template = {t["name"]: t.get("template") for t in template}.get("default")
         if template is not None and not isinstance(template, str):
-            raise TokenizerError(config_path, f"chat_template 'default' must be a string, not {_json_type(template)}")
+            raise TokenizerError(config_path, f"chat_template 'default' must be a string, not {json_type_name(template)}")
     if template is not None and not isinstance(template, str):
         raise TokenizerError(config_path, f"chat_template must be a string or a list of named templates, not "
-                                          f"{_json_type(template)}")
+                                          f"{json_type_name(template)}")
     return config_path, template
 
 

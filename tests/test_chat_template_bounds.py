@@ -108,8 +108,8 @@ def dos_results(tmp_path_factory):
     for name, template in DOS_TEMPLATES.items():
         write_model(base / name, template)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    child = subprocess.run([sys.executable, "-c", CHILD, str(base), json.dumps(list(DOS_TEMPLATES))], cwd=root,
-                           env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True, timeout=300)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(base), json.dumps(list(DOS_TEMPLATES))], check=False,
+                           cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-2000:]
     return base, json.loads(child.stdout)
 
@@ -139,11 +139,11 @@ def test_templates_within_bounds_render(tmp_path):
         {%- for i in range(1000) %}{% set ns.total = ns.total + i %}{% endfor -%}
         {{ ns.total }} {{ 2 ** 100 }} {{ range(5)|join(',') }} {{ '%05d' % 42 }} {{ '{:>6}'.format('x') }}
         {{- ' ' ~ wrap(messages[0].content) ~ ' ' ~ ('ab' * 3)|replace('b', 'c') ~ ' ' ~ messages|tojson }}
-        {{- ' ' ~ 'x'|center(7) ~ '|' ~ ('a\\nb'|indent(2)) ~ '|' ~ [1, [2, 3]] }}""")
+        {{- ' ' ~ 'x'|center(7) ~ '|' ~ ('a\\nb'|indent(2)) ~ '|' ~ [1, [2, 3]] ~ ' ' ~ messages[0].get('n', 5000000) }}""")
     tokenizer = Tokenizer(write_model(tmp_path / "m", template))
     messages = [{"role": "user", "content": "hi ü"}]
     expected = ("499500 1267650600228229401496703205376 0,1,2,3,4 00042      x [hi ü] acacac "
-                '[{"role": "user", "content": "hi ü"}]    x   |a\n  b|[1, [2, 3]]')
+                '[{"role": "user", "content": "hi ü"}]    x   |a\n  b|[1, [2, 3]] 5000000')
     assert tokenizer.apply_chat_template(messages) == expected
 
 
