@@ -236,17 +236,28 @@ class SafetensorsFile:
         self.path = Path(path)
         with open_regular_file(self.path) as f:
             self.tensors, _ = _read_header(f, self.path)
-            validated = os.fstat(f.fileno())
+            self._validated = os.fstat(f.fileno())
+        self._arrays = self._read_lazily()
+
+    def _read_lazily(self) -> dict[str, mx.array]:
+        """Every tensor as a lazy MLX array (nothing read yet), from the file whose header was validated."""
         try:
-            self._arrays = mx.load(str(self.path)) if self.tensors else {}
+            arrays = mx.load(str(self.path)) if self.tensors else {}
         except (RuntimeError, ValueError, OSError) as e:
             raise CheckpointError(self.path, f"MLX cannot read it ({e})") from None
-        now = os.stat(self.path)
+        now, then = os.stat(self.path), self._validated
         if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != (
-                validated.st_dev, validated.st_ino, validated.st_size, validated.st_mtime_ns):
+                then.st_dev, then.st_ino, then.st_size, then.st_mtime_ns):
             raise CheckpointError(self.path, "file changed while it was being opened")
-        if set(self._arrays) != set(self.tensors):
+        if set(arrays) != set(self.tensors):
             raise CheckpointError(self.path, "MLX reads other tensors than the header names")
+        return arrays
 
     def load(self, name: str) -> mx.array:
-        return self._arrays[name]
+        """The tensor ``name``. Each lazy array is handed out once, so that this object does not keep its data alive
+        once the caller has cast or dropped it; loading the same tensor again reads it again."""
+        if name not in self.tensors:
+            raise KeyError(name)
+        if name not in self._arrays:
+            self._arrays = self._read_lazily()
+        return self._arrays.pop(name)

@@ -85,6 +85,21 @@ def test_a_file_swapped_after_validation_is_refused(tmp_path, monkeypatch):
         SafetensorsFile(path)
 
 
+def test_a_loaded_tensor_is_not_kept_alive_by_the_file(tmp_path):
+    """The engine casts bf16 weights to its compute dtype: the bf16 original must be freed, not held by the file."""
+    path = tmp_path / "w.safetensors"
+    mx.save_safetensors(str(path), {"w": mx.ones((1024, 1024), dtype=mx.bfloat16), "b": mx.zeros((8,))})
+    weights = SafetensorsFile(path)
+    before = mx.get_active_memory()
+    cast = weights.load("w").astype(mx.float32)
+    mx.eval(cast)
+    assert mx.get_active_memory() - before < 4 * 2**20 + 2**20  # the float32 copy, not also the 2 MiB original
+    again = weights.load("w")  # a second load reads the tensor again
+    assert again.dtype == mx.bfloat16 and mx.array_equal(again, cast).item()
+    with pytest.raises(KeyError):
+        weights.load("nope")
+
+
 DATA_16 = bytes(16)
 
 
