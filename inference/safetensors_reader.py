@@ -1,4 +1,4 @@
-"""A validating, memory-mapped safetensors reader, and the one way the engine opens the files it reads.
+"""A validating safetensors reader, and the one way the engine opens the files it reads.
 
 The data is read by MLX, once the header has been validated here; it never passes through Python bytes.
 Layout: 8-byte little-endian header length N, N bytes of JSON header, then the data block that header offsets point into.
@@ -99,11 +99,11 @@ def read_header(path: Path | str) -> dict[str, TensorInfo]:
     """Parse and validate the header of a safetensors file without touching its data."""
     path = Path(path)
     with open_regular_file(path) as f:
-        return _read_header(f, path)[0]
+        return _read_header(f, path)
 
 
-def _read_header(f: BinaryIO, path: Path) -> tuple[dict[str, TensorInfo], int]:
-    """The validated tensors of the open file ``f`` and where its data block starts."""
+def _read_header(f: BinaryIO, path: Path) -> dict[str, TensorInfo]:
+    """The validated tensors of the open file ``f``."""
     size = os.fstat(f.fileno()).st_size
     head = f.read(8)
     if len(head) < 8:
@@ -125,7 +125,7 @@ def _read_header(f: BinaryIO, path: Path) -> tuple[dict[str, TensorInfo], int]:
         raise CheckpointError(path, "header '__metadata__' must map strings to strings")
     tensors = {name: _tensor_info(path, name, entry, data_size) for name, entry in header.items()}
     _check_tiling(path, tensors, data_size)
-    return tensors, 8 + header_len
+    return tensors
 
 
 class _DuplicateKey(Exception):
@@ -133,10 +133,11 @@ class _DuplicateKey(Exception):
 
 
 def _unique_object(pairs: list[tuple[str, object]]) -> dict:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen = set()
-        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
     return result
 
 
@@ -235,7 +236,7 @@ class SafetensorsFile:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         with open_regular_file(self.path) as f:
-            self.tensors, _ = _read_header(f, self.path)
+            self.tensors = _read_header(f, self.path)
             self._validated = os.fstat(f.fileno())
         self._arrays = self._read_lazily()
 
