@@ -15,13 +15,14 @@ import json
 import os
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import mlx.core as mx
 
-from .errors import CheckpointError, InferenceError
+from .errors import CheckpointError
 
 # safetensors dtype -> bytes per element: the dtypes MLX reads (not F64: MLX, and so mlx_lm, has no float64 reader)
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "U8": 1, "I8": 1, "I64": 8}
@@ -48,14 +49,15 @@ _OS_PROBLEMS = {
 
 
 def open_regular_file(
-    path: Path | str, error: type[InferenceError] = CheckpointError, max_bytes: int | None = None
+    path: Path | str, error: Callable[[Path, str], Exception] = CheckpointError, max_bytes: int | None = None
 ) -> BinaryIO:
     """Open ``path`` for binary reading if it is a regular file; otherwise raise ``error`` with one line saying why.
 
     Opening a FIFO blocks until a writer appears and reading a device may never end, so anything but a regular file is
     refused before it is opened; the open itself is non-blocking and checked again, so a path swapped for a FIFO
     between the two checks cannot block either. Symlinks are followed (Hugging Face caches are made of them); a loop
-    of them, a missing or unreadable file each get their own message. ``max_bytes`` refuses a larger file (for files
+    of them, a missing or unreadable file each get their own message, raised as ``error(path, problem)`` (an
+    ``InferenceError`` subclass, or any exception built the same way). ``max_bytes`` refuses a larger file (for files
     read whole into memory). Tokenizer and config readers use this too.
     """
     path = Path(path)
@@ -76,7 +78,7 @@ def open_regular_file(
         raise
 
 
-def _require_regular(path: Path, mode: int, error: type[InferenceError]) -> None:
+def _require_regular(path: Path, mode: int, error: Callable[[Path, str], Exception]) -> None:
     if stat.S_ISREG(mode):
         return
     kind = next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "a special file")
