@@ -611,11 +611,14 @@ def check_tokenizer(model_dir: Path | str, eos_token_ids: set[int] | frozenset[i
     template = attempt(lambda: compile_template(source, path))
     if template is _FAILED:
         return problems
+    probe = "Write a short post about the sea."
     prompt = attempt(lambda: render_bounded(
-        template, path, messages=[{"role": "user", "content": "Hello"}], add_generation_prompt=True,
+        template, path, messages=[{"role": "user", "content": probe}], add_generation_prompt=True,
         enable_thinking=False, bos_token=bos if isinstance(bos, str) else "", eos_token=eos if isinstance(eos, str) else ""))
     if prompt == "":
         problems.append(f"{path}: the chat template renders an empty prompt for a one-message conversation")
+    elif isinstance(prompt, str) and probe not in prompt:
+        problems.append(f"{path}: the chat template leaves the user's message out of the prompt")
     return problems
 
 

@@ -65,7 +65,8 @@ def test_unparsable_tokenizer_config(qwen_dir):
     ("{{ messages[0].content.nope() }}", "chat template failed: 'str object' has no attribute 'nope'"),
     ("{{ 1 // 0 }}", "chat template failed: ZeroDivisionError"),
     ("{% if false %}x{% endif %}", "the chat template renders an empty prompt"),
-], ids=["syntax", "raise-exception", "type-error", "undefined-call", "zero-division", "empty"])
+    ("<|im_start|>user\n{{ messages[0].contnet }}<|im_end|>", "the chat template leaves the user's message out"),
+], ids=["syntax", "raise-exception", "type-error", "undefined-call", "zero-division", "empty", "message-left-out"])
 def test_a_template_that_cannot_render_one_message(qwen_dir, template, expected):
     write_config(qwen_dir, chat_template=template)
     [problem] = check_tokenizer(qwen_dir)
