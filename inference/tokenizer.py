@@ -43,7 +43,7 @@ TEMPLATE_MAX_SOURCE = 2**20  # characters of template source
 _MAX_TOKENIZER_BYTES = 512 * 2**20
 
 
-class TemplateLimitError(Exception):
+class _TemplateLimitError(Exception):
     """A chat template went past one of the render budget's limits; ``str`` says which, after "exceeded"."""
 
 
@@ -61,11 +61,11 @@ _budget: ContextVar[_Budget | None] = ContextVar("chat_template_budget", default
 def _tick() -> None:
     budget = _budget.get()
     if budget is not None and time.monotonic() > budget.deadline:
-        raise TemplateLimitError(f"its time limit ({TEMPLATE_TIME_LIMIT_S:g} s)")
+        raise _TemplateLimitError(f"its time limit ({TEMPLATE_TIME_LIMIT_S:g} s)")
 
 
-def _too_big(what: str, size: int, unit: str = "characters") -> TemplateLimitError:
-    return TemplateLimitError(f"its size limit: {what} of {size} {unit} (at most {TEMPLATE_MAX_CHARS})")
+def _too_big(what: str, size: int, unit: str = "characters") -> _TemplateLimitError:
+    return _TemplateLimitError(f"its size limit: {what} of {size} {unit} (at most {TEMPLATE_MAX_CHARS})")
 
 
 def _built(value):
@@ -76,7 +76,7 @@ def _built(value):
         size, unit = len(value), "items"
     else:
         if type(value) is int and value.bit_length() > TEMPLATE_MAX_INT_BITS:
-            raise TemplateLimitError(
+            raise _TemplateLimitError(
                 f"its size limit: an integer of {value.bit_length()} bits (at most {TEMPLATE_MAX_INT_BITS})"
             )
         return value
@@ -86,7 +86,7 @@ def _built(value):
     if budget is not None:
         budget.work += size
         if budget.work > TEMPLATE_MAX_WORK:
-            raise TemplateLimitError(f"its work limit ({TEMPLATE_MAX_WORK} characters and items built)")
+            raise _TemplateLimitError(f"its work limit ({TEMPLATE_MAX_WORK} characters and items built)")
     return value
 
 
@@ -225,7 +225,7 @@ def _check_int_arguments(args, kwargs) -> None:
     """A string or integer method given a count beyond the size limit (``'x'.center(10**9)``, ``(1).to_bytes(10**9)``)."""
     for value in (*args, *kwargs.values()):
         if type(value) is int and abs(value) > TEMPLATE_MAX_CHARS:
-            raise TemplateLimitError(f"its size limit: an argument of {value} (at most {TEMPLATE_MAX_CHARS})")
+            raise _TemplateLimitError(f"its size limit: an argument of {value} (at most {TEMPLATE_MAX_CHARS})")
 
 
 def _bounded_range(*args) -> range:
@@ -235,7 +235,7 @@ def _bounded_range(*args) -> range:
     except OverflowError:  # more items than a C ssize_t
         length = MAX_RANGE + 1
     if length > MAX_RANGE:  # the sandbox's own range limit, as transformers renders
-        raise TemplateLimitError(f"its size limit: a range of {length} items (at most {MAX_RANGE})")
+        raise _TemplateLimitError(f"its size limit: a range of {length} items (at most {MAX_RANGE})")
     return numbers
 
 
@@ -394,12 +394,12 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
                 raise _too_big(f"a repeated {type(sequence).__name__}", len(sequence) * count,
                                "characters" if isinstance(sequence, str) else "items")
             if type(left) is int and type(right) is int and left.bit_length() + right.bit_length() > TEMPLATE_MAX_INT_BITS:
-                raise TemplateLimitError(f"its size limit: a product of {left.bit_length() + right.bit_length()} bits "
+                raise _TemplateLimitError(f"its size limit: a product of {left.bit_length() + right.bit_length()} bits "
                                          f"(at most {TEMPLATE_MAX_INT_BITS})")
         elif operator == "**" and type(left) is int and type(right) is int and right > 0 and abs(left) > 1:
             bits = (left.bit_length() - 1) * right
             if bits > TEMPLATE_MAX_INT_BITS:
-                raise TemplateLimitError(f"its size limit: a power of at least {bits} bits (at most {TEMPLATE_MAX_INT_BITS})")
+                raise _TemplateLimitError(f"its size limit: a power of at least {bits} bits (at most {TEMPLATE_MAX_INT_BITS})")
         elif operator == "%" and isinstance(left, str):
             _check_printf(left, right)
         return _built(super().call_binop(context, operator, left, right))
@@ -420,7 +420,7 @@ def _budget_output_chars(count: int) -> None:
     if budget is not None:
         budget.output += count
         if budget.output > TEMPLATE_MAX_CHARS:
-            raise TemplateLimitError(f"its output limit ({TEMPLATE_MAX_CHARS} characters)")
+            raise _TemplateLimitError(f"its output limit ({TEMPLATE_MAX_CHARS} characters)")
 
 
 def _raise_exception(message):
@@ -435,12 +435,12 @@ def _template_environment() -> _BoundedEnvironment:
     return env
 
 
-def render_bounded(template: jinja2.Template, path: Path, **variables) -> str:
+def _render_bounded(template: jinja2.Template, path: Path, **variables) -> str:
     """Render ``template`` within the render budget; any failure is a one-line ``TokenizerError`` naming ``path``."""
     token = _budget.set(_Budget(deadline=time.monotonic() + TEMPLATE_TIME_LIMIT_S))
     try:
         return template.render(**variables)
-    except TemplateLimitError as e:
+    except _TemplateLimitError as e:
         raise TokenizerError(path, f"chat template exceeded {e}") from None
     except RecursionError:
         raise TokenizerError(path, "chat template exceeded its recursion limit (it calls itself too deeply)") from None
@@ -454,7 +454,7 @@ def render_bounded(template: jinja2.Template, path: Path, **variables) -> str:
         _budget.reset(token)
 
 
-def compile_template(source, path: Path) -> jinja2.Template:
+def _compile_template(source, path: Path) -> jinja2.Template:
     if not isinstance(source, str):
         raise TokenizerError(path, f"chat template must be a string, not {json_type_name(source)}")
     if len(source) > TEMPLATE_MAX_SOURCE:
@@ -533,7 +533,7 @@ class Tokenizer:
         self._tok = _load_hf_tokenizer(model_dir)
         self.config = _read_optional_json(model_dir / "tokenizer_config.json")
         self.template_path, template = _find_template(model_dir, self.config)
-        self._template = compile_template(template, self.template_path) if template else None
+        self._template = _compile_template(template, self.template_path) if template else None
         config_path = model_dir / "tokenizer_config.json"
         self._bos_text = _token_text(config_path, self.config, "bos_token") or ""
         self._eos_text = _eos_text(model_dir, self.config)
@@ -558,7 +558,7 @@ class Tokenizer:
     ) -> str:
         if self._template is None:
             raise TokenizerError(self.template_path, "the model has no chat template")
-        return render_bounded(
+        return _render_bounded(
             self._template, self.template_path,
             messages=messages,
             add_generation_prompt=add_generation_prompt,
@@ -608,11 +608,11 @@ def check_tokenizer(model_dir: Path | str, eos_token_ids: set[int] | frozenset[i
         problems.append(f"{path}: the model has no chat template (neither chat_template.jinja nor a 'chat_template' "
                         "in tokenizer_config.json)")
         return problems
-    template = attempt(lambda: compile_template(source, path))
+    template = attempt(lambda: _compile_template(source, path))
     if template is _FAILED:
         return problems
     probe = "Write a short post about the sea."
-    prompt = attempt(lambda: render_bounded(
+    prompt = attempt(lambda: _render_bounded(
         template, path, messages=[{"role": "user", "content": probe}], add_generation_prompt=True,
         enable_thinking=False, bos_token=bos if isinstance(bos, str) else "", eos_token=eos if isinstance(eos, str) else ""))
     if prompt == "":
