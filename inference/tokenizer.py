@@ -245,6 +245,13 @@ def _bounded_lipsum(n=5, html=True, min=20, max=100):  # jinja's parameter names
     return generate_lorem_ipsum(n, html, min, max)
 
 
+# Filters that do Python work for each item (or word) of their value: fed at most MAX_RANGE of them, each finishes in
+# a fraction of the time limit (the deadline is only checked between operations).
+_PER_ITEM_FILTERS = frozenset({
+    "batch", "dictsort", "groupby", "join", "map", "max", "min", "pprint", "reject", "rejectattr", "select",
+    "selectattr", "slice", "sort", "sum", "title", "unique", "urlencode", "urlize", "wordwrap", "xmlattr",
+})
+
 # Filters that do not turn their value into text (the others are checked for a value whose text is too large)
 _NON_TEXT_FILTERS = frozenset({
     "abs", "attr", "batch", "count", "d", "default", "dictsort", "filesizeformat", "first", "float", "groupby", "int",
@@ -287,12 +294,15 @@ def _bounded_filter(name: str, func):
     signature = inspect.signature(inner)
     inner_skip = 0 if _PassArg.from_obj(inner) is None else 1
     is_text_filter = name not in _NON_TEXT_FILTERS
+    is_per_item = name in _PER_ITEM_FILTERS
 
     @functools.wraps(func)  # keeps jinja's pass_context / pass_environment marks
     def bounded(*args, **kwargs):
         _tick()
         if is_text_filter and len(args) > skip:
             _check_text(args[skip], f"the text given to '{name}'")
+        if is_per_item and len(args) > skip and hasattr(args[skip], "__len__") and len(args[skip]) > MAX_RANGE:
+            raise _TemplateLimitError(f"its size limit: '{name}' given {len(args[skip])} items (at most {MAX_RANGE})")
         bound = signature.bind(*(None,) * inner_skip, *args[skip:], **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments
@@ -385,6 +395,14 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         if size > TEMPLATE_MAX_CHARS:
             raise _too_big("a concatenated string", size)
         return _built("".join(map(str, parts)))
+
+    def getattr(self, obj, attribute):
+        _tick()  # also once per item where filters look attributes up (sort, groupby, map, selectattr by attribute)
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj, argument):
+        _tick()
+        return super().getitem(obj, argument)
 
     def call_binop(self, context, operator, left, right):
         _tick()
