@@ -222,7 +222,7 @@ def _check_str_method(owner: str | bytes, name: str, args: tuple, kwargs: dict) 
 
 
 def _check_int_arguments(args, kwargs) -> None:
-    """A string or integer method given a count beyond the size limit (``'x'.center(10**9)``, ``(1).to_bytes(10**9)``)."""
+    """A string or integer method given a count past the size limit: ``'x'.center(10**9)``, ``(1).to_bytes(10**9)``."""
     for value in (*args, *kwargs.values()):
         if type(value) is int and abs(value) > TEMPLATE_MAX_CHARS:
             raise _TemplateLimitError(f"its size limit: an argument of {value} (at most {TEMPLATE_MAX_CHARS})")
@@ -408,16 +408,18 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         _tick()
         if operator == "*":
             sequence, count = (left, right) if type(right) is int else (right, left)
-            if isinstance(sequence, (str, list, tuple)) and type(count) is int and len(sequence) * count > TEMPLATE_MAX_CHARS:
+            repeats = isinstance(sequence, (str, list, tuple)) and type(count) is int
+            if repeats and len(sequence) * count > TEMPLATE_MAX_CHARS:
                 raise _too_big(f"a repeated {type(sequence).__name__}", len(sequence) * count,
                                "characters" if isinstance(sequence, str) else "items")
-            if type(left) is int and type(right) is int and left.bit_length() + right.bit_length() > TEMPLATE_MAX_INT_BITS:
-                raise _TemplateLimitError(f"its size limit: a product of {left.bit_length() + right.bit_length()} bits "
-                                         f"(at most {TEMPLATE_MAX_INT_BITS})")
+            bits = left.bit_length() + right.bit_length() if type(left) is int and type(right) is int else 0
+            if bits > TEMPLATE_MAX_INT_BITS:
+                raise _TemplateLimitError(f"its size limit: a product of {bits} bits (at most {TEMPLATE_MAX_INT_BITS})")
         elif operator == "**" and type(left) is int and type(right) is int and right > 0 and abs(left) > 1:
             bits = (left.bit_length() - 1) * right
             if bits > TEMPLATE_MAX_INT_BITS:
-                raise _TemplateLimitError(f"its size limit: a power of at least {bits} bits (at most {TEMPLATE_MAX_INT_BITS})")
+                raise _TemplateLimitError(
+                    f"its size limit: a power of at least {bits} bits (at most {TEMPLATE_MAX_INT_BITS})")
         elif operator == "%" and isinstance(left, str):
             _check_printf(left, right)
         return _built(super().call_binop(context, operator, left, right))
@@ -494,7 +496,8 @@ def _load_hf_tokenizer(model_dir: Path) -> HFTokenizer:
     except UnicodeDecodeError:
         raise TokenizerError(path, "cannot be parsed (not UTF-8)") from None
     except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for any malformed file
-        raise TokenizerError(path, f"cannot be parsed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TokenizerError(path, f"cannot be parsed ({reason})") from None
 
 
 def _read_optional_json(path: Path) -> dict:
@@ -509,7 +512,8 @@ def _token_text(path: Path, config: dict, key: str) -> str | None:
         if not isinstance(value, str):
             raise TokenizerError(path, f"{key} is an object without a 'content' string")
     if value is not None and not isinstance(value, str):
-        raise TokenizerError(path, f"{key} must be a string or an object with a 'content' string, not {json_type_name(value)}")
+        raise TokenizerError(
+            path, f"{key} must be a string or an object with a 'content' string, not {json_type_name(value)}")
     return value
 
 
@@ -529,7 +533,8 @@ def _find_template(model_dir: Path, config: dict) -> tuple[Path, str | None]:
             raise TokenizerError(config_path, "chat_template list must hold objects with a 'name' and a 'template'")
         template = {t["name"]: t.get("template") for t in template}.get("default")
         if template is not None and not isinstance(template, str):
-            raise TokenizerError(config_path, f"chat_template 'default' must be a string, not {json_type_name(template)}")
+            raise TokenizerError(
+                config_path, f"chat_template 'default' must be a string, not {json_type_name(template)}")
     if template is not None and not isinstance(template, str):
         raise TokenizerError(config_path, f"chat_template must be a string or a list of named templates, not "
                                           f"{json_type_name(template)}")
@@ -537,7 +542,7 @@ def _find_template(model_dir: Path, config: dict) -> tuple[Path, str | None]:
 
 
 def _eos_text(model_dir: Path, config: dict) -> str | None:
-    """The tokenizer's eos token: tokenizer_config.json's, else special_tokens_map.json's (as transformers reads them)."""
+    """The tokenizer's eos token: tokenizer_config.json's, else special_tokens_map.json's (as transformers reads it)."""
     eos = _token_text(model_dir / "tokenizer_config.json", config, "eos_token")
     if eos is None:
         path = model_dir / "special_tokens_map.json"
@@ -630,9 +635,10 @@ def check_tokenizer(model_dir: Path | str, eos_token_ids: set[int] | frozenset[i
     if template is _FAILED:
         return problems
     probe = "Write a short post about the sea."
+    specials = {"bos_token": bos if isinstance(bos, str) else "", "eos_token": eos if isinstance(eos, str) else ""}
     prompt = attempt(lambda: _render_bounded(
         template, path, messages=[{"role": "user", "content": probe}], add_generation_prompt=True,
-        enable_thinking=False, bos_token=bos if isinstance(bos, str) else "", eos_token=eos if isinstance(eos, str) else ""))
+        enable_thinking=False, **specials))
     if prompt == "":
         problems.append(f"{path}: the chat template renders an empty prompt for a one-message conversation")
     elif isinstance(prompt, str) and probe not in prompt:
