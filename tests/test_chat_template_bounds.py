@@ -188,3 +188,28 @@ def test_template_escapes_stay_blocked(tmp_path, name):
     else:  # an undefined attribute renders as nothing: harmless, as long as nothing leaked
         assert "class" not in rendered and "uid=" not in rendered and "function" not in rendered, rendered
     assert messages == [{"role": "user", "content": "hi"}]
+
+
+def test_bounds_hold_on_other_threads_each_with_its_own_budget(tmp_path):
+    """The engine renders on its own thread: the deadline needs no signal, and two renders do not share a budget."""
+    import threading
+    import time
+
+    slow = Tokenizer(write_model(tmp_path / "slow", DOS_TEMPLATES["nested-loops"]))
+    fine = Tokenizer(write_model(tmp_path / "fine", "{% for i in range(3000) %}{{ i % 10 }}{% endfor %}"))
+    outcomes = {}
+
+    def render(name, tokenizer):
+        start = time.monotonic()
+        try:
+            outcomes[name] = (tokenizer.apply_chat_template([{"role": "user", "content": "hi"}]), time.monotonic() - start)
+        except TokenizerError as e:
+            outcomes[name] = (str(e), time.monotonic() - start)
+
+    threads = [threading.Thread(target=render, args=("slow", slow)), threading.Thread(target=render, args=("fine", fine))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert "chat template exceeded its time limit" in outcomes["slow"][0] and outcomes["slow"][1] < 2.0
+    assert outcomes["fine"][0] == "0123456789" * 300
