@@ -78,3 +78,17 @@ def test_generated_text_is_what_mlx_lm_prints(qwen, qwen_dir, text):
     stream = StreamingDetokenizer(qwen, drop_leading_space=True)
     ours = "".join(stream.add(i) for i in ids) + stream.flush()
     assert ours == mlx_lm_text(load_tokenizer(qwen_dir), ids) == (text[1:] if text[0] == " " else text)
+
+
+def test_byte_zero_decodes_as_nul_as_in_transformers_not_as_mlx_lm(qwen, qwen_dir):
+    """A known, kept difference (docs/engine.md): byte 0's token decodes to '\\x00' in ours and in transformers;
+    mlx_lm's streaming detokenizer prints its byte-level symbol 'Ā' (U+0100) instead."""
+    from mlx_lm.utils import load_tokenizer
+    from parity import mlx_lm_text
+    from transformers import AutoTokenizer
+
+    ids = qwen.encode("a\x00b")
+    assert qwen.decode(ids) == AutoTokenizer.from_pretrained(str(qwen_dir)).decode(ids) == "a\x00b"
+    stream = StreamingDetokenizer(qwen)
+    assert "".join(stream.add(i) for i in ids) + stream.flush() == "a\x00b"
+    assert mlx_lm_text(load_tokenizer(qwen_dir), ids) == "a\u0100b"
