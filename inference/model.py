@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import gemv, qk_rope
+from .backends import cuda
+from .backends.cuda import qk_rope
 from .cache import KVCache
 from .checkpoint import CheckpointPlan
 from .config import ModelConfig
@@ -45,7 +47,7 @@ class Block:
         self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.eps, self.rope_theta = config.head_dim, config.rms_norm_eps, config.rope_theta
         self.scale = config.head_dim**-0.5
-        self.kernel = kernel  # our CUDA kernels: q/k norms and RoPE in one (inference/qk_rope.py)
+        self.kernel = kernel  # our CUDA kernels: q/k norms and RoPE in one (backends/cuda/qk_rope.py)
         self.compile_halves = COMPILE_BLOCK_HALVES
         self._compiled: dict[bool, tuple] = {}  # use_lora -> (queries_keys_values, finish), traced on first use
 
@@ -57,7 +59,7 @@ class Block:
         """The block input (B, L, hidden) -> q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim)."""
         B, L, _ = x.shape
         qkv_projection, normed = self.projections["qkv"], mx.fast.rms_norm(x, self.input_norm, self.eps)
-        if self.kernel and isinstance(offset, mx.array) and qkv_projection.fused and L == 1 and self.head_dim % 64 == 0:
+        if self.kernel and isinstance(offset, mx.array) and qkv_projection.fused and qk_rope.covers(x, self.head_dim):
             (qkv,) = qkv_projection(normed, use_lora, split=False)
             return qk_rope.queries_keys_values(qkv, self.q_norm, self.k_norm, offset, self.n_heads, self.n_kv_heads,
                                                self.head_dim, self.eps, self.rope_theta)
@@ -97,7 +99,8 @@ class Block:
 class Qwen3Model:
     def __init__(self, config: ModelConfig, weights: dict[str, mx.array], plan: CheckpointPlan, dtype: mx.Dtype):
         self.config, self.dtype = config, dtype
-        kernel = gemv.enabled()  # decided once, at load, on the loading (engine) thread's device
+        # Decided once, at load, on the loading (engine) thread's device; BOBBY_CUDA_KERNELS=0 turns them off.
+        kernel = cuda.available() and os.environ.get("BOBBY_CUDA_KERNELS", "1") != "0"
         self.embed_tokens = Linear.from_weights(weights, "model.embed_tokens", plan.quant["model.embed_tokens"])
         self.layers = [Block(config, i, weights, plan, kernel) for i in range(config.num_hidden_layers)]
         self.norm = weights["model.norm.weight"]
