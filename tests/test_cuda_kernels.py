@@ -14,7 +14,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from inference import Engine
 from inference.backends import cuda
 from inference.backends.cuda import gemv, qk_rope
 
@@ -42,7 +41,8 @@ def random_product(dtype, rows, k, n, group_size, fused, rank=24):
     x = mx.random.normal((rows, k)).astype(dtype)
     lora = None
     if fused:
-        lora = ((mx.random.normal((rank, k)) * k**-0.5).astype(dtype), (mx.random.normal((n, rank)) * 0.1).astype(dtype))
+        lora = ((mx.random.normal((rank, k)) * k**-0.5).astype(dtype),
+                (mx.random.normal((n, rank)) * 0.1).astype(dtype))
     residual = mx.random.normal((rows, n)).astype(dtype) if fused else None
     return x, w, scales, biases, lora, residual
 
@@ -247,22 +247,23 @@ def test_kernel_sources_compile_for_sm90(tmp_path, instances):
 
 @pytest.fixture(scope="module")
 def bench_checkpoint(tmp_path_factory):
-    from inference.bench import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
+    """The benchmarks' tiny shape (real vocabulary, head_dim 64) with the real tokenizer, and their adapter."""
+    from tools.bench.checkpoints import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
 
     tokenizer_dir = Path(os.environ.get("BOBBY_TEST_TOKENIZER_DIR") or qwen_tokenizer_dir())
     root = tmp_path_factory.mktemp("gemv")
-    model_dir = write_checkpoint(root / "tiny", SHAPES["tiny"], tokenizer_dir)
+    model_dir = write_checkpoint(root / "tiny", SHAPES["tiny"], tokenizer_dir=tokenizer_dir)
     return model_dir, write_adapter(root / "tiny-adapter", model_dir)
 
 
 @needs_cuda
 @pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
-def test_engine_with_kernel_matches_engine_with_mlx_products(bench_checkpoint, monkeypatch, with_adapter):
+def test_engine_with_kernel_matches_engine_with_mlx_products(bench_checkpoint, with_adapter):
+    from tools.bench.engine import load_engine
+
     model_dir, adapter_dir = bench_checkpoint
-    engines = {}
-    for name, flag in (("kernel", "1"), ("mlx", "0")):
-        monkeypatch.setenv("BOBBY_CUDA_KERNELS", flag)
-        engines[name] = Engine.load(model_dir, adapter_dir if with_adapter else None)
+    engines = {name: load_engine(model_dir, adapter_dir if with_adapter else None, {"cuda_kernels": kernels})
+               for name, kernels in (("kernel", True), ("mlx", False))}
     assert engines["kernel"].model.lm_head.kernel and not engines["mlx"].model.lm_head.kernel
 
     prompt = [[9707, 11, 1879, 0, 576, 2150]] * 4  # four drafts decoding together

@@ -178,7 +178,8 @@ def write_checkpoint(model_dir: Path, shape: Shape, quantization: Quantization |
             tensors = {"weight": w}
         else:
             bits, group_size = quantization.for_module(module)
-            tensors = dict(zip(("weight", "scales", "biases"), mx.quantize(w, group_size=group_size, bits=bits)))
+            q, scales, biases = mx.quantize(w, group_size=group_size, bits=bits)
+            tensors = {"weight": q, "scales": scales, "biases": biases}
         mx.eval(tensors)  # one module at a time: the dense weights are never all in memory
         weights.update({f"{module}.{leaf}": t for leaf, t in tensors.items()})
     weights.update(dense)  # the norms
@@ -211,7 +212,8 @@ def _save_shards(model_dir: Path, weights: dict[str, mx.array], shards: int) -> 
 def write_adapter(adapter_dir: Path, model_dir: Path, num_layers: int = 16, rank: int = 8, scale: float = 20.0,
                   keys: list[str] | None = None, seed: int = 1, reuse: bool = False) -> Path:
     """A LoRA adapter as ``mlx_lm.lora`` saves it (adapters.safetensors, adapter_config.json) on ``keys`` (default:
-    every projection) of the last ``num_layers`` blocks, with non-zero ``lora_b`` so that it changes the output."""
+    every projection) of the last ``num_layers`` blocks, with non-zero ``lora_b`` so that it changes the output. The
+    defaults are the benchmarks' adapter (rank 8, scale 20, the last 16 blocks)."""
     if _complete(adapter_dir, reuse):
         return adapter_dir
     adapter_dir.mkdir(parents=True, exist_ok=True)
