@@ -83,8 +83,9 @@ def write_model(model_dir: Path, spec: FixtureSpec, seed: int = 0) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     vocab = write_tokenizer(model_dir)
     shape = checkpoints.Shape(
-        hidden_size=spec.hidden_size, num_hidden_layers=spec.num_hidden_layers, intermediate_size=spec.intermediate_size,
-        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+        hidden_size=spec.hidden_size, num_hidden_layers=spec.num_hidden_layers,
+        intermediate_size=spec.intermediate_size, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
         tie_word_embeddings=spec.tie_word_embeddings, head_dim=spec.head_dim, vocab_size=((vocab + 63) // 64) * 64,
     )
     quantization = None if spec.bits is None else checkpoints.Quantization(spec.bits, spec.group_size, spec.overrides)

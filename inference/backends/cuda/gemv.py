@@ -1,4 +1,4 @@
-"""A 4-bit matrix-vector product of our own on the tensor cores (``gemv.cu``), for the few rows that decoding multiplies.
+"""A 4-bit matrix-vector product of our own on the tensor cores (``gemv.cu``) for the few rows decoding multiplies.
 
 MLX's own 4-bit product for one row reads the weights at a quarter to a third of the card's bandwidth, and for 4 rows
 takes several times as long as for one (``docs/performance.md``). Decoding is memory-bound, so that is where a token's
@@ -33,7 +33,8 @@ DENSE_THREADS = 128  # the LoRA's first product: one block per output, its warps
 
 
 def covers(x: mx.array, w: mx.array, group_size: int, bits: int) -> bool:
-    """Whether the kernel computes ``x @ dequantize(w).T``: few rows of 16-bit floats, 4 bits, whole groups and tiles."""
+    """Whether the kernel computes ``x @ dequantize(w).T``: few rows of 16-bit floats, 4 bits, whole groups and
+    tiles."""
     return (
         bits == BITS
         and x.size // x.shape[-1] <= MAX_ROWS
@@ -57,7 +58,8 @@ def reference(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, grou
 
 def quantized_source(lora: bool, residual: bool) -> KernelSource:
     """The kernel for one combination of what its epilogue adds (``quantized_gemv`` of ``gemv.cu``)."""
-    inputs = ("x", "w", "scales", "biases") + (("lora_t", "lora_b") if lora else ()) + (("residual",) if residual else ())
+    epilogue_inputs = (("lora_t", "lora_b") if lora else ()) + (("residual",) if residual else ())
+    inputs = ("x", "w", "scales", "biases", *epilogue_inputs)
     arguments = ("x", "w", "scales", "biases", *(("lora_t", "lora_b") if lora else ("nullptr", "nullptr")),
                  "residual" if residual else "nullptr", "y", "x_shape[0]", "x_shape[1]", "w_shape[0]",
                  "lora_b_shape[1]" if lora else "0")

@@ -49,7 +49,8 @@ def kernel_source(eps: float, rope_base: float) -> KernelSource:
 
 
 def queries_keys_values(qkv: mx.array, q_norm: mx.array, k_norm: mx.array, offset: mx.array, heads: int,
-                        kv_heads: int, head_dim: int, eps: float, rope_base: float) -> tuple[mx.array, mx.array, mx.array]:
+                        kv_heads: int, head_dim: int, eps: float,
+                        rope_base: float) -> tuple[mx.array, mx.array, mx.array]:
     """qkv (B, 1, (heads + 2 kv_heads) * head_dim), offset int32 (one value) -> q (B, heads, 1, head_dim), k, v."""
     key = (eps, rope_base)
     if key not in _kernels:
