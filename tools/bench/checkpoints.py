@@ -90,14 +90,20 @@ def config_dict(shape: Shape, quantization: Quantization | None, eos_token_id: i
     return config
 
 
-def tensor_shapes(config: dict) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, ...]]]:
-    """The family's tensor spec for a config: matrix modules -> (out, in), and norm tensors -> shape. The only call
-    into the engine's knowledge of the layout, so the writer follows it wherever it lives."""
-    from inference.checkpoint import linear_shapes, norm_shapes
-    from inference.config import ModelConfig
+def tensor_shapes(model_dir: Path) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, ...]]]:
+    """The Qwen3 tensor spec for the config.json in ``model_dir``: matrix modules -> (out, in), and norm tensors ->
+    shape. The only call into the engine's knowledge of the layout, so the writer follows it wherever it lives."""
+    try:
+        from inference.models import qwen3, read_model_args
+    except ImportError:  # the engine before inference/models/: its shape lists in inference.checkpoint
+        from inference.checkpoint import linear_shapes, norm_shapes
+        from inference.config import ModelConfig
 
-    model_config = ModelConfig.from_dict(config, Path("config.json"))
-    return linear_shapes(model_config), norm_shapes(model_config)
+        config = ModelConfig.from_dir(model_dir)
+        return linear_shapes(config), norm_shapes(config)
+    args = read_model_args(model_dir)
+    spec = qwen3.tensor_spec(args, quant_of=lambda module: None)
+    return qwen3.matrices(args), {name: tensor.shape for name, tensor in spec.items() if len(tensor.shape) == 1}
 
 
 # An init profile: every weight tensor's name and shape, and a seed -> the bf16 tensors (lazy ones are fine: the writer
@@ -169,7 +175,8 @@ def write_checkpoint(model_dir: Path, shape: Shape, quantization: Quantization |
         return model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     config = config_dict(shape, quantization, eos_token_id, max_position_embeddings)
-    linears, norms = tensor_shapes(config)
+    (model_dir / "config.json").write_text(json.dumps(config, indent=4, sort_keys=True))
+    linears, norms = tensor_shapes(model_dir)
     dense = init({f"{module}.weight": shape for module, shape in linears.items()} | norms, seed)
     weights = {}
     for module in linears:
@@ -184,7 +191,6 @@ def write_checkpoint(model_dir: Path, shape: Shape, quantization: Quantization |
         weights.update({f"{module}.{leaf}": t for leaf, t in tensors.items()})
     weights.update(dense)  # the norms
     _save_shards(model_dir, weights, shards)
-    (model_dir / "config.json").write_text(json.dumps(config, indent=4, sort_keys=True))
     for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
         shutil.copy(tokenizer_dir / name, model_dir / name)
     _mark_complete(model_dir, reuse)
@@ -218,7 +224,7 @@ def write_adapter(adapter_dir: Path, model_dir: Path, num_layers: int = 16, rank
         return adapter_dir
     adapter_dir.mkdir(parents=True, exist_ok=True)
     config = json.loads((model_dir / "config.json").read_text())
-    linears, _ = tensor_shapes(config)
+    linears, _ = tensor_shapes(model_dir)
     layers = config["num_hidden_layers"]
     num_layers = min(num_layers, layers)
     first_block = "model.layers.0."

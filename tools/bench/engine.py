@@ -44,7 +44,7 @@ CPU_DEFAULTS = {"shapes": "tiny", "prompt_tokens": 64, "decode_tokens": 32, "bat
 # defaults (inference.options; docs/performance.md says what each one does).
 VARIANTS: dict[str, dict[str, object]] = {
     "ours": {},
-    "ours_uncompiled": {"compile_steps": False},  # one-token steps op by op, not as compiled block halves
+    "ours_uncompiled": {"compile_block_halves": False},  # one-token steps op by op, not as compiled block halves
     "ours_unfused": {"fuse_projections": False},  # q/k/v and gate/up as separate products, as the checkpoint has them
     "ours_mlx_ops": {"cuda_kernels": False},  # MLX's ops instead of our CUDA kernels
     "ours_4bit_cpu": {"cpu_dense": False},  # the CPU's 4-bit products instead of dense float32 ones
@@ -52,12 +52,12 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 
 def load_engine(model_dir: Path, adapter_dir: Path | None, options: dict[str, object]) -> Engine:
-    """``Engine.load`` with these EngineOptions fields changed from the defaults."""
+    """``Engine.load`` with these EngineOptions fields changed from the device's defaults."""
     try:
         from inference.options import EngineOptions
     except ImportError:  # an engine from before EngineOptions: its module switches and environment variables
         return _load_with_switches(model_dir, adapter_dir, options)
-    return Engine.load(model_dir, adapter_dir, options=replace(EngineOptions(), **options))
+    return Engine.load(model_dir, adapter_dir, options=replace(EngineOptions.for_device(), **options))
 
 
 def _load_with_switches(model_dir: Path, adapter_dir: Path | None, options: dict[str, object]) -> Engine:
@@ -79,7 +79,7 @@ def _load_with_switches(model_dir: Path, adapter_dir: Path | None, options: dict
             else:
                 os.environ[variable] = value
     for layer in engine.model.layers:
-        layer.compile_halves = options.get("compile_steps", True)
+        layer.compile_halves = options.get("compile_block_halves", True)
     return engine
 
 
@@ -147,12 +147,10 @@ class MlxLmRunner:
     def __init__(self, model_dir: Path, adapter_dir: Path | None):
         from mlx_lm import load
 
-        from inference.generate import compute_dtype
-
         started = time.perf_counter()
         self.model, self.tokenizer = load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
-        if compute_dtype() != mx.bfloat16:
-            self.model.set_dtype(compute_dtype())
+        if mx.default_device().type != mx.DeviceType.gpu:  # float32 on the CPU, as our engine computes there
+            self.model.set_dtype(mx.float32)
             mx.eval(self.model.parameters())
         self.load_s = time.perf_counter() - started
         self.tokenizer.eos_token_ids = set()  # see the module docstring
