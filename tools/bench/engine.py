@@ -1,7 +1,7 @@
 """Speed benchmark: our engine against mlx_lm (the oracle) on random-weight checkpoints at real Qwen3 shapes.
 
     python -m tools.bench.engine [--shapes 0.6B,8B] [--layers N] [--cache-dir DIR] [--prompt-tokens 512]
-                              [--decode-tokens 256] [--batches 1,4,8] [--engines ours,mlx_lm] [--json PATH]
+                                 [--decode-tokens 256] [--batches 1,4,8] [--engines ours,mlx_lm] [--json PATH]
 
 (defaults as shown on a GPU; on a CPU the tiny shape, 64 prompt and 32 decoded tokens, N = 1 and 4, one timed run)
 
