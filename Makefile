@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m inference.bench
+	$(BIN)/python -m tools.bench.engine
 
 clean:
 	rm -rf $(VENV)

@@ -19,7 +19,7 @@ class EngineOptions:
     # One-token steps run each block as two mx.compile'd halves around the cache write and attention: a traced half
     # replays without the Python and graph-building work of its ~15 ops, which bounds batch-1 decoding on a GPU.
     compile_block_halves: bool = True
-    # Our CUDA kernels (inference/gemv.py, inference/qk_rope.py) for one-token steps of few rows; taken only where
+    # Our CUDA kernels (inference/backends/cuda/) for one-token steps of few rows; taken only where
     # MLX runs on a CUDA GPU.
     cuda_kernels: bool = False
     # On the CPU, projections dequantized once to dense float32 (inference/dense_cpu.py), where they fit in memory.

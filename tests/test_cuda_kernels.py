@@ -1,21 +1,26 @@
-"""Our CUDA kernels against MLX: the 4-bit matrix-vector kernel (inference/gemv.py) against float32 products, the
-q/k norm + RoPE kernel (inference/qk_rope.py) against mx.fast.rms_norm + mx.fast.rope, and the engine with them
-against the engine with MLX's ops only. All but the first test run only where MLX has a CUDA GPU (the lent GPU
-machine: see docs/performance.md); elsewhere the engine never calls the kernels and they are skipped."""
+"""Our CUDA kernels (inference/backends/cuda/) against MLX: the 4-bit matrix-vector kernel against float32 products
+and against its MLX-ops reference, the q/k norm + RoPE kernel against a float64 reference and against its MLX-ops
+reference, and the engine with them against the engine with MLX's ops only. The tests that run a kernel need MLX
+with a CUDA GPU (see docs/performance.md) and are skipped elsewhere, where the engine never calls the kernels; what
+the kernels cover, the references, and (where nvcc is installed) the kernel sources' compilation are tested
+everywhere."""
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from inference import Engine, gemv, qk_rope
+from inference.backends import cuda
+from inference.backends.cuda import gemv, qk_rope
 
-needs_cuda = pytest.mark.skipif(not gemv.enabled(), reason="needs MLX with a CUDA GPU")
+needs_cuda = pytest.mark.skipif(not cuda.available(), reason="needs MLX with a CUDA GPU")
 
 
-def reference(x, w, scales, biases, group_size, lora=None, residual=None):
+def float32_product(x, w, scales, biases, group_size, lora=None, residual=None):
     """The same sum in float32 from the dequantized weights, on the CPU (MLX's CUDA float32 matmuls may use TF32)."""
     with mx.stream(mx.cpu):
         f32 = lambda a: a.astype(mx.float32)  # noqa: E731
@@ -26,6 +31,24 @@ def reference(x, w, scales, biases, group_size, lora=None, residual=None):
             y = y + f32(residual)
         mx.eval(y)
     return y
+
+
+def random_product(dtype, rows, k, n, group_size, fused, rank=24):
+    """Quantized weights (n, k), input rows, and with ``fused`` a LoRA's factors and a residual."""
+    mx.random.seed(rows * 7 + k)
+    w, scales, biases = mx.quantize(mx.random.normal((n, k)) * k**-0.5, group_size=group_size, bits=4)
+    scales, biases = scales.astype(dtype), biases.astype(dtype)
+    x = mx.random.normal((rows, k)).astype(dtype)
+    lora = None
+    if fused:
+        lora = ((mx.random.normal((rank, k)) * k**-0.5).astype(dtype),
+                (mx.random.normal((n, rank)) * 0.1).astype(dtype))
+    residual = mx.random.normal((rows, n)).astype(dtype) if fused else None
+    return x, w, scales, biases, lora, residual
+
+
+def relative_error(a, expected):
+    return (mx.abs(a.astype(mx.float32) - expected).max() / mx.abs(expected).max()).item()
 
 
 CASES = [  # (dtype, rows, K, N, group size, with LoRA and residual): each compiles its own kernel
@@ -44,20 +67,38 @@ CASES = [  # (dtype, rows, K, N, group size, with LoRA and residual): each compi
 
 @needs_cuda
 @pytest.mark.parametrize("dtype, rows, k, n, group_size, fused", CASES)
-def test_kernel_matches_float32_product(dtype, rows, k, n, group_size, fused):
-    mx.random.seed(rows * 7 + k)
-    w, scales, biases = mx.quantize(mx.random.normal((n, k)) * k**-0.5, group_size=group_size, bits=4)
-    scales, biases = scales.astype(dtype), biases.astype(dtype)
-    x = mx.random.normal((rows, k)).astype(dtype)
-    lora = ((mx.random.normal((24, k)) * k**-0.5).astype(dtype), (mx.random.normal((n, 24)) * 0.1).astype(dtype)) if fused else None
-    residual = mx.random.normal((rows, n)).astype(dtype) if fused else None
+def test_kernel_matches_float32_product_and_mlx_ops(dtype, rows, k, n, group_size, fused):
+    x, w, scales, biases, lora, residual = random_product(dtype, rows, k, n, group_size, fused)
     assert gemv.covers(x, w, group_size, 4)
 
-    ours = gemv.quantized_gemv(x, w, scales, biases, group_size, lora=lora, residual=residual).astype(mx.float32)
-    expected = reference(x, w, scales, biases, group_size, lora, residual)
+    ours = gemv.quantized_gemv(x, w, scales, biases, group_size, lora=lora, residual=residual)
+    mlx_ops = gemv.reference(x, w, scales, biases, group_size, lora=lora, residual=residual)
+    expected = float32_product(x, w, scales, biases, group_size, lora, residual)
     tolerance = {mx.float16: 2e-3, mx.bfloat16: 1e-2}[dtype]  # the output's rounding
-    assert ours.shape == (rows, n)
-    assert (mx.abs(ours - expected).max() / mx.abs(expected).max()).item() < tolerance
+    assert ours.shape == mlx_ops.shape == (rows, n)
+    assert relative_error(ours, expected) < tolerance
+    assert relative_error(ours, mlx_ops.astype(mx.float32)) < 2 * tolerance  # both round, each within tolerance
+
+
+@needs_cuda
+@pytest.mark.parametrize("target_warps", [1, 2048, 1 << 20])
+def test_kernel_result_does_not_depend_on_the_warps_splitting_k(target_warps):
+    """From one warp a tile to MAX_WARPS: the warps' partial sums meet in shared memory, in a fixed order."""
+    x, w, scales, biases, lora, residual = random_product(mx.bfloat16, 4, 4096, 1024, 64, True)
+    assert gemv.warps_per_tile(1024, 64, target_warps) == {1: 1, 2048: 8, 1 << 20: 8}[target_warps]
+    ours = gemv.quantized_gemv(x, w, scales, biases, 64, lora=lora, residual=residual, target_warps=target_warps)
+    expected = float32_product(x, w, scales, biases, 64, lora, residual)
+    assert relative_error(ours, expected) < 1e-2
+
+
+def test_reference_is_the_float32_sum():
+    """Runs everywhere: the MLX ops the kernel replaces compute the product, LoRA update and residual it does."""
+    with mx.stream(mx.cpu):
+        x, w, scales, biases, lora, residual = random_product(mx.float32, 3, 256, 128, 64, True)
+        ours = gemv.reference(x, w, scales, biases, 64, lora=lora, residual=residual)
+        assert relative_error(ours, float32_product(x, w, scales, biases, 64, lora, residual)) < 1e-5
+        plain = gemv.reference(x, w, scales, biases, 64)
+        assert relative_error(plain, float32_product(x, w, scales, biases, 64)) < 1e-5
 
 
 def test_kernel_leaves_prompt_sized_and_odd_products_to_mlx():
@@ -83,53 +124,146 @@ def norm_rope_float64(x: np.ndarray, weight: np.ndarray, eps: float, base: float
     return np.concatenate([a * np.cos(angle) - b * np.sin(angle), a * np.sin(angle) + b * np.cos(angle)], axis=-1)
 
 
+def random_qkv(dtype, rows, heads, kv_heads, head_dim, seed):
+    mx.random.seed(seed)
+    qkv = (mx.random.normal((rows, 1, (heads + 2 * kv_heads) * head_dim)) * 3).astype(dtype)
+    q_norm, k_norm = (mx.random.uniform(0.5, 1.5, (head_dim,)).astype(dtype) for _ in range(2))
+    return qkv, q_norm, k_norm
+
+
+def qk_rope_errors(outputs, qkv, q_norm, k_norm, heads, kv_heads, head_dim, eps, base, position, dtype):
+    """The largest error of q and k against float64 (relative, or absolute below 1); asserts v is qkv's, unchanged."""
+    q, k, v = outputs
+    rows = qkv.shape[0]
+    q_in, k_in, v_in = mx.split(qkv, [heads * head_dim, (heads + kv_heads) * head_dim], axis=-1)
+    assert mx.array_equal(v, v_in.reshape(rows, 1, kv_heads, head_dim).transpose(0, 2, 1, 3)).item()
+    f64 = lambda a: np.array(a.astype(mx.float32), dtype=np.float64)  # noqa: E731
+    errors = []
+    for ours, part, count, norm in ((q, q_in, heads, q_norm), (k, k_in, kv_heads, k_norm)):
+        x = f64(part.reshape(rows, 1, count, head_dim)).transpose(0, 2, 1, 3)
+        expected = norm_rope_float64(x, f64(norm), eps, base, position, dtype)
+        assert ours.shape == expected.shape
+        errors.append((np.abs(f64(ours) - expected) / np.maximum(np.abs(expected), 1.0)).max())
+    return max(errors)
+
+
 @needs_cuda
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=str)
 @pytest.mark.parametrize("rows, heads, kv_heads, head_dim", [(1, 32, 8, 128), (3, 4, 2, 64)])
 @pytest.mark.parametrize("position", [0, 7, 1000, 40000])
 def test_qk_rope_is_as_accurate_as_mlx_norms_and_rope(dtype, rows, heads, kv_heads, head_dim, position):
-    """Against a float64 reference, our kernel's largest error is of the order of mx.fast.rms_norm + mx.fast.rope's
-    (at most twice theirs, or two units in the last place of the dtype; at position 40000 both lose ~3e-3 to float32
-    angles); v comes through unchanged."""
-    mx.random.seed(position + rows)
-    qkv = (mx.random.normal((rows, 1, (heads + 2 * kv_heads) * head_dim)) * 3).astype(dtype)
-    q_norm, k_norm = (mx.random.uniform(0.5, 1.5, (head_dim,)).astype(dtype) for _ in range(2))
+    """Against a float64 reference, our kernel's largest error is of the order of its MLX-ops reference's
+    (mx.fast.rms_norm + mx.fast.rope: at most twice theirs, or two units in the last place of the dtype; at position
+    40000 both lose ~3e-3 to float32 angles); v comes through unchanged."""
+    qkv, q_norm, k_norm = random_qkv(dtype, rows, heads, kv_heads, head_dim, seed=position + rows)
     eps, base = 1e-6, 1_000_000.0
-    q, k, v = qk_rope.queries_keys_values(qkv, q_norm, k_norm, mx.array(position, dtype=mx.int32), heads, kv_heads,
-                                          head_dim, eps, base)
-    q_in, k_in, v_in = mx.split(qkv, [heads * head_dim, (heads + kv_heads) * head_dim], axis=-1)
-    assert mx.array_equal(v, v_in.reshape(rows, 1, kv_heads, head_dim).transpose(0, 2, 1, 3)).item()
-
+    assert qk_rope.covers(qkv, head_dim)
+    args = (qkv, q_norm, k_norm, mx.array(position, dtype=mx.int32), heads, kv_heads, head_dim, eps, base)
+    ours = qk_rope_errors(qk_rope.queries_keys_values(*args), qkv, q_norm, k_norm, heads, kv_heads, head_dim, eps,
+                          base, position, dtype)
+    mlx_ops = qk_rope_errors(qk_rope.reference(*args), qkv, q_norm, k_norm, heads, kv_heads, head_dim, eps, base,
+                             position, dtype)
     ulp = {mx.bfloat16: 2**-7, mx.float32: 2**-22}[dtype]  # at magnitudes up to 2
-    f64 = lambda a: np.array(a.astype(mx.float32), dtype=np.float64)  # noqa: E731
-    for ours, part, count, norm in ((q, q_in, heads, q_norm), (k, k_in, kv_heads, k_norm)):
-        x = part.reshape(rows, 1, count, head_dim)
-        mlx_ops = mx.fast.rope(mx.fast.rms_norm(x, norm, eps).transpose(0, 2, 1, 3), head_dim, traditional=False,
-                               base=base, scale=1.0, offset=position)
-        reference = norm_rope_float64(f64(x).transpose(0, 2, 1, 3), f64(norm), eps, base, position, dtype)
-        error = lambda a: (np.abs(f64(a) - reference) / np.maximum(np.abs(reference), 1.0)).max()  # noqa: E731
-        assert ours.shape == mlx_ops.shape
-        assert error(ours) <= 2 * max(error(mlx_ops), ulp)
+    assert ours <= 2 * max(mlx_ops, ulp)
+
+
+def test_qk_rope_reference_and_coverage():
+    """Runs everywhere: the MLX ops the kernel replaces normalize, rotate and lay out q/k/v as the float64 reference
+    does (here at position 1000, float32); the kernel takes one-token steps with whole rotation pairs per lane."""
+    with mx.stream(mx.cpu):
+        qkv, q_norm, k_norm = random_qkv(mx.float32, 2, 4, 2, 64, seed=3)
+        outputs = qk_rope.reference(qkv, q_norm, k_norm, 1000, 4, 2, 64, 1e-6, 1e6)
+        assert qk_rope_errors(outputs, qkv, q_norm, k_norm, 4, 2, 64, 1e-6, 1e6, 1000, mx.float32) < 1e-4
+    assert qk_rope.covers(mx.zeros((4, 1, 1024)), 128)
+    assert not qk_rope.covers(mx.zeros((1, 6, 1024)), 128)  # a prompt: six tokens
+    assert not qk_rope.covers(mx.zeros((4, 1, 1024)), 32)  # a lane would hold half a pair
+
+
+CUDA_TYPES = {mx.bfloat16: "__nv_bfloat16", mx.float16: "__half", mx.float32: "float", mx.uint32: "uint32_t",
+              mx.int32: "int32_t"}
+# A stand-in for MLX's CUDA preamble (mlx/backend/cuda/device/utils.cuh): the types a kernel sees.
+MLX_PREAMBLE = """#include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+namespace mlx::core::cu {
+struct Shape { int32_t dims[8]; __device__ int32_t operator[](int i) const { return dims[i]; } };
+}
+"""
+
+
+def mlx_translation_unit(kernels: list[tuple[cuda.KernelSource, list, list, list]]) -> str:
+    """The code mx.fast.cuda_kernel compiles for each (source, input dtypes, output dtypes, template arguments), as
+    MLX generates it (mlx/backend/cuda/custom_kernel.cpp: signature from the names, constants, then the body); the
+    kernels must share one header."""
+    (header,) = {source.header for source, *_ in kernels}
+    unit = MLX_PREAMBLE + header + "namespace mlx::core::cu {\n"
+    for i, (source, inputs, outputs, template) in enumerate(kernels):
+        params = []
+        for name, dtype in zip(source.input_names, inputs, strict=True):
+            params.append(f"const {CUDA_TYPES[dtype]}* {name}")
+            if f"{name}_shape" in source.body:
+                params.append(f"const __grid_constant__ Shape {name}_shape")
+        params += [f"{CUDA_TYPES[dtype]}* {name}" for name, dtype in zip(source.output_names, outputs, strict=True)]
+        constants = [f"using {name} = {CUDA_TYPES[value]};" if isinstance(value, mx.Dtype)
+                     else f"constexpr bool {name} = {str(value).lower()};" if isinstance(value, bool)
+                     else f"constexpr int {name} = {value};" for name, value in template]
+        unit += f"__global__ void {source.kernel_name}_{i}({', '.join(params)}) {{\n  {' '.join(constants)}\n"
+        unit += source.body + "}\n"
+    return unit + "}\n"
+
+
+def gemv_instances():
+    kernels = []
+    for dtype in (mx.bfloat16, mx.float16):
+        kernels.append((gemv.dense_source(), [dtype, dtype], [dtype],
+                        [("T", dtype), ("MAX_ROWS", gemv.MAX_ROWS), ("THREADS", gemv.DENSE_THREADS)]))
+        for lora in (False, True):
+            for residual in (False, True):
+                inputs = [dtype, mx.uint32, dtype, dtype] + [dtype, dtype] * lora + [dtype] * residual
+                for group in gemv.GROUP_SIZES:
+                    template = [("T", dtype), ("BF16", dtype == mx.bfloat16), ("GROUP", group),
+                                ("MAX_WARPS", gemv.MAX_WARPS), ("LORA", lora), ("RESIDUAL", residual)]
+                    kernels.append((gemv.quantized_source(lora, residual), inputs, [dtype], template))
+    return kernels
+
+
+def qk_rope_instances():
+    return [(qk_rope.kernel_source(1e-6, 1e6), [dtype, dtype, dtype, mx.int32], [dtype] * 3,
+             [("T", dtype), ("HEADS", 32), ("KV_HEADS", 8), ("HEAD_DIM", head_dim)])
+            for dtype in (mx.bfloat16, mx.float16, mx.float32) for head_dim in (64, 128)]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit)")
+@pytest.mark.parametrize("instances", [gemv_instances, qk_rope_instances], ids=["gemv", "qk_rope"])
+def test_kernel_sources_compile_for_sm90(tmp_path, instances):
+    """Runs where nvcc is: every instance the engine can launch, as MLX would generate it, compiles for sm_90 (the
+    tensor-core mma and its register constraints are checked by ptxas, not only the C++)."""
+    unit = tmp_path / "kernels.cu"
+    unit.write_text(mlx_translation_unit(instances()))
+    result = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-c", str(unit), "-o", str(tmp_path / "kernels.o")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")
 def bench_checkpoint(tmp_path_factory):
-    from inference.bench import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
+    """The benchmarks' tiny shape (real vocabulary, head_dim 64) with the real tokenizer, and their adapter."""
+    from tools.bench.checkpoints import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
 
     tokenizer_dir = Path(os.environ.get("BOBBY_TEST_TOKENIZER_DIR") or qwen_tokenizer_dir())
     root = tmp_path_factory.mktemp("gemv")
-    model_dir = write_checkpoint(root / "tiny", SHAPES["tiny"], tokenizer_dir)
+    model_dir = write_checkpoint(root / "tiny", SHAPES["tiny"], tokenizer_dir=tokenizer_dir)
     return model_dir, write_adapter(root / "tiny-adapter", model_dir)
 
 
 @needs_cuda
 @pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
-def test_engine_with_kernel_matches_engine_with_mlx_products(bench_checkpoint, monkeypatch, with_adapter):
+def test_engine_with_kernel_matches_engine_with_mlx_products(bench_checkpoint, with_adapter):
+    from tools.bench.engine import load_engine
+
     model_dir, adapter_dir = bench_checkpoint
-    engines = {}
-    for name, flag in (("kernel", "1"), ("mlx", "0")):
-        monkeypatch.setenv("BOBBY_CUDA_KERNELS", flag)
-        engines[name] = Engine.load(model_dir, adapter_dir if with_adapter else None)
+    engines = {name: load_engine(model_dir, adapter_dir if with_adapter else None, {"cuda_kernels": kernels})
+               for name, kernels in (("kernel", True), ("mlx", False))}
     assert engines["kernel"].model.lm_head.kernel and not engines["mlx"].model.lm_head.kernel
 
     prompt = [[9707, 11, 1879, 0, 576, 2150]] * 4  # four drafts decoding together

@@ -17,7 +17,7 @@ from typing import Callable
 
 import mlx.core as mx
 
-from .. import gemv
+from ..backends.cuda import gemv
 from ..errors import ConfigError, InferenceError
 
 FLOAT_DTYPES = ("F32", "F16", "BF16")  # safetensors dtypes a floating tensor may be stored in
@@ -253,7 +253,7 @@ class Projection:
     """
 
     def __init__(self, members: list[Linear], fuse: bool = True, kernel: bool = False):
-        self.kernel = kernel  # our CUDA matrix-vector kernel for few rows (inference/gemv.py)
+        self.kernel = kernel  # our CUDA matrix-vector kernel for few rows (backends/cuda/gemv.py)
         self.sizes = [m.out_features for m in members]
         fused = (concatenate_linears(members) if fuse else None) if len(members) > 1 else members[0]
         self.linears = [fused] if fused is not None else members

@@ -11,7 +11,8 @@ from typing import Callable, Iterable
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import gemv, qk_rope
+from ..backends import cuda
+from ..backends.cuda import qk_rope
 from ..cache import KVCache
 from ..errors import ConfigError
 from ..options import EngineOptions
@@ -140,7 +141,7 @@ class Block:
         self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.eps, self.rope_theta = config.head_dim, config.rms_norm_eps, config.rope_theta
         self.scale = config.head_dim**-0.5
-        self.kernel = kernel  # our CUDA kernels: q/k norms and RoPE in one (inference/qk_rope.py)
+        self.kernel = kernel  # our CUDA kernels: q/k norms and RoPE in one (backends/cuda/qk_rope.py)
         self.compile_halves = options.compile_block_halves
         self._compiled: dict[bool, tuple] = {}  # use_lora -> (queries_keys_values, finish), traced on first use
 
@@ -154,7 +155,7 @@ class Block:
         qkv_projection, normed = self.projections["qkv"], mx.fast.rms_norm(x, self.input_norm, self.eps)
         # the kernel takes one offset for all rows: rows at different positions go through MLX's ops
         one_offset = isinstance(offset, mx.array) and offset.ndim == 0
-        if self.kernel and one_offset and qkv_projection.fused and L == 1 and self.head_dim % 64 == 0:
+        if self.kernel and one_offset and qkv_projection.fused and qk_rope.covers(x, self.head_dim):
             (qkv,) = qkv_projection(normed, use_lora, split=False)
             return qk_rope.queries_keys_values(qkv, self.q_norm, self.k_norm, offset, self.n_heads, self.n_kv_heads,
                                                self.head_dim, self.eps, self.rope_theta)
@@ -202,7 +203,7 @@ class Model:
         """``weights``: every tensor of ``tensor_spec`` (floating ones in the compute dtype); ``quant``: each matrix
         module's quantization (None: dense)."""
         self.config, self.options, self.dtype = config, options, options.dtype
-        kernel = options.cuda_kernels and gemv.enabled()  # decided once, at load, on the loading (engine) thread
+        kernel = options.cuda_kernels and cuda.available()  # decided once, at load, on the loading (engine) thread
         self.embed_tokens = Linear.from_weights(weights, "model.embed_tokens", quant["model.embed_tokens"])
         self.layers = [Block(config, i, weights, quant, options, kernel) for i in range(config.num_hidden_layers)]
         self.norm = weights["model.norm.weight"]

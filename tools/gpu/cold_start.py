@@ -1,6 +1,6 @@
 """Where a process's first generation spends its time on CUDA, phase by phase; then warm one-token steps by batch.
 
-    python tools/gpu/cold_start.py [--shape 8B] [--cache-dir /tmp/bench-cache] [--tokenizer-dir DIR] [--batches 1,4,8]
+    python -m tools.gpu.cold_start [--shape 8B] [--cache-dir .bench-cache] [--tokenizer-dir DIR] [--batches 1,4,8]
 
 Loads our engine on the bench's random checkpoint (written if missing), then times, each evaluated on its own: a
 512-token prompt pass, two one-token steps of one draft, two of 4 drafts, then the same with the adapter on. After each
@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import mlx.core as mx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from inference import Engine  # noqa: E402
-from inference.bench import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint  # noqa: E402
+from inference import Engine
+from tools.bench.checkpoints import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
 
 
 def kernel_cache_files() -> int:
@@ -37,39 +35,40 @@ def kernel_cache_files() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="8B")
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/bench-cache"))
+    parser.add_argument("--cache-dir", type=Path, default=Path(".bench-cache"), help="the benchmark checkpoints")
     parser.add_argument("--tokenizer-dir", type=Path)
     parser.add_argument("--batches", default="1,2,4,8")
     args = parser.parse_args()
     model_dir = write_checkpoint(args.cache_dir / args.shape, SHAPES[args.shape],
-                                 args.tokenizer_dir or qwen_tokenizer_dir())
-    adapter_dir = write_adapter(args.cache_dir / f"{args.shape}-lora", model_dir)
+                                 tokenizer_dir=args.tokenizer_dir or qwen_tokenizer_dir(), reuse=True)
+    adapter_dir = write_adapter(args.cache_dir / f"{args.shape}-lora", model_dir, reuse=True)
 
-    def phase(name: str, fn) -> object:
+    def phase(name: str, fn, *args) -> object:
         files = kernel_cache_files()
         started = time.perf_counter()
-        result = fn()
+        result = fn(*args)
         mx.eval(result if isinstance(result, mx.array) else [])
         print(f"| {name} | {1000 * (time.perf_counter() - started):.1f} | {kernel_cache_files() - files} |", flush=True)
         return result
 
     print("| phase | ms | kernel cache files added |\n|---|---|---|")
-    model = phase("load", lambda: Engine.load(model_dir, adapter_dir)).model
+    model = phase("load", Engine.load, model_dir, adapter_dir).model
     prompt = mx.array([[1000 + (i * 7919) % 50000 for i in range(512)]])
     for use_lora in (False, True):
         label = "adapter on" if use_lora else "adapter off"
         cache = model.new_cache(1)
-        logits = phase(f"{label}: 512-token prompt", lambda: model(prompt, cache, use_lora))
+        logits = phase(f"{label}: 512-token prompt", model, prompt, cache, use_lora)
         tokens = mx.argmax(logits, axis=-1)[:, None]
         for step in (1, 2):
-            tokens = mx.argmax(phase(f"{label}: step {step}, 1 draft", lambda: model.decode(tokens, cache, use_lora)),
-                               axis=-1)[:, None]
+            logits = phase(f"{label}: step {step}, 1 draft", model.decode, tokens, cache, use_lora)
+            tokens = mx.argmax(logits, axis=-1)[:, None]
         batch = [layer.repeat(4) for layer in cache]
         tokens = mx.repeat(tokens, 4, axis=0)
         for step in (1, 2):
-            tokens = mx.argmax(phase(f"{label}: step {step}, 4 drafts", lambda: model.decode(tokens, batch, use_lora)),
-                               axis=-1)[:, None]
-    print("\n| batch | adapter | ms a step | host: building graphs | host: dispatching | tokens/s |\n|---|---|---|---|---|---|")
+            logits = phase(f"{label}: step {step}, 4 drafts", model.decode, tokens, batch, use_lora)
+            tokens = mx.argmax(logits, axis=-1)[:, None]
+    print("\n| batch | adapter | ms a step | host: building graphs | host: dispatching | tokens/s |")
+    print("|---|---|---|---|---|---|")
     cache = model.new_cache(1)
     mx.eval(model(prompt, cache))
     for rows in map(int, args.batches.split(",")):

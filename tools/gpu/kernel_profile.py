@@ -1,15 +1,14 @@
 """GPU time per kernel of warm one-token steps, by batch size, through torch's profiler (CUPTI sees MLX's kernels).
 
-    python tools/gpu/kernel_profile.py [--shape 8B] [--batches 1,4,8] [--steps 16] [--adapter]
+    python -m tools.gpu.kernel_profile [--shape 8B] [--batches 1,4,8] [--steps 16] [--adapter]
 
-Needs torch with CUDA in the same environment (the lent GPU machine has it). Per batch size: the GPU's busy time per
+Needs torch with CUDA in the same environment. Per batch size: the GPU's busy time per
 step (the sum of its kernels' durations) against the wall time per step, and the kernels that take the most.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +16,8 @@ import mlx.core as mx
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from inference import Engine  # noqa: E402
-from inference.bench import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint  # noqa: E402
+from inference import Engine
+from tools.bench.checkpoints import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
 
 
 def device_us(event) -> float:
@@ -29,14 +27,16 @@ def device_us(event) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="8B")
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/bench-cache"))
+    parser.add_argument("--cache-dir", type=Path, default=Path(".bench-cache"), help="the benchmark checkpoints")
     parser.add_argument("--tokenizer-dir", type=Path)
     parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--adapter", action="store_true")
     args = parser.parse_args()
-    model_dir = write_checkpoint(args.cache_dir / args.shape, SHAPES[args.shape], args.tokenizer_dir or qwen_tokenizer_dir())
-    adapter_dir = write_adapter(args.cache_dir / f"{args.shape}-lora", model_dir) if args.adapter else None
+    model_dir = write_checkpoint(args.cache_dir / args.shape, SHAPES[args.shape],
+                                 tokenizer_dir=args.tokenizer_dir or qwen_tokenizer_dir(), reuse=True)
+    adapter_dir = (write_adapter(args.cache_dir / f"{args.shape}-lora", model_dir, reuse=True)
+                   if args.adapter else None)
     model = Engine.load(model_dir, adapter_dir).model
     prompt_cache = model.new_cache(1)
     mx.eval(model(mx.array([[1000 + (i * 7919) % 50000 for i in range(512)]]), prompt_cache, args.adapter))

