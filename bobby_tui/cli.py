@@ -15,16 +15,16 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TextIO
-
-from inference.api import SAMPLING_LIMITS, SEED_LIMIT, Limit
+from typing import TYPE_CHECKING, TextIO
 
 from bobby_tui import __version__
 from bobby_tui.config import Config, ConfigError, load_config_checked, resolve_model
 from bobby_tui.paths import config_path, db_path, keep_compiled_kernels
 from bobby_tui.storage import GenerationRecord, Store, StoreError
+from inference.api import SAMPLING_LIMITS, SEED_LIMIT, Limit
 
 if TYPE_CHECKING:
     from inference import Engine, LoadProgress
@@ -390,9 +390,8 @@ def _sampling(args: argparse.Namespace, config: Config) -> dict:
 def _check_fits_model(model_dir: Path, count: int, prompt: str, system: str | None, max_tokens: int,
                       args: argparse.Namespace):
     """Before the slow load: the model's config.json, --max-tokens against its positions and COUNT against memory."""
-    from inference import read_model_args
-
     from bobby_tui.composer import DraftLimitError, available_memory, check_draft_count
+    from inference import read_model_args
 
     _require_dir(model_dir)
     model_config = read_model_args(model_dir)
@@ -411,7 +410,7 @@ def _check_fits_model(model_dir: Path, count: int, prompt: str, system: str | No
     return model_config
 
 
-def _check_context(engine: "Engine", model_config, prompt: str, system: str | None, max_tokens: int,
+def _check_context(engine: Engine, model_config, prompt: str, system: str | None, max_tokens: int,
                    args: argparse.Namespace) -> None:
     """The rendered prompt and the drafts must fit the model's positions."""
     prompt_tokens = len(engine.tokenizer.encode(engine.render_prompt(prompt, system)))
@@ -422,7 +421,7 @@ def _check_context(engine: "Engine", model_config, prompt: str, system: str | No
                          f"{positions:,} positions (max_position_embeddings in {model_config.path})")
 
 
-def _load_engine(model_dir: Path, adapter_dir: Path | None) -> "Engine":
+def _load_engine(model_dir: Path, adapter_dir: Path | None) -> Engine:
     from inference import Engine
 
     bar = ProgressBar(f"loading {model_dir.name}", sys.stderr) if sys.stderr.isatty() else None
@@ -441,7 +440,7 @@ class ProgressBar:
     def __init__(self, label: str, stream: TextIO):
         self.label, self.stream, self.shown = label, stream, -1
 
-    def update(self, progress: "LoadProgress") -> None:
+    def update(self, progress: LoadProgress) -> None:
         percent = 100 * progress.done // progress.total if progress.total else 100
         if percent == self.shown:
             return  # one redraw per percent: loading a big model calls this for every tensor
@@ -488,12 +487,11 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _print_drafts(engine: "Engine", prompt: str, system: str | None, drafts: list, max_tokens: int,
+def _print_drafts(engine: Engine, prompt: str, system: str | None, drafts: list, max_tokens: int,
                   args: argparse.Namespace, config: Config, history: HistoryWriter) -> None:
     """Print each draft as it finishes (recorded first, unless --no-history)."""
-    from inference import TokenDelta
-
     from bobby_tui.composer import Draft, compose, to_record
+    from inference import TokenDelta
 
     postprocess = config.postprocess
     if args.stream:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
-
-from inference import DraftDone, GenerationRequest, GenerationStats, SamplingParams, TokenDelta
 
 from bobby_tui.config import PostProcess
 from bobby_tui.postprocess import postprocess as apply_postprocess
 from bobby_tui.storage import GenerationRecord
+from inference import DraftDone, GenerationRequest, GenerationStats, SamplingParams, TokenDelta
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any
 
 import tomlkit
 import tomlkit.items
-from inference.api import SAMPLING_LIMITS, Limit
 
 from bobby_tui.paths import config_path
+from inference.api import SAMPLING_LIMITS, Limit
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -230,9 +230,8 @@ class EngineService:
         self._post(AdapterChanged(bool(engine is not None and engine.adapter_enabled)))
 
     def _compose(self, engine: Any, job: ComposeJob) -> None:
-        from inference import TokenDelta
-
         from bobby_tui.composer import DraftRetry, compose, to_record
+        from inference import TokenDelta
 
         system = job.system_prompt or None
         error = None

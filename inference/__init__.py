@@ -10,7 +10,13 @@ will own the model.
 """
 
 from .api import (
-    DraftDone, GenerationRequest, GenerationStats, LoadProgress, ParameterError, SamplingParams, TokenDelta,
+    DraftDone,
+    GenerationRequest,
+    GenerationStats,
+    LoadProgress,
+    ParameterError,
+    SamplingParams,
+    TokenDelta,
 )
 from .errors import AdapterError, CheckpointError, ConfigError, InferenceError, TokenizerError
 from .options import EngineOptions

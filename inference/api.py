@@ -91,7 +91,7 @@ class SamplingParams:
             if problem:
                 raise ParameterError(f"{f.name} {problem}")
 
-    def resolved(self) -> "SamplingParams":
+    def resolved(self) -> SamplingParams:
         return self if self.seed is not None else replace(self, seed=random.randrange(2**31))
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 
@@ -79,7 +80,7 @@ class _Row:
 class BatchGenerator:
     """Runs many requests' drafts in one batch on the engine's thread; see the module docstring."""
 
-    def __init__(self, engine: "Engine", max_rows: int = 32):
+    def __init__(self, engine: Engine, max_rows: int = 32):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive integer (got {max_rows!r})")
         self.engine, self.max_rows = engine, max_rows

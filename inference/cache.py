@@ -89,7 +89,7 @@ class KVCache:
         self.offset -= count
         return count
 
-    def repeat(self, batch: int) -> "KVCache":
+    def repeat(self, batch: int) -> KVCache:
         """A new cache holding this single-row cache's positions once per row of a batch."""
         assert self.batch == 1
         copy = KVCache(batch, self.kv_heads, self.head_dim, self.dtype, self.left_padding * batch)
@@ -112,7 +112,7 @@ class KVCache:
         else:
             self._store(*live)
 
-    def extend(self, other: "KVCache") -> None:
+    def extend(self, other: KVCache) -> None:
         """Append ``other``'s rows; the side with fewer positions is padded on the left so both write at one offset."""
         offset = max(self.offset, other.offset)
         pieces = []  # (first row, keys, values, where they start)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import mlx.core as mx
 
@@ -46,7 +46,7 @@ class Engine:
 
     @classmethod
     def load(cls, model_dir: Path | str, adapter_dir: Path | str | None = None,
-             progress: Callable[[LoadProgress], None] | None = None, options: EngineOptions | None = None) -> "Engine":
+             progress: Callable[[LoadProgress], None] | None = None, options: EngineOptions | None = None) -> Engine:
         """``options``: how to run the model (default: ``EngineOptions.for_device()``)."""
         model_dir = Path(model_dir)
         options = options or EngineOptions.for_device()

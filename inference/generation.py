@@ -8,7 +8,7 @@ mlx_lm's ``generate_step`` does with ``mx.async_eval``).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import mlx.core as mx
 

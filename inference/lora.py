@@ -29,7 +29,7 @@ class AdapterConfig:
     path: Path
 
     @classmethod
-    def from_dir(cls, adapter_dir: Path | str) -> "AdapterConfig":
+    def from_dir(cls, adapter_dir: Path | str) -> AdapterConfig:
         adapter_dir = Path(adapter_dir)
         if not adapter_dir.is_dir():
             raise AdapterError(adapter_dir, "adapter directory not found" if not adapter_dir.exists() else "not a directory")

@@ -37,7 +37,7 @@ class EngineOptions:
             raise ValueError(f"prefill_chunk must be a positive integer (got {self.prefill_chunk!r})")
 
     @classmethod
-    def for_device(cls) -> "EngineOptions":
+    def for_device(cls) -> EngineOptions:
         """The defaults for MLX's default device: bf16 and our kernels on a GPU; float32 and dense projections on the
         CPU, where MLX's bf16 matmuls are ~10x slower and its 4-bit products no faster than dense ones."""
         import mlx.core as mx

@@ -122,7 +122,7 @@ class BatchSampler:
             cut = cut | min_p_cut(logprobs, self.min_p)
         return mx.where(cut, -mx.inf, logprobs)
 
-    def extend(self, other: "BatchSampler") -> None:
+    def extend(self, other: BatchSampler) -> None:
         """Append ``other``'s rows (their keys and windows as they are)."""
         self.params += other.params
         self.keys += other.keys

@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from fake_engine import holding
+from test_app_support import generate, run_async, wait_until
 from textual.widgets import OptionList
 
 from bobby_tui.app import BobbyApp
@@ -14,8 +16,6 @@ from bobby_tui.config import Config, PostProcess, Sampling
 from bobby_tui.paths import db_path
 from bobby_tui.service import load_engine
 from bobby_tui.storage import Store
-from fake_engine import holding
-from test_app_support import generate, run_async, wait_until
 
 PROMPT = "Write a post about the sea"
 SIZE = (120, 40)

@@ -10,16 +10,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from fake_engine import FakeEngine, failing_loader, fake_loader
+from test_app_support import generate, notes, run_async, wait_until
 from textual.widgets import HelpPanel, OptionList
-
-from inference import InferenceError
 
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import Config, PostProcess
 from bobby_tui.paths import config_path, db_path
 from bobby_tui.storage import Store
-from fake_engine import FakeEngine, failing_loader, fake_loader
-from test_app_support import generate, notes, run_async, wait_until
+from inference import InferenceError
 
 SIZE = (120, 40)
 MODEL, ADAPTER = Path("/models/demo"), Path("/models/lora")

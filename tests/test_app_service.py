@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from inference import InferenceError, SamplingParams
+from fake_engine import WORDS, FakeEngine, failing_loader, fake_loader
+from test_app_support import run_async, wait_until
 from textual.app import App
 from textual.message import Message
 from textual.widgets import Static
@@ -21,8 +22,7 @@ from bobby_tui.service import (
     LoadProgressed,
 )
 from bobby_tui.widgets.draft_card import DraftCard
-from fake_engine import WORDS, FakeEngine, failing_loader, fake_loader
-from test_app_support import run_async, wait_until
+from inference import InferenceError, SamplingParams
 
 MODEL = Path("/models/fake")
 

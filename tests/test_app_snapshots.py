@@ -10,11 +10,11 @@ import random
 from pathlib import Path
 
 import pytest
+from fake_engine import FakeEngine, fake_loader
+from test_app_support import generate
 
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import Config, PostProcess
-from fake_engine import FakeEngine, fake_loader
-from test_app_support import generate
 from themes import THEME_NAMES
 
 SIZE = (120, 36)

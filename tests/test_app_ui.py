@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference.api import SAMPLING_LIMITS
+from fake_engine import FakeEngine, fake_loader
+from test_app_support import generate, run_async, wait_until
 from textual.command import CommandList
 from textual.widgets import OptionList
 
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import Config, PostProcess, load_config
 from bobby_tui.paths import config_path
-from fake_engine import FakeEngine, fake_loader
-from test_app_support import generate, run_async, wait_until
+from inference.api import SAMPLING_LIMITS
 
 SIZE = (120, 40)
 

@@ -5,7 +5,15 @@ from dataclasses import replace
 
 import pytest
 
-from inference import BatchGenerator, DraftDone, Engine, EngineOptions, GenerationRequest, ParameterError, SamplingParams
+from inference import (
+    BatchGenerator,
+    DraftDone,
+    Engine,
+    EngineOptions,
+    GenerationRequest,
+    ParameterError,
+    SamplingParams,
+)
 
 PROMPTS = ["Write a post about the small boats.", "A journey of a thousand miles begins with a single step."]
 CHUNK = 8  # prefill tokens per step: the prompts take several steps, so joining mid-run is exercised

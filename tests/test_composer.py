@@ -3,10 +3,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from inference import DraftDone, GenerationStats, SamplingParams, TokenDelta
-
 from bobby_tui.composer import Draft, DraftRetry, compose, retry_seed, to_record
 from bobby_tui.config import PostProcess
+from inference import DraftDone, GenerationStats, SamplingParams, TokenDelta
 
 
 class FakeEngine:
@@ -73,6 +72,7 @@ def test_the_system_prompt_reaches_the_template_as_given():
 
 def test_special_tokens_never_reach_deltas_or_drafts_unless_raw():
     from fixtures import QWEN_TOKENIZER_DIR
+
     from inference.tokenizer import Tokenizer
 
     specials = Tokenizer(QWEN_TOKENIZER_DIR).special_tokens  # the real Qwen3 tokenizer's

@@ -1,14 +1,13 @@
 import os
 import stat
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from bobby_tui import paths
-from inference.api import SAMPLING_LIMITS
-
 from bobby_tui.config import Config, ConfigError, load_config, resolve_model, save_setting
+from inference.api import SAMPLING_LIMITS
 
 
 def test_paths_follow_xdg(isolated_user_dirs):

@@ -7,10 +7,10 @@ import json
 import math
 
 import pytest
+from parity import mlx_lm_greedy, mlx_lm_model, ours_greedy_text
 
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_ADAPTER_VALIDATION, DEMO_MODEL_DIR, DEMO_VOCABULARY
 from inference import DraftDone, Engine, GenerationRequest, SamplingParams, inspect_adapter, inspect_model
-from parity import mlx_lm_greedy, mlx_lm_model, ours_greedy_text
 
 REQUEST = "Write a post."
 

@@ -4,10 +4,10 @@ from dataclasses import replace
 
 import mlx.core as mx
 import pytest
+from parity import ours_greedy_text, ours_last_logits
 
 from inference import Engine, EngineOptions
 from inference.dense_cpu import dense_bytes, physical_memory_bytes, use_dense_cpu
-from parity import ours_greedy_text, ours_last_logits
 
 PROMPT = "Write a post about the sea, the sky and the small boats."
 

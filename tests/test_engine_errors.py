@@ -8,7 +8,14 @@ import mlx.core as mx
 import pytest
 
 from inference import (
-    AdapterError, CheckpointError, ConfigError, Engine, InferenceError, TokenizerError, inspect_adapter, inspect_model,
+    AdapterError,
+    CheckpointError,
+    ConfigError,
+    Engine,
+    InferenceError,
+    TokenizerError,
+    inspect_adapter,
+    inspect_model,
 )
 
 

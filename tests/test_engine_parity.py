@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import mlx.core as mx
 import pytest
+from parity import mlx_lm_greedy, mlx_lm_last_logits, mlx_lm_model, mlx_lm_text, ours_greedy_text, ours_last_logits
 
 from inference import Engine
-from parity import mlx_lm_greedy, mlx_lm_last_logits, mlx_lm_model, mlx_lm_text, ours_greedy_text, ours_last_logits
 
 PROMPT = "Write a post about the sea, the sky and the small boats."
 NAMES = ["q4-g64-tied", "q8-g32-untied", "bf16-2shards"]

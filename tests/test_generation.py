@@ -4,7 +4,6 @@ import threading
 
 import mlx.core as mx
 import pytest
-
 from parity import ours_last_logits
 
 from inference import DraftDone, Engine, GenerationRequest, SamplingParams, TokenDelta

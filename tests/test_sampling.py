@@ -6,7 +6,12 @@ import pytest
 
 from inference import SamplingParams
 from inference.sampling import (
-    REPETITION_CONTEXT, BatchSampler, min_p_cut, penalize_repetitions, top_k_cut, top_p_cut,
+    REPETITION_CONTEXT,
+    BatchSampler,
+    min_p_cut,
+    penalize_repetitions,
+    top_k_cut,
+    top_p_cut,
 )
 
 LOGPROBS = mx.log(mx.array([[0.5, 0.3, 0.15, 0.05]]))

@@ -3,8 +3,8 @@
 import shutil
 
 import pytest
-
 from fixtures import QWEN_TOKENIZER_DIR
+
 from inference.tokenizer import StreamingDetokenizer, Tokenizer
 
 CONVERSATION = [

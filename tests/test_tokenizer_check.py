@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import pytest
-
 from fixtures import QWEN_TOKENIZER_DIR
+
 from inference import TokenizerError
 from inference.tokenizer import Tokenizer, check_tokenizer
 

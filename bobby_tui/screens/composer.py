@@ -14,7 +14,6 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.api import SAMPLING_LIMITS, SamplingParams  # no MLX: building requests here never loads it
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -50,6 +49,7 @@ from bobby_tui.widgets.drafts_pane import DraftsPane
 from bobby_tui.widgets.history_pane import HistoryPane
 from bobby_tui.widgets.prompt_editor import PromptEditor
 from bobby_tui.widgets.status_bar import StatusBar
+from inference.api import SAMPLING_LIMITS, SamplingParams  # no MLX: building requests here never loads it
 
 STEP = 0.05  # temperature and top_p change by this much per key press
 SEED_RANGE = 2**31

@@ -15,16 +15,25 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 from inference.api import DraftDone, TokenDelta
 
 from .protocol import (
-    EXTENSION, ApiError, ChunkWriter, CompletionSpec, ServerLimits, completion_body, parse_chat, parse_completion,
-    parse_json, shutting_down_error,
+    EXTENSION,
+    ApiError,
+    ChunkWriter,
+    CompletionSpec,
+    ServerLimits,
+    completion_body,
+    parse_chat,
+    parse_completion,
+    parse_json,
+    shutting_down_error,
 )
 from .worker import Aborted, BatchFactory, EngineInfo, EngineWorker, Job, Rejected, abort_all, batch_generator
 

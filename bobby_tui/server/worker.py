@@ -15,8 +15,9 @@ import asyncio
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from inference.api import DraftDone, GenerationRequest, TokenDelta
 from inference.errors import InferenceError

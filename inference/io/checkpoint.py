@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Callable
 
 import mlx.core as mx
 
@@ -21,7 +21,6 @@ from ..errors import CheckpointError, ConfigError, TokenizerError
 from ..models import family_of, read_model_args
 from ..models.base import QUANT_BITS, QUANT_GROUP_SIZES, BaseModelArgs, QuantSpec, eos_ids
 from ..safetensors_reader import SafetensorsFile, TensorInfo
-
 
 _LAYER_TENSOR = re.compile(r"^model\.layers\.(\d+)\.")
 

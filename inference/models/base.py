@@ -10,10 +10,10 @@ may name), ``EMBEDDINGS`` (matrix modules an adapter may not change) and ``Model
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
-from typing import Callable
 
 import mlx.core as mx
 
@@ -178,7 +178,7 @@ class Linear:
     spec: QuantSpec | None = None
 
     @classmethod
-    def from_weights(cls, weights: dict[str, mx.array], module: str, spec: QuantSpec | None) -> "Linear":
+    def from_weights(cls, weights: dict[str, mx.array], module: str, spec: QuantSpec | None) -> Linear:
         if spec is None:
             return cls(weights[f"{module}.weight"])
         return cls(weights[f"{module}.weight"], weights[f"{module}.scales"], weights[f"{module}.biases"], spec)
@@ -194,7 +194,7 @@ class Linear:
             x, self.weight, self.scales, self.biases, transpose=True, group_size=self.spec.group_size, bits=self.spec.bits
         )
 
-    def apply(self, x: mx.array, lora: "LoRA | None", residual: mx.array | None, kernel: bool) -> mx.array:
+    def apply(self, x: mx.array, lora: LoRA | None, residual: mx.array | None, kernel: bool) -> mx.array:
         """``residual + x @ W.T + lora(x)``; with ``kernel``, as one CUDA kernel where it covers the shapes."""
         if kernel and self.spec is not None and gemv.covers(x, self.weight, self.spec.group_size, self.spec.bits):
             return gemv.quantized_gemv(x, self.weight, self.scales, self.biases, self.spec.group_size,
@@ -237,7 +237,7 @@ class LoRA:
     b: mx.array  # B transposed and scaled: (out, rank), contiguous
 
     @classmethod
-    def build(cls, a: mx.array, b: mx.array, dtype: mx.Dtype) -> "LoRA":
+    def build(cls, a: mx.array, b: mx.array, dtype: mx.Dtype) -> LoRA:
         """From the adapter's ``a`` (in, rank) and scaled ``b`` (rank, out)."""
         return cls(mx.contiguous(a.T.astype(dtype)), mx.contiguous(b.T.astype(dtype)))
 

@@ -3,10 +3,10 @@ RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, tied or separate head)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -16,7 +16,17 @@ from ..backends.cuda import qk_rope
 from ..cache import KVCache
 from ..errors import ConfigError
 from ..options import EngineOptions
-from .base import BaseModelArgs, ConfigFields, Linear, Projection, QuantSpec, TensorSpec, eos_ids, matrix_tensors, read_quantization
+from .base import (
+    BaseModelArgs,
+    ConfigFields,
+    Linear,
+    Projection,
+    QuantSpec,
+    TensorSpec,
+    eos_ids,
+    matrix_tensors,
+    read_quantization,
+)
 
 ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 MLP_IN_KEYS = ("mlp.gate_proj", "mlp.up_proj")
@@ -44,7 +54,7 @@ class ModelArgs(BaseModelArgs):
     max_position_embeddings: int
 
     @classmethod
-    def from_dict(cls, raw: dict, path: Path) -> "ModelArgs":
+    def from_dict(cls, raw: dict, path: Path) -> ModelArgs:
         """config.json's fields with mlx_lm's meaning: the keys mlx_lm requires are required here too."""
         rope = raw.get("rope_scaling") or (raw.get("rope_parameters") or {})
         if not isinstance(rope, dict):
