@@ -55,7 +55,8 @@ def load_engine(model_dir: Path, adapter_dir: Path | None, options: dict[str, ob
     """``Engine.load`` with these EngineOptions fields changed from the device's defaults."""
     try:
         from inference.options import EngineOptions
-    except ImportError:  # an engine from before EngineOptions: its module switches and environment variables
+    except ImportError:  # an engine from before EngineOptions (tools/gpu/compare_commits.sh measures one against
+        # a newer one): it took its choices from module switches and environment variables
         return _load_with_switches(model_dir, adapter_dir, options)
     return Engine.load(model_dir, adapter_dir, options=replace(EngineOptions.for_device(), **options))
 

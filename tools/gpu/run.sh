@@ -25,7 +25,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for step in "$@"; do
   case $step in
-    test) timeout 200 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py 2>&1 | tail -25 ;;
+    test) timeout 300 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py 2>&1 | tee "$OUT"/test.log | tail -25 ;;
     micro) timeout 300 "$PYTHON" -m tools.bench.kernels --shapes 8B ${SWEEP:+--sweep $SWEEP} --json "$OUT"/gemv.json \
              2>&1 | tee "$OUT"/gemv.log ;;
     cold) for run in 1 2; do timeout 150 "$PYTHON" -m tools.gpu.cold_start --cache-dir "${CACHE_DIR:-.bench-cache}" \
