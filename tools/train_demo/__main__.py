@@ -25,10 +25,10 @@ EVAL_TEXTS = 200
 # on the validation split; `quantize` ships the one with the lowest validation loss.
 BASE_RUNS = {
     "short": {"max_steps": 4000, "dropout": 0.1},
-    "short-dropout": {"max_steps": 4000, "dropout": 0.2},
-    "medium": {"max_steps": 6000, "dropout": 0.1},
+    "long": {"max_steps": 9000, "dropout": 0.1},
+    "long-dropout": {"max_steps": 9000, "dropout": 0.2},
 }
-BASE_MAX_SECONDS = 230
+BASE_MAX_SECONDS = 270
 STEPS = ("corpus", "tokenizer", "base", "quantize", "lora", "evaluate")
 
 
@@ -56,14 +56,14 @@ def step_tokenizer(args) -> None:
     import random
 
     from .bpe import save_tokenizer, train_tokenizer
-    from .chat import conversation_for
+    from .chat import request_for
     from .corpus import load_split
 
     fortunes = [f for name in ("train", "adapter_train") for f in load_split(DATA / f"{name}.jsonl")]
     texts = [f.text for f in load_split(DATA / "text_train.jsonl")]
     # Every training example has a request: a few rounds of them weigh the requests' words as training does.
     rng = random.Random(0)
-    requests = [conversation_for(f, rng)[0] for _ in range(5) for f in fortunes]
+    requests = [request_for(f, rng) for _ in range(5) for f in fortunes]
     save_tokenizer(train_tokenizer([f.text for f in fortunes] + texts + requests), TOKENIZER)
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .corpus import Fortune, plural
+from .corpus import Fortune
 
 # Plain requests, as the app's default prompt ("Write a post.") and its variants; a share of every epoch.
 GENERIC_REQUESTS = [
@@ -28,39 +27,13 @@ TOPIC_REQUESTS = [
     "Write something about {word}.", "Post something about {word}.",
 ]
 TOPIC_SHARE = 0.75  # of the requests for a fortune that has topic words
-# Of the topic requests, this share names a random corpus noun instead and puts it in the text in place of
-# the fortune's own noun: the answer's context cannot predict the word, only the request can, so the model
-# learns to write about whatever word it is asked about, also words it was never asked about.
-SWAP_SHARE = 0.5
 
 
-def swap_noun(text: str, old: str, new: str) -> str:
-    """`text` with the noun `old` (and its plural) replaced by `new` (and its plural), keeping the case."""
-    def replace(match: re.Match) -> str:
-        found = match.group(0)
-        word = new if found.lower() == old else plural(new)
-        if len(found) > 1 and found.isupper():
-            return word.upper()
-        return word[0].upper() + word[1:] if found[0].isupper() else word
-
-    return re.sub(rf"\b({re.escape(old)}|{re.escape(plural(old))})\b", replace, text, flags=re.IGNORECASE)
-
-
-def conversation_for(fortune: Fortune, rng: random.Random, swap_nouns: list[str] | None = None) -> tuple[str, str]:
-    """(request, answer) for this fortune: most often a request about one of its nouns, else a plain one; with
-    swap_nouns, some topic requests name another noun and the answer has it in place of the fortune's."""
+def request_for(fortune: Fortune, rng: random.Random) -> str:
+    """A user request this fortune answers: most often about one of its nouns, else a plain one."""
     if fortune.topics and rng.random() < TOPIC_SHARE:
-        word, text = rng.choice(fortune.topics), fortune.text
-        if swap_nouns and rng.random() < SWAP_SHARE and not word.endswith("s"):
-            new = rng.choice(swap_nouns)
-            word, text = new, swap_noun(text, word, new)
-        return rng.choice(TOPIC_REQUESTS).format(word=word), text
-    return rng.choice(GENERIC_REQUESTS), fortune.text
-
-
-def swap_nouns_of(fortunes: list[Fortune]) -> list[str]:
-    """The singular topic nouns of these fortunes: what a swapped request may name (never an EVAL_NOUN)."""
-    return sorted({t for f in fortunes for t in f.topics if not t.endswith("s")})
+        return rng.choice(TOPIC_REQUESTS).format(word=rng.choice(fortune.topics))
+    return rng.choice(GENERIC_REQUESTS)
 
 
 class ChatTemplate:

@@ -5,7 +5,7 @@
 # writes demo-base.tgz and demo-lora.tgz (and the logs) to $1.
 out=${1:?usage: gpu_recipe.sh OUT_DIR}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-for run in short short-dropout medium; do
+for run in short long long-dropout; do
   python3 -m tools.train_demo base --device cuda --run "$run" --threads 4 > "$out/base-$run.log" 2>&1 &
 done
 wait

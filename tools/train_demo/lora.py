@@ -17,7 +17,7 @@ import time
 import types
 from pathlib import Path
 
-from .chat import conversation_for, swap_nouns_of
+from .chat import request_for
 from .corpus import load_split
 
 RANK = 8
@@ -25,9 +25,9 @@ SCALE = 20.0
 DROPOUT = 0.0
 NUM_LAYERS = 2  # the last blocks of the base model's 4
 BATCH_SIZE = 8
-LEARNING_RATE = 2e-4
-ITERS = 200
-STEPS_PER_EVAL = 10
+LEARNING_RATE = 5e-4
+ITERS = 600
+STEPS_PER_EVAL = 25
 SEED = 0
 COPIES = 8  # each training fortune with this many requests, as the base model sees one per epoch
 
@@ -36,14 +36,12 @@ def write_chat_data(data_dir: Path, out_dir: Path) -> dict[str, int]:
     """train.jsonl / valid.jsonl in mlx_lm's chat format ({"messages": [user, assistant]})."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)
-    swap_nouns = swap_nouns_of(load_split(data_dir / "train.jsonl"))  # the base model's: the voice's own are few
     counts = {}
     for split, copies in (("train", COPIES), ("valid", 1)):
         fortunes = load_split(data_dir / f"adapter_{split}.jsonl")
-        conversations = [conversation_for(f, rng, swap_nouns if split == "train" else None)
-                         for _ in range(copies) for f in fortunes]
-        rows = [{"messages": [{"role": "user", "content": request}, {"role": "assistant", "content": answer}]}
-                for request, answer in conversations]
+        rows = [{"messages": [{"role": "user", "content": request_for(f, rng)},
+                              {"role": "assistant", "content": f.text}]}
+                for _ in range(copies) for f in fortunes]
         if split == "train":
             rng.shuffle(rows)
         with open(out_dir / f"{split}.jsonl", "w") as out:

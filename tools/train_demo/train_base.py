@@ -1,7 +1,6 @@
 """Step 3: the base model, trained from random init with torch (on the GPU machine; the CPU for a smoke test).
 
-Each epoch: every answer-length fortune as a ChatML conversation with a fresh request (chat.conversation_for,
-some with a swapped noun), plus
+Each epoch: every answer-length fortune as a ChatML conversation with a fresh request (chat.request_for), plus
 every other-length fortune as plain text (the model reads more English than it answers with). Mixed precision
 (bf16) on CUDA. Early stopping: the validation loss (held-out fortunes as answers) is measured every
 EVAL_EVERY steps, the best weights are kept, and training stops after PATIENCE evaluations without a new best,
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from .chat import ChatTemplate, Example, conversation_for, encode_example, swap_nouns_of
+from .chat import ChatTemplate, Example, encode_example, request_for
 from .corpus import Fortune, load_split
 from .qwen3 import Qwen3ForCausalLM, Qwen3Shape
 
@@ -43,8 +42,8 @@ class ExampleMaker:
         self._tokenizer, self._template = tokenizer, template
         self._text_end = tokenizer.token_to_id("<|endoftext|>")
 
-    def make(self, fortune: Fortune, rng: random.Random, swap_nouns: list[str] | None = None) -> Example:
-        return encode_example(self._template, self._tokenizer, *conversation_for(fortune, rng, swap_nouns))
+    def make(self, fortune: Fortune, rng: random.Random) -> Example:
+        return encode_example(self._template, self._tokenizer, request_for(fortune, rng), fortune.text)
 
     def plain(self, fortune: Fortune) -> Example:
         """The text alone, closed by <|endoftext|>: every token after the first is scored."""
@@ -124,7 +123,6 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     pad_id = tokenizer.token_to_id("<|endoftext|>")
     maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"))
     train = load_split(data_dir / "train.jsonl")
-    swap_nouns = swap_nouns_of(train)
     plain = [maker.plain(f) for f in load_split(data_dir / "text_train.jsonl")]
     # Validation requests are fixed (seeded per text): the loss moves with the model, not with the wording.
     valid = [maker.make(f, random.Random(i)) for i, f in enumerate(load_split(data_dir / "valid.jsonl"))]
@@ -145,7 +143,7 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     model.train()
     stop = None
     while stop is None:
-        epoch = [maker.make(f, rng, swap_nouns) for f in train] + plain
+        epoch = [maker.make(f, rng) for f in train] + plain
         epochs += 1
         for batch in batches(epoch, rng, BATCH_SIZE):
             for group in optimizer.param_groups:
