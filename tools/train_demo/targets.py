@@ -51,7 +51,7 @@ def drafts_for(engine: Engine, config: Config) -> list[dict]:
                                  repetition_penalty=s.repetition_penalty, seed=seed) for seed in SEEDS]
         events = compose(engine, prompt, None, params, s.max_tokens, config.postprocess, config.post_limit)
         for draft in sorted((e for e in events if isinstance(e, Draft)), key=lambda d: d.draft):
-            out.append({"noun": noun, "seed": draft.params.seed, "attempts": draft.attempts, "text": draft.text})
+            out.append({"noun": noun, "seed": SEEDS[draft.draft], "attempts": draft.attempts, "text": draft.text})
     return out
 
 
