@@ -55,6 +55,9 @@ class Example:
     ids: list[int]
     prompt_len: int
 
+    def __len__(self) -> int:  # mlx_lm's batching sorts examples by length
+        return len(self.ids)
+
 
 def encode_example(template: ChatTemplate, tokenizer, user: str, answer: str) -> Example:
     prompt_ids = tokenizer.encode(template.prompt(user)).ids
