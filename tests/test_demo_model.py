@@ -1,10 +1,12 @@
 """The shipped demo model and adapter: our engine agrees with mlx_lm on them, the adapter does what
-it was trained for, and the model writes real words. Runs on the CPU in a few seconds."""
+it was trained for, and the model writes real words at the app's default settings. Runs on the CPU in
+a few seconds. (tools/train_demo/targets.py measures the full targets of MODEL_CARD.md.)"""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from parity import mlx_lm_greedy, mlx_lm_model, ours_greedy_text
@@ -69,7 +71,7 @@ def test_adapter_lowers_perplexity_on_its_held_out_category(engine):
     without = answer_perplexity(engine, texts)
     engine.adapter_enabled = True
     with_adapter = answer_perplexity(engine, texts)
-    assert with_adapter < 0.7 * without, (with_adapter, without)
+    assert with_adapter < 0.6 * without, (with_adapter, without)
 
 
 def words_of(text: str) -> list[str]:
@@ -79,8 +81,7 @@ def words_of(text: str) -> list[str]:
 
 
 def test_sampled_posts_are_mostly_real_words(engine):
-    """The base model writes English. (With the adapter, Zippy's SHOUTED words come out of a 4k
-    vocabulary letter by letter and ~30% are not corpus words: MODEL_CARD.md says so.)"""
+    """The base model writes the corpus's words, even with no top-p cut-off to hide its tail."""
     vocabulary = set(DEMO_VOCABULARY.read_text().split())
     engine.adapter_enabled = False
     # temperature 0.8 alone: no top-p or top-k cut-off to hide the model's tail
@@ -91,3 +92,28 @@ def test_sampled_posts_are_mostly_real_words(engine):
     assert len(words) >= 100
     known = sum(w in vocabulary for w in words)
     assert known >= 0.8 * len(words), [w for w in words if w not in vocabulary]
+
+
+DICTIONARY = Path("/usr/share/dict/american-english")  # Debian's wamerican: English not built from the corpus
+
+
+@pytest.mark.skipif(not DICTIONARY.exists(), reason="needs Debian's wamerican (apt-get install wamerican)")
+def test_default_drafts_are_english_and_rarely_retried(engine):
+    """At the app's defaults, as `bobby-tui post` drafts them: English words (a dictionary not built from the
+    corpus), and most first attempts already long enough that no retry is needed."""
+    from bobby_tui.composer import Draft, compose
+    from bobby_tui.config import Config
+
+    dictionary = {line.strip().lower() for line in DICTIONARY.read_text(errors="replace").splitlines()}
+    config, s = Config(), Config().sampling
+    engine.adapter_enabled = False
+    drafts = [SamplingParams(temperature=s.temperature, top_p=s.top_p, seed=seed) for seed in range(10)]
+    events = compose(engine, "Write a post about the weekend", None, drafts, s.max_tokens, config.postprocess,
+                     config.post_limit)
+    done = [e for e in events if isinstance(e, Draft)]
+    engine.adapter_enabled = True
+    words = [w for d in done for w in words_of(d.text) if any(c.isalpha() for c in w)]
+    english = sum(w in dictionary for w in words)
+    assert english >= 0.9 * len(words), [w for w in words if w not in dictionary]
+    assert sum(d.attempts > 1 for d in done) <= 4, [d.text for d in done]
+    assert all(len(d.text) >= config.postprocess.min_length for d in done), [d.text for d in done]

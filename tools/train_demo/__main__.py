@@ -2,7 +2,9 @@
 
 Steps, in order: corpus, tokenizer, base, quantize, lora, evaluate (or `all`). Intermediate files
 go to build/demo/ (git-ignored); the shipped model and adapter to bobby_tui/demo/.
-Needs the Debian `fortunes` package and, for `base` and `lora`, torch (dev-only).
+Needs Debian's `fortunes` and `wamerican` packages (corpus), torch (base; a GPU, `--device cuda`, for the
+shipped recipe) and mlx_lm (quantize, lora; MLX for CUDA on the GPU machine for lora). MODEL_CARD.md has
+the commands that built the shipped files.
 """
 
 from __future__ import annotations
@@ -17,20 +19,31 @@ DATA = WORK / "data"
 TOKENIZER = WORK / "tokenizer"
 FLOAT_MODEL = WORK / "base-f32"
 DEMO = REPO / "bobby_tui" / "demo"
+RUNS = WORK / "runs"
 EVAL_TEXTS = 200
-# The shipped base model: a second phase continued the first, which the shared CPU ran too slowly
-# to leave a usable model within its planned 20 minutes (MODEL_CARD.md has the numbers).
-BASE_PHASES = ({"steps": 1400, "peak_lr": 2e-3, "seed": 0}, {"steps": 1200, "peak_lr": 1.5e-3, "seed": 1})
+# The base recipe: runs with their own schedule lengths and dropout (on the GPU, in parallel), each early-stopped
+# on the validation split; `quantize` ships the one with the lowest validation loss.
+BASE_RUNS = {
+    "short": {"max_steps": 4000, "dropout": 0.1},
+    "long": {"max_steps": 9000, "dropout": 0.1},
+    "long-dropout": {"max_steps": 9000, "dropout": 0.2},
+}
+BASE_MAX_SECONDS = 270
 STEPS = ("corpus", "tokenizer", "base", "quantize", "lora", "evaluate")
 
 
 def step_corpus(args) -> None:
     import json
 
-    from .corpus import load_split, read_fortunes, vocabulary, write_splits
+    from .corpus import (TEXT_LENGTHS, english_words, load_split, plain_english, read_fortunes, vocabulary,
+                         with_topics, write_splits, write_texts)
 
-    fortunes = read_fortunes()
+    dictionary = english_words()
+    if dictionary is None:
+        raise SystemExit("/usr/share/dict/american-english: not found; run `apt-get install wamerican` first")
+    fortunes = with_topics(plain_english(read_fortunes(), dictionary))
     print("fortunes per split:", write_splits(fortunes, DATA))
+    print("plain texts:", write_texts(plain_english(read_fortunes(lengths=TEXT_LENGTHS), dictionary), DATA))
     (DEMO / "data").mkdir(parents=True, exist_ok=True)
     (DEMO / "data" / "vocabulary.txt").write_text("\n".join(vocabulary(fortunes)) + "\n")
     # The adapter category's held-out texts ship too: the tests measure the adapter on them.
@@ -40,45 +53,66 @@ def step_corpus(args) -> None:
 
 
 def step_tokenizer(args) -> None:
+    import random
+
     from .bpe import save_tokenizer, train_tokenizer
-    from .chat import all_requests
+    from .chat import request_for
     from .corpus import load_split
 
-    texts = [f.text for name in ("train", "adapter_train") for f in load_split(DATA / f"{name}.jsonl")]
-    # The requests are few but every training example has one: weigh them like a sizeable text.
-    save_tokenizer(train_tokenizer(texts + all_requests() * 20), TOKENIZER)
+    fortunes = [f for name in ("train", "adapter_train") for f in load_split(DATA / f"{name}.jsonl")]
+    texts = [f.text for f in load_split(DATA / "text_train.jsonl")]
+    # Every training example has a request: a few rounds of them weigh the requests' words as training does.
+    rng = random.Random(0)
+    requests = [request_for(f, rng) for _ in range(5) for f in fortunes]
+    save_tokenizer(train_tokenizer([f.text for f in fortunes] + texts + requests), TOKENIZER)
 
 
 def step_base(args) -> None:
-    """The shipped recipe (BASE_PHASES), or one phase as the options say when --steps is given."""
+    """Trains the BASE_RUNS (or the one --run names) into build/demo/runs/NAME/: float checkpoint, summary."""
+    import json
+
     import torch
 
     from .export import save_float_checkpoint
     from .train_base import train_base
 
     torch.set_num_threads(args.threads)
-    custom = {"steps": args.steps, "peak_lr": args.lr, "seed": args.seed}
-    init = args.init
-    for number, phase in enumerate(BASE_PHASES if args.steps is None else (custom,), start=1):
-        model = train_base(DATA, TOKENIZER, WORK, init=init, **phase)
-        init = WORK / f"base-phase{number}.pt"
-        torch.save(model.state_dict(), init)
-    save_float_checkpoint(model, TOKENIZER, FLOAT_MODEL)
+    for name in [args.run] if args.run else list(BASE_RUNS):
+        run_dir = RUNS / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        settings = dict(BASE_RUNS[name], max_seconds=args.max_seconds, seed=args.seed)
+        if args.max_steps is not None:
+            settings["max_steps"] = args.max_steps
+        model, summary = train_base(DATA, TOKENIZER, run_dir, device=args.device, **settings)
+        save_float_checkpoint(model, TOKENIZER, run_dir / "model")
+        (run_dir / "summary.json").write_text(json.dumps(dict(summary, run=name, **settings), indent=2) + "\n")
+
+
+def best_run() -> Path:
+    import json
+
+    summaries = [json.loads(p.read_text()) for p in RUNS.glob("*/summary.json")]
+    if not summaries:
+        raise SystemExit(f"{RUNS}: no trained base runs; run the base step first")
+    return RUNS / min(summaries, key=lambda s: s["best_valid_loss"])["run"]
 
 
 def step_quantize(args) -> None:
     from .export import quantize_checkpoint
 
-    quantize_checkpoint(FLOAT_MODEL, DEMO / "model")
+    run_dir = RUNS / args.run if args.run else best_run()
+    print("shipping base run", run_dir.name)
+    quantize_checkpoint(run_dir / "model", DEMO / "model")
 
 
 def step_lora(args) -> None:
-    import torch
+    from .lora import NUM_LAYERS, train_lora
 
-    from .lora import train_lora
-
-    torch.set_num_threads(args.threads)
-    train_lora(DEMO / "model", DATA, DEMO / "adapter", WORK)
+    num_layers = args.num_layers or NUM_LAYERS
+    log = train_lora(DEMO / "model", DATA, args.out or DEMO / "adapter", WORK, num_layers=num_layers,
+                     shipped_paths={"model": "bobby_tui/demo/model", "adapter_path": "bobby_tui/demo/adapter",
+                                    "data": f"build/demo/lora-data-{num_layers}"})
+    print({k: v for k, v in log.items() if k not in ("train", "valid")})
 
 
 def spread_sample(items: list, n: int) -> list:
@@ -104,11 +138,14 @@ def step_evaluate(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.train_demo", description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=STEPS + ("all",))
-    parser.add_argument("--steps", type=int, help="base: train one phase of this many steps instead of BASE_PHASES")
-    parser.add_argument("--lr", type=float, default=2e-3, help="base: that phase's peak learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="base: that phase's seed (init, shuffling, requests)")
-    parser.add_argument("--init", type=Path, help="base: start that phase from these weights (e.g. build/demo/base-phase2.pt)")
+    parser.add_argument("--run", choices=sorted(BASE_RUNS), help="base: train this run only; quantize: ship it")
+    parser.add_argument("--device", default="cpu", help="base: torch device (the recipe: cuda)")
+    parser.add_argument("--max-steps", type=int, help="base: override the run's schedule length (a smoke test)")
+    parser.add_argument("--max-seconds", type=float, default=BASE_MAX_SECONDS, help="base: stop a run after this")
+    parser.add_argument("--seed", type=int, default=0, help="base: seed (init, shuffling, requests)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--num-layers", type=int, help="lora: adapt this many last blocks")
+    parser.add_argument("--out", type=Path, help="lora: write the adapter here instead of bobby_tui/demo/adapter")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     for name in STEPS if args.step == "all" else (args.step,):

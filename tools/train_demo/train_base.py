@@ -1,11 +1,16 @@
-"""Step 3: the base model, trained from random init on ChatML conversations with torch on the CPU.
+"""Step 3: the base model, trained from random init with torch (on the GPU machine; the CPU for a smoke test).
 
-MLX's CPU backend trains this model at ~75 tokens/s; torch manages a few thousand, so the base is
-trained here and exported as a Qwen3 checkpoint that MLX (and our engine) load.
+Each epoch: every answer-length fortune as a ChatML conversation with a fresh request (chat.request_for), plus
+every other-length fortune as plain text (the model reads more English than it answers with). Mixed precision
+(bf16) on CUDA. Early stopping: the validation loss (held-out fortunes as answers) is measured every
+EVAL_EVERY steps, the best weights are kept, and training stops after PATIENCE evaluations without a new best,
+or at max_steps or max_seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import random
@@ -20,23 +25,29 @@ from .chat import ChatTemplate, Example, encode_example, request_for
 from .corpus import Fortune, load_split
 from .qwen3 import Qwen3ForCausalLM, Qwen3Shape
 
-BATCH_SIZE = 16
+BATCH_SIZE = 32
 PEAK_LR = 2e-3
 MIN_LR_RATIO = 0.1
-WARMUP_STEPS = 100
+WARMUP_STEPS = 200
 WEIGHT_DECAY = 0.1
+DROPOUT = 0.1
 EVAL_EVERY = 200
-EVAL_EXAMPLES = 300  # a fixed slice of the validation split: enough to follow, cheap to compute
+PATIENCE = 5  # evaluations without a new best validation loss
 
 
 class ExampleMaker:
-    """Fresh requests every epoch (the same fortune, asked for in different words), cached ids."""
+    """Fresh requests every epoch (the same fortune, asked for in different words)."""
 
     def __init__(self, tokenizer: Tokenizer, template: ChatTemplate):
         self._tokenizer, self._template = tokenizer, template
+        self._text_end = tokenizer.token_to_id("<|endoftext|>")
 
     def make(self, fortune: Fortune, rng: random.Random) -> Example:
         return encode_example(self._template, self._tokenizer, request_for(fortune, rng), fortune.text)
+
+    def plain(self, fortune: Fortune) -> Example:
+        """The text alone, closed by <|endoftext|>: every token after the first is scored."""
+        return Example(self._tokenizer.encode(fortune.text).ids + [self._text_end], 1)
 
 
 def batches(examples: list[Example], rng: random.Random, batch_size: int) -> list[list[Example]]:
@@ -52,7 +63,7 @@ def batches(examples: list[Example], rng: random.Random, batch_size: int) -> lis
     return result
 
 
-def collate(batch: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(batch: list[Example], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input ids, positions whose next token is scored, those next tokens)."""
     width = max(len(e.ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -61,73 +72,113 @@ def collate(batch: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tens
         ids[row, :len(example.ids)] = torch.tensor(example.ids)
         for pos in range(example.prompt_len - 1, len(example.ids) - 1):
             rows.append(row), cols.append(pos), targets.append(example.ids[pos + 1])
-    return ids, torch.tensor([rows, cols]), torch.tensor(targets)
+    return ids.to(device), torch.tensor([rows, cols]).to(device), torch.tensor(targets).to(device)
+
+
+def autocast(device: torch.device):
+    """bf16 matrix work on a GPU (weights and optimizer stay float32); plain float32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def batch_loss(model: Qwen3ForCausalLM, batch: list[Example], pad_id: int) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the answer tokens (and the closing <|im_end|>), and their count."""
-    ids, where, targets = collate(batch, pad_id)
-    hidden = model.hidden(ids)[where[0], where[1]]
-    return F.cross_entropy(model.logits(hidden), targets), len(targets)
+    """Mean cross-entropy over the scored tokens (an answer and its closing <|im_end|>), and their count."""
+    device = next(model.parameters()).device
+    ids, where, targets = collate(batch, pad_id, device)
+    with autocast(device):
+        hidden = model.hidden(ids)[where[0], where[1]]
+        logits = model.logits(hidden)
+    return F.cross_entropy(logits.float(), targets), len(targets)
 
 
 @torch.no_grad()
 def mean_loss(model: Qwen3ForCausalLM, examples: list[Example], pad_id: int) -> float:
+    was_training = model.training
+    model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), 64):
         loss, n = batch_loss(model, examples[start:start + 64], pad_id)
         total, count = total + loss.item() * n, count + n
+    model.train(was_training)
     return total / count
 
 
 def lr_at(step: int, total_steps: int, peak_lr: float) -> float:
-    """Linear warmup, then cosine decay to MIN_LR_RATIO of the peak."""
+    """Linear warmup, then cosine decay to MIN_LR_RATIO of the peak at total_steps."""
     if step < WARMUP_STEPS:
         return peak_lr * (step + 1) / WARMUP_STEPS
-    progress = (step - WARMUP_STEPS) / max(1, total_steps - WARMUP_STEPS)
+    progress = min(1.0, (step - WARMUP_STEPS) / max(1, total_steps - WARMUP_STEPS))
     return peak_lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, steps: int, seed: int = 0,
-               peak_lr: float = PEAK_LR, init: Path | None = None) -> Qwen3ForCausalLM:
-    """`steps` optimizer steps from random init, or from the weights in `init` (a second phase,
-    with a fresh optimizer and its own warmup and decay)."""
+def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: int, max_seconds: float,
+               seed: int = 0, peak_lr: float = PEAK_LR, dropout: float = DROPOUT, shape: Qwen3Shape | None = None,
+               device: str = "cpu") -> tuple[Qwen3ForCausalLM, dict]:
+    """Trains from random init; returns the model with its best weights (by validation loss) and a summary."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    device_ = torch.device(device)
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     pad_id = tokenizer.token_to_id("<|endoftext|>")
     maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"))
     train = load_split(data_dir / "train.jsonl")
-    valid = [maker.make(f, random.Random(i)) for i, f in enumerate(load_split(data_dir / "valid.jsonl")[:EVAL_EXAMPLES])]
+    plain = [maker.plain(f) for f in load_split(data_dir / "text_train.jsonl")]
+    # Validation requests are fixed (seeded per text): the loss moves with the model, not with the wording.
+    valid = [maker.make(f, random.Random(i)) for i, f in enumerate(load_split(data_dir / "valid.jsonl"))]
 
-    model = Qwen3ForCausalLM(Qwen3Shape(vocab_size=tokenizer.get_vocab_size()))
-    if init is not None:
-        model.load_state_dict(torch.load(init))
+    shape = shape or Qwen3Shape(vocab_size=tokenizer.get_vocab_size())
+    model = Qwen3ForCausalLM(shape, dropout).to(device_)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=peak_lr, betas=(0.9, 0.95))
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=peak_lr, betas=(0.9, 0.95),
+                                  fused=device_.type == "cuda")
     log = open(work_dir / "train_base.log", "a")
-    print(json.dumps({"phase_start": {"steps": steps, "peak_lr": peak_lr, "init": init and init.name}}), file=log)
-    step, tokens, started = 0, 0, time.time()
-    while step < steps:
-        epoch = [maker.make(f, rng) for f in train]
+    print(json.dumps({"start": {"max_steps": max_steps, "max_seconds": max_seconds, "peak_lr": peak_lr,
+                                "dropout": dropout, "seed": seed, "device": device, "shape": shape.__dict__,
+                                "parameters": sum(p.numel() for p in model.parameters())}}), file=log, flush=True)
+    best = {"valid_loss": mean_loss(model, valid, pad_id), "step": 0, "state": None}
+    step, tokens, epochs, bad_evals, started = 0, 0, 0, 0, time.time()
+    model.train()
+    stop = None
+    while stop is None:
+        epoch = [maker.make(f, rng) for f in train] + plain
+        epochs += 1
         for batch in batches(epoch, rng, BATCH_SIZE):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, steps, peak_lr)
+                group["lr"] = lr_at(step, max_steps, peak_lr)
             loss, _ = batch_loss(model, batch, pad_id)
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             step += 1
             tokens += sum(len(e.ids) for e in batch)
-            if step % EVAL_EVERY == 0 or step == steps:
-                record = {"step": step, "train_loss": round(loss.item(), 4),
-                          "valid_loss": round(mean_loss(model, valid, pad_id), 4),
+            if step % EVAL_EVERY == 0 or step == max_steps:
+                valid_loss = mean_loss(model, valid, pad_id)
+                if valid_loss < best["valid_loss"]:
+                    best = {"valid_loss": valid_loss, "step": step, "state": copy.deepcopy(model.state_dict())}
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                record = {"step": step, "epoch": epochs, "lr": round(lr_at(step, max_steps, peak_lr), 6),
+                          "train_loss": round(loss.item(), 4), "valid_loss": round(valid_loss, 4),
                           "tokens": tokens, "seconds": round(time.time() - started, 1)}
                 print(json.dumps(record), file=log, flush=True)
-                torch.save(model.state_dict(), work_dir / "base.pt")
-            if step == steps:
-                break
-    return model
+                print(json.dumps(record), flush=True)
+                if bad_evals >= PATIENCE:
+                    stop = "early stop: no better validation loss in %d evaluations" % PATIENCE
+                elif step >= max_steps:
+                    stop = "max steps"
+                elif time.time() - started > max_seconds:
+                    stop = "time limit"
+                if stop:
+                    break
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    summary = {"stopped": stop, "steps": step, "epochs": epochs, "tokens": tokens,
+               "seconds": round(time.time() - started, 1), "best_step": best["step"],
+               "best_valid_loss": round(best["valid_loss"], 4)}
+    print(json.dumps({"summary": summary}), file=log, flush=True)
+    return model.float().cpu().eval(), summary

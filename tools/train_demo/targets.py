@@ -1,0 +1,191 @@
+"""The demo's measured targets (issue 12), from the shipped files through our engine, as `bobby-tui post` drafts.
+
+    python -m tools.train_demo.targets [--model DIR] [--adapter DIR] [--json PATH]
+
+40 drafts: "Write a post about X" for the 20 nouns of EVAL_NOUNS (never a training prompt word, see corpus.py),
+seeds 1 and 2 in one batch, as `bobby-tui post 2 --seed 1 "Write a post about X"` makes them (default sampling,
+post-processing and retries of bobby_tui.config). Printed:
+- the share of words that are English: in Debian's `wamerican` list (skipped when it is not installed);
+- the share of drafts that contain X or its plural;
+- the share of drafts that were retried for being under min_length;
+- the adapter's perplexity on its held-out category against the base model's (answers to "Write a post.");
+- a blind check: a word-frequency score, fitted on the other 39 pairs, picks the adapter's draft of each pair;
+- CPU decode tok/s of single drafts, without and with the adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+from bobby_tui.composer import Draft, compose
+from bobby_tui.config import Config
+from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_ADAPTER_VALIDATION, DEMO_MODEL_DIR
+from inference import Engine, GenerationRequest, SamplingParams
+
+from .corpus import EVAL_NOUNS, english_words, is_english, plural, words_of
+
+SEEDS = (1, 2)
+PERPLEXITY_REQUEST = "Write a post."
+SPEED_REQUESTS = ("Write a post.", "Write a post about coffee.", "Write something funny.")
+SPEED_ROUNDS = 2
+
+
+def mentions(text: str, noun: str) -> bool:
+    return re.search(rf"\b({re.escape(noun)}|{re.escape(plural(noun))})\b", text, re.IGNORECASE) is not None
+
+
+def drafts_for(engine: Engine, config: Config) -> list[dict]:
+    """Two drafts per noun, as `bobby-tui post 2 --seed 1 PROMPT` makes them."""
+    s = config.sampling
+    out = []
+    for noun in EVAL_NOUNS:
+        prompt = f"Write a post about {noun}"
+        params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
+                                 repetition_penalty=s.repetition_penalty, seed=seed) for seed in SEEDS]
+        events = compose(engine, prompt, None, params, s.max_tokens, config.postprocess, config.post_limit)
+        for draft in sorted((e for e in events if isinstance(e, Draft)), key=lambda d: d.draft):
+            out.append({"noun": noun, "seed": SEEDS[draft.draft], "attempts": draft.attempts, "text": draft.text})
+    return out
+
+
+def answer_perplexity(engine: Engine, texts: list[str]) -> float:
+    prompt = engine.tokenizer.encode(engine.render_prompt(PERPLEXITY_REQUEST))
+    logprobs: list[float] = []
+    for text in texts:
+        answer = engine.tokenizer.encode(text + "<|im_end|>")
+        logprobs += engine.token_logprobs(prompt + answer)[len(prompt) - 1:]
+    return math.exp(-sum(logprobs) / len(logprobs))
+
+
+def style_tokens(text: str) -> list[str]:
+    """Words as written (case kept: shouting is part of a voice) and runs of ! or ?."""
+    return re.findall(r"[A-Za-z']+|[!?]+", text)
+
+
+def pair_accuracy(adapter_texts: list[str], base_texts: list[str]) -> float:
+    """Leave-one-pair-out naive Bayes on word counts: for each pair, fitted on the other pairs' drafts, does the
+    adapter's draft score higher on log p(adapter) / p(base) than the base's draft?"""
+    counts = [(Counter(style_tokens(a)), Counter(style_tokens(b))) for a, b in zip(adapter_texts, base_texts)]
+    correct = 0
+    for held, (adapter_words, base_words) in enumerate(counts):
+        fit_adapter, fit_base = Counter(), Counter()
+        for i, (a, b) in enumerate(counts):
+            if i != held:
+                fit_adapter.update(a)
+                fit_base.update(b)
+        vocabulary = set(fit_adapter) | set(fit_base) | set(adapter_words) | set(base_words)
+        total_a, total_b = sum(fit_adapter.values()) + len(vocabulary), sum(fit_base.values()) + len(vocabulary)
+
+        def score(words: Counter) -> float:
+            n = max(1, sum(words.values()))  # per word: a long draft is not more adapter-like for its length
+            return sum(c * (math.log((fit_adapter[w] + 1) / total_a) - math.log((fit_base[w] + 1) / total_b))
+                       for w, c in words.items()) / n
+
+        correct += score(adapter_words) > score(base_words)
+    return correct / len(counts)
+
+
+def decode_speed(engine: Engine) -> float:
+    """Median decode tok/s of single drafts at the default temperature (after one warm-up generation)."""
+    engine.warmup()
+    speeds = []
+    for round_ in range(SPEED_ROUNDS):
+        for i, request in enumerate(SPEED_REQUESTS):
+            params = SamplingParams(temperature=0.95, top_p=0.9, seed=100 + 10 * round_ + i)
+            done = [e for e in engine.generate(GenerationRequest(engine.render_prompt(request), [params], max_tokens=120))
+                    if hasattr(e, "finish_reason")][0]
+            if done.stats.generated_tokens >= 16:
+                speeds.append(done.stats.decode_tok_s)
+    return statistics.median(speeds)
+
+
+def measure(model_dir: Path, adapter_dir: Path) -> dict:
+    config = Config()
+    engine = Engine.load(model_dir, adapter_dir)
+    started = time.time()
+    engine.adapter_enabled = False
+    speed_base = decode_speed(engine)
+    base = drafts_for(engine, config)
+    held_out = [json.loads(line) for line in DEMO_ADAPTER_VALIDATION.read_text().splitlines()]
+    ppl_base = answer_perplexity(engine, held_out)
+    engine.adapter_enabled = True
+    speed_adapter = decode_speed(engine)
+    adapter = drafts_for(engine, config)
+    ppl_adapter = answer_perplexity(engine, held_out)
+
+    dictionary = english_words()
+    words = [w for d in base for w in words_of(d["text"])]
+    report = {
+        "drafts": len(base),
+        "english_word_share": None if dictionary is None else sum(is_english(w, dictionary) for w in words) / len(words),
+        "not_english": None if dictionary is None else sorted({w for w in words if not is_english(w, dictionary)}),
+        "topic_share": sum(mentions(d["text"], d["noun"]) for d in base) / len(base),
+        "retry_share": sum(d["attempts"] > 1 for d in base) / len(base),
+        "short_share": sum(len(d["text"]) < config.postprocess.min_length for d in base) / len(base),
+        "mean_chars": statistics.mean(len(d["text"]) for d in base),
+        "adapter_topic_share": sum(mentions(d["text"], d["noun"]) for d in adapter) / len(adapter),
+        "adapter_retry_share": sum(d["attempts"] > 1 for d in adapter) / len(adapter),
+        "adapter_category_ppl_base": ppl_base,
+        "adapter_category_ppl_adapter": ppl_adapter,
+        "adapter_ppl_ratio": ppl_adapter / ppl_base,
+        "adapter_vs_base_pair_accuracy": pair_accuracy([d["text"] for d in adapter], [d["text"] for d in base]),
+        "decode_tok_s_base": speed_base,
+        "decode_tok_s_adapter": speed_adapter,
+        "seconds": time.time() - started,
+        "base_drafts": base,
+        "adapter_drafts": adapter,
+    }
+    return report
+
+
+def print_table(report: dict) -> None:
+    def pct(value):
+        return "skipped (no /usr/share/dict/american-english)" if value is None else f"{100 * value:.1f}%"
+
+    rows = [
+        ("English words (wamerican), base drafts", pct(report["english_word_share"]), ">= 95%"),
+        ("drafts containing X or its plural", pct(report["topic_share"]), ">= 50%"),
+        ("drafts retried (under min_length)", pct(report["retry_share"]), "<= 10%"),
+        ("drafts still under min_length", pct(report["short_share"]), ""),
+        ("mean draft length (chars)", f"{report['mean_chars']:.0f}", "80-300"),
+        ("adapter perplexity ratio on its held-out category",
+         f"{report['adapter_ppl_ratio']:.2f} ({report['adapter_category_ppl_adapter']:.1f} / "
+         f"{report['adapter_category_ppl_base']:.1f})", "<= 0.6"),
+        ("word-frequency classifier, adapter vs base pairs", pct(report["adapter_vs_base_pair_accuracy"]), ">= 80%"),
+        ("CPU decode tok/s, base / adapter",
+         f"{report['decode_tok_s_base']:.0f} / {report['decode_tok_s_adapter']:.0f}", ">= 100"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:<24} {target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.train_demo.targets", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
+    parser.add_argument("--adapter", type=Path, default=DEMO_ADAPTER_DIR)
+    parser.add_argument("--json", type=Path, help="also write the report, every draft included, here")
+    parser.add_argument("--speed-only", action="store_true", help="only the CPU decode tok/s, base and adapter")
+    args = parser.parse_args()
+    if args.speed_only:
+        engine = Engine.load(args.model, args.adapter)
+        engine.adapter_enabled = False
+        base = decode_speed(engine)
+        engine.adapter_enabled = True
+        print(f"CPU decode tok/s, base / adapter: {base:.0f} / {decode_speed(engine):.0f}")
+        return
+    report = measure(args.model, args.adapter)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print_table(report)
+
+
+if __name__ == "__main__":
+    main()
