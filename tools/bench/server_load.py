@@ -135,13 +135,15 @@ class Server:
         self.url = url
         deadline = time.monotonic() + START_TIMEOUT_S
         if self.url is None:  # ours prints the port it got
+            last = ""
             for line in self.proc.stderr:
                 match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
                 if match:
                     self.url = match.group(1)
                     break
-        if self.url is None:
-            raise SystemExit(f"server did not start: {' '.join(command)}")
+                last = line.strip() or last
+            if self.url is None:
+                raise SystemExit(f"server did not start: {' '.join(command)}: {last}")
         threading.Thread(target=lambda: self.proc.stderr.read(), daemon=True).start()  # its log must not block it
         while not _answers(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -196,7 +198,8 @@ def _free_port() -> int:
 
 def ours(model: Path, adapter: Path | None, max_rows: int) -> Server:
     adapter_args = ["--adapter", str(adapter)] if adapter else ["--no-adapter"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the repository first, then whatever the caller's path holds (e.g. MLX for CUDA installed beside the system's)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return Server([sys.executable, "-m", "bobby_tui", "serve", "--host", "127.0.0.1", "--port", "0", "--model",
                    str(model), *adapter_args, "--max-rows", str(max_rows), "--max-queue", str(MAX_CLIENTS)],
                   env=env)
