@@ -4,8 +4,10 @@ All of it runs on the engine's thread. Each ``step()`` (1) lets cancelled rows g
 request at the head of the queue when its rows fit (a long prompt so holds the running rows up one chunk at a time),
 its rows joining the batch once the prompt is in, and (3) decodes one token for every running row. A request's
 drafts share one prefill per adapter they use; recent prompts' caches are kept (``PromptCache``), so a prompt that
-shares a prefix with one prefills only the rest. Rows may run with different adapters (``GenerationRequest.adapters``). Rows of different requests are left-padded to one cache (``inference/cache.py``). A finished row stays
-in the device batch, its tokens ignored, until the batch next changes shape (a request joins, or one is cancelled).
+shares a prefix with one prefills only the rest. Rows may run with different adapters (``GenerationRequest.adapters``,
+``models.base.RowAdapters``). Rows of different requests are left-padded to one cache (``inference/cache.py``). A
+finished row stays in the device batch, its tokens ignored, until the batch next changes shape (a request joins, or
+one is cancelled).
 """
 
 from __future__ import annotations
@@ -258,7 +260,7 @@ class BatchGenerator:
         wants_more = any(row.request.texts[row.draft].generated + 1 < row.request.request.max_tokens
                          for row in self._rows if not row.done)
         tokens = self._batch.step(queue_next=wants_more)
-        for row, token in zip(self._rows, tokens):
+        for row, token in zip(self._rows, tokens, strict=True):
             if row.done:
                 continue
             if token == NOT_FINITE:

@@ -53,7 +53,7 @@ class DecodeBatch:
         if self.rows == 0:
             self.cache, self.sampler, self.tokens, self.readout = cache, sampler, first, readout
             return
-        for layer_cache, joining in zip(self.cache, cache):
+        for layer_cache, joining in zip(self.cache, cache, strict=True):
             layer_cache.extend(joining)
         self.sampler.extend(sampler)
         self.tokens = mx.concatenate([self.tokens, first])
