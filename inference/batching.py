@@ -53,8 +53,9 @@ class PromptCache:
     conversation so far, then a new user turn) so prefills only what follows the part of its prompt that the
     earlier prompt rendered identically.
 
-    The rule: a prompt of n tokens whose longest common token prefix with a cached prompt of the same adapter is p
-    prefills ``n - min(p, n - 1)`` tokens (at least one runs, for its logits). The cached prompt is what was
+    The rule: a prompt of n tokens whose longest common token prefix with the cached prompts of its adapter is p
+    prefills ``n - min(p, n - 1)`` tokens (at least one runs, for its logits), as long as that prompt is among the
+    ``max_entries`` most recently used. The cached prompt is what was
     prefilled, not the draft generated after it: Qwen3's template renders an earlier assistant turn without the
     empty think block its generation prompt had, so a draft's own tokens never recur at the same positions there."""
 
@@ -63,22 +64,25 @@ class PromptCache:
         self.entries: list[_CachedPrompt] = []  # least recently used first
 
     def start(self, tokens: list[int], adapter: str | None) -> tuple[list[KVCache], int]:
-        """The cache to prefill ``tokens`` into, and how many of them it already holds."""
+        """The cache to prefill ``tokens`` into, and how many of them it already holds. A cached prompt that
+        ``tokens`` extends (or repeats) is prefilled further in place; one it leaves part-way is left as it is and
+        its shared prefix copied into a new entry, so a re-roll of an earlier prompt still finds it."""
         best, reused = None, 0
         for entry in self.entries:
             if entry.adapter == adapter:
                 shared = _shared_prefix(entry.tokens, tokens, min(len(tokens) - 1, entry.cache[0].offset))
-                if shared > reused or best is None:
+                if shared > reused:
                     best, reused = entry, shared
-        if best is None or reused == 0:  # nothing shared: a new entry, so the others stay for their own refinements
-            if len(self.entries) >= self.max_entries:
-                self.entries.pop(0)
-            best, reused = _CachedPrompt(adapter, tokens, self.model.new_cache(1)), 0
-        else:
+        if best is not None and best.tokens[: best.cache[0].offset] == tokens[: best.cache[0].offset]:
             self.entries.remove(best)
             for layer_cache in best.cache:
                 layer_cache.trim(layer_cache.offset - reused)
-        best.tokens = tokens
+            best.tokens = tokens
+        else:
+            cache = [c.prefix(reused) for c in best.cache] if best is not None else self.model.new_cache(1)
+            best = _CachedPrompt(adapter, tokens, cache)
+            if len(self.entries) >= self.max_entries:
+                self.entries.pop(0)
         self.entries.append(best)
         return best.cache, reused
 
