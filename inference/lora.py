@@ -32,7 +32,8 @@ class AdapterConfig:
     def from_dir(cls, adapter_dir: Path | str) -> AdapterConfig:
         adapter_dir = Path(adapter_dir)
         if not adapter_dir.is_dir():
-            raise AdapterError(adapter_dir, "adapter directory not found" if not adapter_dir.exists() else "not a directory")
+            problem = "adapter directory not found" if not adapter_dir.exists() else "not a directory"
+            raise AdapterError(adapter_dir, problem)
         path = adapter_dir / "adapter_config.json"
         raw = read_json(path, AdapterError)
         fine_tune_type = raw.get("fine_tune_type", "lora")
@@ -106,9 +107,11 @@ def _read_adapter(adapter_dir: Path, config: BaseModelArgs | None) -> tuple[Adap
         expected[f"{module}.lora_b"] = (adapter_config.rank, out_f)
     for name, info in tensors.tensors.items():
         if name not in expected:
-            problems.append(f"{weights_path}: tensor {name!r} names no adapted layer of the model ({config.num_hidden_layers} layers)")
+            problems.append(f"{weights_path}: tensor {name!r} names no adapted layer of the model "
+                            f"({config.num_hidden_layers} layers)")
         elif info.shape != expected[name]:
-            problems.append(f"{weights_path}: tensor {name!r} has shape {list(info.shape)}, the model needs {list(expected[name])}")
+            problems.append(f"{weights_path}: tensor {name!r} has shape {list(info.shape)}, the model needs "
+                            f"{list(expected[name])}")
     for name in sorted(set(expected) - set(tensors.tensors)):
         problems.append(f"{weights_path}: tensor {name!r} is missing")
     return adapter_config, tensors, problems
