@@ -48,6 +48,9 @@ class FakeEngine:
         self.warmed_up: list[tuple[int, ...]] = []
         self.started = threading.Event()  # set once the first token of a generation is out
 
+    def render_messages(self, messages: list[dict], prefill: str | None = None) -> str:
+        return "|".join(m["content"] for m in messages) + (f"|{prefill}" if prefill else "")
+
     def render_prompt(self, user: str, system: str | None = None) -> str:
         return f"{system or ''}|{user}"
 
