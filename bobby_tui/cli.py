@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --json: add raw_text, the decoded text as it came (special tokens such as "
                               "<|im_start|> included)")
 
-    history_commands = history.add_subparsers(dest="history_command", metavar="", parser_class=OneLineParser)
+    history_commands = history.add_subparsers(dest="history_command", metavar="delete | prune",
+                                              parser_class=OneLineParser)
     delete = history_commands.add_parser(
         "delete", help="delete drafts by id", description="Delete the drafts with these history ids, all or none: "
                                                           "an unknown id deletes nothing (exit 1).")
