@@ -147,13 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     history_commands = history.add_subparsers(dest="history_command", metavar="delete | prune",
                                               parser_class=OneLineParser)
+    # prog: the history parser's own usage line would stand for it
     delete = history_commands.add_parser(
-        "delete", help="delete drafts by id", description="Delete the drafts with these history ids, all or none: "
-                                                          "an unknown id deletes nothing (exit 1).")
+        "delete", prog=f"{PROG} history delete", help="delete drafts by id",
+        description="Delete the drafts with these history ids, all or none: an unknown id deletes nothing (exit 1).")
     delete.add_argument("ids", nargs="+", type=_bounded(_SQLITE_INT), metavar="ID",
                         help="ids as `bobby-tui history` shows them")
     prune = history_commands.add_parser(
-        "prune", help="delete unfavorited drafts older than DAYS",
+        "prune", prog=f"{PROG} history prune", help="delete unfavorited drafts older than DAYS",
         description="Delete every draft older than DAYS days that is not a favorite; print how many.")
     prune.add_argument("--older-than", type=_bounded(Limit(0, None)), required=True, metavar="DAYS",
                        help="age in days (fractions allowed: 0.5 is 12 hours)")
