@@ -90,7 +90,7 @@ class FakeEngine:
         for i, params in enumerate(request.drafts):
             stats = GenerationStats(
                 prompt_tokens=12, generated_tokens=len(texts[i].split()), prefill_tok_s=100.0, decode_tok_s=42.0,
-                peak_memory_bytes=0,
+                peak_memory_bytes=0, prefilled_tokens=12,
             )
             yield DraftDone(i, texts[i], "cancelled" if cancelled else "stop", params, stats)
 

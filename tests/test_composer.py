@@ -34,7 +34,7 @@ class FakeEngine:
             yield TokenDelta(draft=k, text=text[len(text) // 2 :])
         for k, (params, text) in enumerate(zip(request.drafts, texts, strict=True)):
             stats = GenerationStats(prompt_tokens=7, generated_tokens=len(text), prefill_tok_s=100.0,
-                                    decode_tok_s=20.0, peak_memory_bytes=0)
+                                    decode_tok_s=20.0, peak_memory_bytes=0, prefilled_tokens=7)
             yield DraftDone(draft=k, text=text, finish_reason="stop", params=params, stats=stats)
 
 
