@@ -24,7 +24,6 @@ from bobby_tui import __version__
 from bobby_tui.config import (
     Config,
     ConfigError,
-    adapter_names,
     load_config,
     load_config_checked,
     resolve_adapter,
@@ -863,6 +862,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_adapters(args: argparse.Namespace) -> int:
     from bobby_tui.inspect_report import adapter_summary
+    from inference import inspect_adapters_dir
 
     config = _load_config()
     folder = args.dir if args.dir is not None else config.adapters_dir
@@ -872,18 +872,17 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     model_dir = args.model if args.model is not None else config.model
     if model_dir is not None:
         _require_dir(model_dir)
-    names = adapter_names(folder)
-    if not names:
+    adapters = inspect_adapters_dir(folder, model_dir)
+    if not adapters:
         print(f"{PROG}: no adapters in {folder} (each adapter is a subdirectory)", file=sys.stderr)
         return 0
-    width = max(map(len, names))
-    with_problems = 0
-    for name in names:
-        summary, problems = adapter_summary(folder / name, model_dir)
-        with_problems += bool(problems)
+    width = max(len(name) for name, _ in adapters)
+    for name, facts in adapters:
+        summary = adapter_summary(facts)
+        problems = facts.problems
         shown = "problems: none" if not problems else f"problems ({len(problems)}): {'; '.join(problems)}"
         print(f"{_printable(name).ljust(width)}  {summary}{' · ' if summary else ''}{_one_line(shown)}")
-    return 1 if with_problems else 0
+    return 1 if any(facts.problems for _, facts in adapters) else 0
 
 
 # The subcommands: each one's parser is added in build_parser, its function is registered here.
