@@ -48,6 +48,12 @@ class FakeEngine:
         self.warmed_up: list[tuple[int, ...]] = []
         self.started = threading.Event()  # set once the first token of a generation is out
 
+    def render_messages(self, messages: list[dict], prefill: str | None = None) -> str:
+        # "system|user|assistant|...": a plain prompt renders as render_prompt does
+        has_system = bool(messages) and messages[0]["role"] == "system"
+        contents = [m["content"] for m in messages[1:]] if has_system else [m["content"] for m in messages]
+        return "|".join([messages[0]["content"] if has_system else "", *contents]) + (f"|{prefill}" if prefill else "")
+
     def render_prompt(self, user: str, system: str | None = None) -> str:
         return f"{system or ''}|{user}"
 
