@@ -220,6 +220,9 @@ _INT_KEYS = {"top_k", "max_tokens", "post_limit", "min_length", "retries"}
 _FLOAT_KEYS = {"temperature", "top_p", "min_p", "repetition_penalty"}
 
 
+MAX_SPREAD = 16  # drafts of one spread
+
+
 def _convert(key: str, value: Any, base_dir: Path) -> tuple[Any, str | None]:
     """(value as the Config field wants it, None) or (None, what is wrong with it)."""
     if key in _PATH_KEYS:
@@ -234,6 +237,8 @@ def _convert(key: str, value: Any, base_dir: Path) -> tuple[Any, str | None]:
     if key == "spread":
         if not isinstance(value, list) or not value:
             return None, "must be a non-empty list of temperatures"
+        if len(value) > MAX_SPREAD:  # each size is warmed up at load, and the drafts are shown side by side
+            return None, f"has {len(value)} temperatures, at most {MAX_SPREAD}"
         temps = [_convert_number("temperature", t) for t in value]
         bad = next((problem for _, problem in temps if problem), None)
         return (None, f"entries {bad}") if bad else ([t for t, _ in temps], None)

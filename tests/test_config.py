@@ -354,3 +354,14 @@ def test_resolve_adapter_takes_a_name_in_adapters_dir_then_a_path(tmp_path, monk
     (root / ".hidden").mkdir()
     (root / "notes.txt").write_text("not an adapter")
     assert adapter_names(root) == ["v1", "v2"] and adapter_names(None) == [] and adapter_names(tmp_path / "no") == []
+
+
+def test_a_spread_past_its_limit_warns_and_keeps_the_default(tmp_path):
+    """Issue 13 item 27: a spread is warmed up at load for its size and shown side by side, so its length is capped."""
+    from bobby_tui.config import MAX_SPREAD
+
+    path = tmp_path / "config.toml"
+    path.write_text(f"[sampling]\nspread = [{', '.join(['0.8'] * 300)}]\n")
+    config, warning = load_config(path)
+    assert config.sampling.spread == Config().sampling.spread
+    assert f"'sampling.spread' has 300 temperatures, at most {MAX_SPREAD}" in warning
