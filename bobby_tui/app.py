@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -56,7 +59,8 @@ class BobbyApp(App):
             self.theme = config.theme
         else:
             self.theme = DEFAULT_THEME
-            yield f"unknown theme {config.theme!r} in the config; using {DEFAULT_THEME} (themes: {', '.join(THEME_NAMES)})"
+            yield (f"unknown theme {config.theme!r} in the config; using {DEFAULT_THEME} "
+                   f"(themes: {', '.join(THEME_NAMES)})")
         unknown = sorted(set(config.keys) - ACTION_NAMES)
         if unknown:
             yield f"unknown action(s) in [keys]: {', '.join(unknown)} (actions: {', '.join(sorted(ACTION_NAMES))})"
@@ -118,6 +122,7 @@ class BobbyApp(App):
                 f"key: {self.keys_of(binding.action)}",
                 lambda action=binding.action: screen.run_action(action),
             )
+        yield from screen.palette_commands()
 
     def get_key_display(self, binding: Binding) -> str:
         display = super().get_key_display(binding)
@@ -129,12 +134,18 @@ class BobbyApp(App):
         return " / ".join(self.get_key_display(binding.with_key(key)) for key in self._action_keys[action])
 
 
-def run_app(model: Path | None, adapter: Path | None, no_adapter: bool, inline: bool) -> int:
-    """Open the composer (the `bobby-tui` command); returns the exit status."""
+def run_app(model: Path | None, adapter: Path | None, no_adapter: bool, inline: bool) -> NoReturn:
+    """Open the composer (the `bobby-tui` command), then exit the process with its status."""
     config, warning = load_config()
     # Load the configured adapter even when use_adapter is off, so it can be switched on in the app.
     model_dir, adapter_dir, _ = resolve_model(dataclasses.replace(config, use_adapter=True), model, adapter, no_adapter)
     use_adapter = config.use_adapter or adapter is not None
     app = BobbyApp(config, model_dir, adapter_dir, use_adapter, config_warning=warning)
     app.run(inline=inline)
-    return app.return_code or 0
+    code = app.return_code or 0
+    # MLX used from a thread other than the main one can abort in its exit-time destructors ("terminate called
+    # without an active exception", exit 134), as `serve` works around too: by now the engine thread has ended (the
+    # screen's unmount joins it), every draft is saved and the history closed, so leave without running them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
