@@ -91,16 +91,22 @@ class Engine:
             raise ValueError("no adapter is loaded")
         self._adapter_enabled = enabled
 
+    def render_messages(self, messages: list[dict], prefill: str | None = None) -> str:
+        """A conversation (system?, user, assistant, user, ...) as the model's chat template renders it, thinking
+        off. Without ``prefill`` the prompt ends with the generation prompt (a new assistant turn); with it the
+        assistant turn starts with that text, as ``mlx_lm.generate --prefill-response`` renders it."""
+        return self.tokenizer.render_messages(messages, prefill)
+
     def render_prompt(self, user: str, system: str | None = None) -> str:
         # None: no system message; "" is an empty one, as mlx_lm renders `--system-prompt ""`
         messages = [{"role": "system", "content": system}] if system is not None else []
-        messages.append({"role": "user", "content": user})
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False)
+        return self.render_messages([*messages, {"role": "user", "content": user}])
 
     # --- model work (only on the owning thread) ------------------------------------------------------------------
     def _check_thread(self) -> None:
         if threading.get_ident() != self._owner:
-            raise RuntimeError("Engine used from a thread other than the one that loaded it (MLX streams are per thread)")
+            raise RuntimeError("Engine used from a thread other than the one that loaded it "
+                               "(MLX streams are per thread)")
 
     def generate(self, request: GenerationRequest, should_cancel: Callable[[], bool] | None = None
                  ) -> Iterator[TokenDelta | DraftDone]:
