@@ -7,7 +7,6 @@ only; the UI thread never touches MLX. Results go back to the UI as Textual mess
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 from collections.abc import Callable
@@ -322,6 +321,5 @@ def _record(job: ComposeJob, draft: Any, engine: Any) -> Any:
     """The history row of one finished draft of `job`, with the conversation it continued."""
     from bobby_tui.composer import to_record
 
-    record = to_record(draft, engine, job.prompt, job.system_prompt or None)
-    return dataclasses.replace(record, persona=job.persona, parent_id=job.parent_id,
-                               messages=[*job.history, {"role": "user", "content": job.prompt}], prefill=job.prefill)
+    return to_record(draft, engine, job.prompt, job.system_prompt or None, history=job.history, prefill=job.prefill,
+                     persona=job.persona, parent_id=job.parent_id)

@@ -80,14 +80,18 @@ async def test_refine_continues_the_picked_drafts_conversation_and_rerun_repeats
         assert engine.requests[1].prompt == (
             f"user:Write about the sea|assistant:{first.text}|user:make it shorter|assistant:"
         )
-        assert chain(refined) == "Write about the sea → Shipped a tiny langua… → make it shorter →"
+        assert chain(refined) == "Write about the sea → Shipped a tiny language… → make it shorter →"
         assert refined.display and refined.query_one(".draft-chain").display
         await generate(pilot, "ctrl+r")  # rerun: the same refinement, the same seed
         assert engine.requests[2].prompt == engine.requests[1].prompt
         assert engine.requests[2].drafts[0].seed == engine.requests[1].drafts[0].seed
-        await generate(pilot, "ctrl+f")  # the refinement as a spread
+        rerun = screen.drafts.cards[0].text
+        await generate(pilot, "ctrl+f")  # the rerun's draft refined again, as a spread: three turns in
         assert len(screen.drafts.cards) == 3
-        assert {r.prompt for r in engine.requests[3:]} == {engine.requests[1].prompt}
+        assert engine.requests[3].prompt == (
+            f"{engine.requests[1].prompt}{rerun}|user:make it shorter|assistant:"
+        )
+        assert len(engine.requests[3].drafts) == 3
     rows = stored()
     original = rows[-1]
     refinement = rows[-2]
@@ -130,7 +134,7 @@ async def test_edit_and_continue_starts_the_new_draft_with_the_edited_text(monke
         await pilot.press(*"Launch day")
         await generate(pilot)
         first = app.screen.drafts.cards[0].text
-        await generate(pilot, "ctrl+g")
+        await generate(pilot, "ctrl+s")
         (card,) = app.screen.drafts.cards
         assert edited == [(first, "draft")]
         assert engine.requests[1].prompt == "user:Launch day|assistant:Shipped a tiny model, then"
@@ -156,16 +160,16 @@ async def test_a_persona_applies_its_settings_shows_in_the_status_bar_and_is_rec
         await pilot.press("ctrl+l")  # the first persona
         assert "persona terse" in status(app) and "temp 0.50" in status(app)
         await generate(pilot)
-        assert engine.requests[0].prompt.startswith("Be terse.|")
+        assert engine.requests[0].prompt.startswith("system:Be terse.|")
         assert screen.drafts.cards[0].post_limit == 100
         await palette(pilot, "Persona: loud")
         assert "persona loud" in status(app) and "top_p 0.60" in status(app)
         await generate(pilot)
-        assert engine.requests[1].prompt.startswith("SHOUT.|")
+        assert engine.requests[1].prompt.startswith("system:SHOUT.|")
         await palette(pilot, "Persona: none")
         assert "persona" not in status(app)
         await generate(pilot)
-        assert engine.requests[2].prompt.startswith("|")
+        assert engine.requests[2].prompt.startswith("user:")
     assert [r.persona for r in stored()] == [None, "loud", "terse"]
 
 

@@ -270,10 +270,12 @@ class ComposerScreen(Screen):
             return None
         if action == "cancel" and (self.job is None or self._keys_shown()):
             return False
-        if action == "delete_history":  # the row under the cursor of the history list: only there
-            return self.focused is self.history_pane.options
-        if action == "undo_delete":
-            return bool(self._deleted)
+        # dimmed (listed in the keys panel all the same) where they have nothing to act on: delete works on the row
+        # under the history list's cursor only, undo once something was deleted
+        if action == "delete_history" and self.focused is not self.history_pane.options:
+            return None
+        if action == "undo_delete" and not self._deleted:
+            return None
         return True
 
     def _keys_shown(self) -> bool:
@@ -817,7 +819,8 @@ class ComposerScreen(Screen):
             self.notify("A generation is running: cancel it (escape) to look at past ones.")
             return
         record = message.record
-        messages = record.messages or [{"role": "user", "content": record.prompt}]
+        # the conversation the draft answered, without the system message: the persona in use gives that
+        messages = [m for m in record.messages or [{"role": "user", "content": record.prompt}] if m["role"] != "system"]
         card = DraftCard(1, record.temperature, record.seed, self.config.post_limit, messages=messages,
                          prefill=record.prefill)
         await self.drafts.show_cards([card])

@@ -35,7 +35,7 @@ class DraftCard(Vertical, can_focus=True):
         self.temperature = temperature
         self.seed = seed
         self.post_limit = post_limit
-        self.text = prefill or ""  # a continued draft starts with the edited text; the model's deltas follow it
+        self.text = ""  # a continued draft's deltas start with the edited text
         self.tok_s: float | None = None
         self.finish_reason: str | None = None
         self.attempt = 1
@@ -69,7 +69,7 @@ class DraftCard(Vertical, can_focus=True):
 
     def restart(self, attempt: int) -> None:
         """The draft is being generated again (the composer rejected the last attempt)."""
-        self.text, self.attempt, self._deltas, self._started = self.prefill or "", attempt, 0, None
+        self.text, self.attempt, self._deltas, self._started = "", attempt, 0, None
         self._dirty = True
 
     def finish(self, text: str, seed: int | None, tok_s: float, finish_reason: str) -> None:
