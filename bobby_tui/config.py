@@ -427,8 +427,9 @@ def resolve_adapter(config: Config, name_or_path: str | Path) -> Path:
     raise ConfigError(f"adapter {text!r}: {where}not a directory")
 
 
-def adapter_names(config: Config) -> list[str]:
-    """The adapters in adapters_dir (its subdirectories), sorted; [] when it is unset or missing."""
-    if config.adapters_dir is None or not config.adapters_dir.is_dir():
+def adapter_names(folder: Path | None) -> list[str]:
+    """The adapters in an adapters folder (its subdirectories, hidden ones left out), sorted; [] when it is None or
+    no directory."""
+    if folder is None or not folder.is_dir():
         return []
-    return sorted(p.name for p in config.adapters_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -351,4 +351,6 @@ def test_resolve_adapter_takes_a_name_in_adapters_dir_then_a_path(tmp_path, monk
         resolve_adapter(Config(), "v1")
     with pytest.raises(ConfigError, match="not a directory"):
         Config(adapters_dir=root, personas={"p": Persona("p", adapter="gone")}).with_persona("p")
-    assert adapter_names(config) == ["v1", "v2"] and adapter_names(Config()) == []
+    (root / ".hidden").mkdir()
+    (root / "notes.txt").write_text("not an adapter")
+    assert adapter_names(root) == ["v1", "v2"] and adapter_names(None) == [] and adapter_names(tmp_path / "no") == []

@@ -119,3 +119,81 @@ def test_a_template_that_drops_the_final_message_cannot_be_continued(tmp_path, q
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "<|im_end|>"}))
     with pytest.raises(TokenizerError, match="cannot continue it"):
         Tokenizer(tmp_path).render_messages([{"role": "user", "content": "hi"}], prefill="Sure")
+
+
+# --- prefix reuse: a refinement prefills only its new tokens ------------------------------------------------------
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def generate(engine, prompt: str, max_tokens: int = 16):
+    from inference import DraftDone, GenerationRequest, SamplingParams
+
+    request = GenerationRequest(prompt, [SamplingParams(temperature=0.0)], max_tokens=max_tokens)
+    return next(e for e in engine.generate(request) if isinstance(e, DraftDone))
+
+
+@pytest.fixture
+def fixture_engine(tiny_models):
+    from inference import Engine
+
+    model_dir, adapter_dir = tiny_models["q4-g64-tied"]
+    return Engine.load(model_dir, adapter_dir)
+
+
+def test_engine_renders_conversations_as_mlx_lm(fixture_engine, tiny_models):
+    from mlx_lm.utils import load_tokenizer
+
+    wrapper = load_tokenizer(tiny_models["q4-g64-tied"][0])
+    messages = conversation("")
+    assert fixture_engine.render_messages(messages) == wrapper.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert fixture_engine.render_messages(messages[:1], prefill="Red") == wrapper.apply_chat_template(
+        [*messages[:1], {"role": "assistant", "content": "Red"}], tokenize=False, continue_final_message=True)
+    assert fixture_engine.render_prompt(USER_A, "") == fixture_engine.render_messages(conversation("")[:2])
+
+
+def test_a_refinement_prefills_only_its_new_tokens(fixture_engine, tiny_models):
+    """The rule (PromptCache): prefilled = n - min(p, n - 1), p the common token prefix with the cached prompt."""
+    from inference import Engine
+
+    engine = fixture_engine
+    first_prompt = engine.render_messages(conversation("")[:2])
+    first = generate(engine, first_prompt)
+    assert first.stats.prefilled_tokens == first.stats.prompt_tokens  # a fresh engine: everything is computed
+    refined_prompt = engine.render_messages([*conversation("")[:2], {"role": "assistant", "content": first.text},
+                                             {"role": "user", "content": USER_B}])
+    old, new = engine.tokenizer.encode(first_prompt), engine.tokenizer.encode(refined_prompt)
+    shared = common_prefix(old, new)
+    assert shared > len(old) // 2, "the conversation so far is shared"
+    refined = generate(engine, refined_prompt)
+    assert refined.stats.prompt_tokens == len(new)
+    assert refined.stats.prefilled_tokens == len(new) - shared
+    fresh = generate(Engine.load(*tiny_models["q4-g64-tied"]), refined_prompt)
+    assert refined.text == fresh.text and fresh.stats.prefilled_tokens == len(new)
+    again = generate(engine, refined_prompt)  # the same prompt: one token runs, for its logits
+    assert again.stats.prefilled_tokens == 1 and again.text == refined.text
+
+
+def test_a_refinement_after_other_prompts_still_reuses_its_prefix(fixture_engine):
+    engine = fixture_engine
+    first_prompt = engine.render_messages(conversation(None)[:1])
+    first = generate(engine, first_prompt)
+    for other in ("Something else entirely", "And a third prompt"):
+        generate(engine, engine.render_prompt(other, system="Another persona."))
+    refined_prompt = engine.render_messages([*conversation(None)[:1], {"role": "assistant", "content": first.text},
+                                             {"role": "user", "content": USER_B}])
+    new = engine.tokenizer.encode(refined_prompt)
+    refined = generate(engine, refined_prompt)
+    assert refined.stats.prefilled_tokens == len(new) - common_prefix(engine.tokenizer.encode(first_prompt), new)
+
+
+def test_prompt_caches_are_kept_per_adapter(fixture_engine):
+    """The keys and values depend on the adapter: a prompt run with the adapter off shares nothing with its run on."""
+    engine = fixture_engine
+    prompt = engine.render_messages(conversation("")[:2])
+    generate(engine, prompt)
+    engine.adapter_enabled = False
+    assert generate(engine, prompt).stats.prefilled_tokens == len(engine.tokenizer.encode(prompt))
+    engine.adapter_enabled = True
+    assert generate(engine, prompt).stats.prefilled_tokens == 1
