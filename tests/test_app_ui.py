@@ -1,4 +1,4 @@
-"""The composer's UI behaviour (config, keys, themes, history, regenerate) with the fake engine in place of the model."""
+"""The composer's UI behaviour (config, keys, themes, history, regenerate), the fake engine in place of the model."""
 
 from __future__ import annotations
 

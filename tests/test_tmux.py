@@ -56,15 +56,17 @@ class Terminal:
         subprocess.run([TMUX, "-L", self.name, "kill-server"], capture_output=True)
 
 
-def newest_record():
+def records() -> list:
+    """Every stored draft, newest first."""
     if not db_path().exists():
-        return None
-    store = Store(db_path())
-    try:
-        records = store.history(limit=1)
-    finally:
-        store.close()
-    return records[0] if records else None
+        return []
+    with Store(db_path()) as store:
+        return store.history(limit=-1)
+
+
+def newest_record():
+    stored = records()
+    return stored[0] if stored else None
 
 
 def start_app(rc_file: Path, extra_env: dict[str, str] | None = None, size: tuple[int, int] = (120, 40)) -> Terminal:
@@ -120,6 +122,58 @@ def test_an_editor_that_cannot_start_gives_the_terminal_back_to_the_app(tmp_path
         terminal.wait_for(lambda: "cannot run 'editor'" in terminal.screen(), "the editor's error on the screen")
         terminal.type(" survives")
         terminal.wait_for(lambda: "my prompt survives" in terminal.screen(), "typing after the failed editor")
+        terminal.press("C-q")
+        terminal.wait_for(rc_file.exists, "exit")
+        assert rc_file.read_text().strip() == "0"
+    finally:
+        terminal.close()
+
+
+def test_refine_continue_persona_and_delete_with_undo_in_a_real_terminal(tmp_path):
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "bobby-tui" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(
+        "[sampling]\nmax_tokens = 24\n[postprocess]\nmin_length = 0\n"
+        '[personas.terse]\nsystem_prompt = "You are terse."\npost_limit = 120\n'
+    )
+    editor = tmp_path / "editor"  # "edits" the draft: the model is to continue from this text
+    editor.write_text("#!/bin/sh\nprintf 'The sea is' > \"$1\"\n")
+    editor.chmod(0o755)
+    rc_file = tmp_path / "rc"
+    terminal = start_app(rc_file, {"EDITOR": str(editor), "VISUAL": ""})
+    try:
+        terminal.wait_for(lambda: "ready · " in terminal.screen(), "'ready' in the status bar")
+        terminal.press("C-l")
+        terminal.wait_for(lambda: "persona terse" in terminal.screen(), "the persona in the status bar")
+        terminal.type(PROMPT)
+        terminal.press("F5")
+        first = terminal.wait_for(lambda: len(records()) == 1 and records()[0], "the first draft")
+        assert (first.persona, first.system_prompt) == ("terse", "You are terse.")
+
+        terminal.press("C-u")  # the editor's line, deleted
+        terminal.wait_for(lambda: PROMPT not in terminal.screen(), "an empty editor")
+        terminal.type("make it shorter")
+        terminal.press("C-n")
+        refined = terminal.wait_for(lambda: len(records()) == 2 and records()[0], "the refined draft")
+        assert refined.parent_id == first.id and refined.prompt == "make it shorter"
+        assert [m["role"] for m in refined.messages][-3:] == ["user", "assistant", "user"]
+        assert refined.messages[-2]["content"] == first.text
+        terminal.wait_for(lambda: "make it shorter →" in terminal.screen(), "the conversation on the card")
+
+        terminal.press("C-s")  # the editor runs, the app comes back, the model continues "The sea is"
+        continued = terminal.wait_for(lambda: len(records()) == 3 and records()[0], "the continued draft")
+        assert continued.prefill == "The sea is" and continued.text.startswith("The sea is")
+        terminal.wait_for(lambda: "continues your edit" in terminal.screen(), "the continued card")
+
+        terminal.press("F2")
+        terminal.press("Enter")  # from the search box to the list, on the newest row
+        terminal.press("DC")
+        terminal.wait_for(lambda: len(records()) == 2, "the row deleted")
+        assert continued.id not in {r.id for r in records()}
+        terminal.wait_for(lambda: "Deleted 1 row" in " ".join(terminal.screen().split()), "the undo hint")
+        terminal.press("C-z")
+        terminal.wait_for(lambda: len(records()) == 3, "the row restored")
+        assert records()[0].text == continued.text
         terminal.press("C-q")
         terminal.wait_for(rc_file.exists, "exit")
         assert rc_file.read_text().strip() == "0"

@@ -710,7 +710,7 @@ class ComposerScreen(Screen):
         folder = self.config.adapters_dir
         commands += [SystemCommand(f"Adapter: {name}", f"serve with {folder / name}",
                                    lambda name=name: self.choose_adapter(name))
-                     for name in adapter_names(self.config)]
+                     for name in adapter_names(folder)]
         commands.append(SystemCommand("Adapter: none", "the base model alone", lambda: self.choose_adapter(None)))
         commands += [SystemCommand(f"Model: {path.name}", f"load {path} (the current model is released)",
                                    lambda path=path: self.choose_model(path))
