@@ -179,3 +179,44 @@ def test_refine_continue_persona_and_delete_with_undo_in_a_real_terminal(tmp_pat
         assert rc_file.read_text().strip() == "0"
     finally:
         terminal.close()
+
+
+def test_an_adapter_and_a_model_are_switched_from_the_palette_without_a_restart(tmp_path):
+    from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_MODEL_DIR
+
+    adapters, models = tmp_path / "adapters", tmp_path / "models"
+    adapters.mkdir()
+    models.mkdir()
+    (adapters / "zippy").symlink_to(DEMO_ADAPTER_DIR)
+    (models / "fortunes").symlink_to(DEMO_MODEL_DIR)
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "bobby-tui" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'adapters_dir = "{adapters}"\nmodels_dir = "{models}"\n'
+                      "[sampling]\nmax_tokens = 16\n[postprocess]\nmin_length = 0\n")
+    rc_file = tmp_path / "rc"
+    terminal = start_app(rc_file)
+    try:
+        terminal.wait_for(lambda: "ready · " in terminal.screen(), "'ready' in the status bar")
+        terminal.press("C-p")
+        terminal.type("Adapter: zippy")
+        terminal.wait_for(lambda: "serve with" in terminal.screen(), "the adapter in the palette")
+        terminal.press("Enter")
+        terminal.wait_for(lambda: "adapter zippy (on)" in terminal.screen(), "the adapter in the status bar")
+        terminal.press("F5")
+        terminal.wait_for(lambda: len(records()) == 1, "a draft with the adapter")
+        assert records()[0].adapter == "zippy"
+
+        terminal.press("C-p")
+        terminal.type("Model: fortunes")
+        terminal.wait_for(lambda: "current model is released" in terminal.screen(), "the model in the palette")
+        terminal.press("Enter")
+        terminal.wait_for(lambda: "fortunes" in terminal.screen() and "ready · " in terminal.screen(),
+                          "the new model, loaded")
+        terminal.press("F5")
+        terminal.wait_for(lambda: len(records()) == 2, "a draft of the new model")
+        assert (records()[0].model, records()[0].adapter) == ("fortunes", None)
+        terminal.press("C-q")
+        terminal.wait_for(rc_file.exists, "exit")
+        assert rc_file.read_text().strip() == "0"
+    finally:
+        terminal.close()
