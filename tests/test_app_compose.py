@@ -92,6 +92,9 @@ async def test_refine_continues_the_picked_drafts_conversation_and_rerun_repeats
             f"{engine.requests[1].prompt}{rerun}|user:make it shorter|assistant:"
         )
         assert len(engine.requests[3].drafts) == 3
+        assert chain(screen.drafts.cards[0]) == (  # five turns: the first prompt and the last three
+            "Write about the sea → … → make it shorter → Shipped a tiny language… → make it shorter →"
+        )
     rows = stored()
     original = rows[-1]
     refinement = rows[-2]

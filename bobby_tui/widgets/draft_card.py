@@ -12,6 +12,7 @@ from textual.widgets import Label, Static
 from bobby_tui.postprocess import post_length
 
 CHAIN_PART_CHARS = 24  # each turn of the conversation line is cut to this many characters
+CHAIN_PARTS = 4  # and a longer conversation shows its first prompt and its last three turns
 
 
 class DraftCard(Vertical, can_focus=True):
@@ -131,6 +132,8 @@ class DraftCard(Vertical, can_focus=True):
         """The conversation in one compact line, "prompt → draft → instruction →", for a refinement; where the
         draft continues an edit, says so. Empty for a draft of a plain prompt."""
         parts = [_cut(m["content"]) for m in self.messages] if len(self.messages) > 1 else []
+        if len(parts) > CHAIN_PARTS:  # a long conversation: its first prompt and its latest turns
+            parts = [parts[0], "…", *parts[-(CHAIN_PARTS - 1):]]
         if self.prefill:
             parts.append(f"continues your edit ({post_length(self.prefill)} chars)")
         return " → ".join(parts) + " →" if parts else ""
