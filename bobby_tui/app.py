@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -134,18 +131,12 @@ class BobbyApp(App):
         return " / ".join(self.get_key_display(binding.with_key(key)) for key in self._action_keys[action])
 
 
-def run_app(model: Path | None, adapter: Path | None, no_adapter: bool, inline: bool) -> NoReturn:
-    """Open the composer (the `bobby-tui` command), then exit the process with its status."""
+def run_app(model: Path | None, adapter: Path | None, no_adapter: bool, inline: bool) -> int:
+    """Open the composer (the `bobby-tui` command); returns the exit status."""
     config, warning = load_config()
     # Load the configured adapter even when use_adapter is off, so it can be switched on in the app.
     model_dir, adapter_dir, _ = resolve_model(dataclasses.replace(config, use_adapter=True), model, adapter, no_adapter)
     use_adapter = config.use_adapter or adapter is not None
     app = BobbyApp(config, model_dir, adapter_dir, use_adapter, config_warning=warning)
     app.run(inline=inline)
-    code = app.return_code or 0
-    # MLX used from a thread other than the main one can abort in its exit-time destructors ("terminate called
-    # without an active exception", exit 134), as `serve` works around too: by now the engine thread has ended (the
-    # screen's unmount joins it), every draft is saved and the history closed, so leave without running them.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return app.return_code or 0

@@ -19,6 +19,7 @@ from textual.message import Message
 from textual.message_pump import MessagePump
 
 from bobby_tui.config import PostProcess
+from bobby_tui.engine_thread import release_mlx_streams
 
 # (model_dir, adapter_dir, progress callback) -> an object with the `inference.Engine` interface.
 EngineLoader = Callable[[Path, "Path | None", Callable[[Any], None]], Any]
@@ -235,8 +236,9 @@ class EngineService:
                 self._current = request
                 self._compose(engine, request)
                 self._current = None
-        # The engine (and every MLX array it holds) is released here, on the thread that made it.
+        # The engine (and every MLX array it holds) is released here, on the thread that made it, then its streams.
         del engine
+        release_mlx_streams()
 
     def _load(self) -> Any:
         def progress(update: Any) -> None:

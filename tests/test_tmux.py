@@ -56,6 +56,16 @@ class Terminal:
         subprocess.run([TMUX, "-L", self.name, "kill-server"], capture_output=True)
 
 
+def wait_briefly(condition, seconds: float = 3.0) -> bool:
+    """Whether `condition()` holds within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def records() -> list:
     """Every stored draft, newest first."""
     if not db_path().exists():
@@ -146,6 +156,8 @@ def test_refine_continue_persona_and_delete_with_undo_in_a_real_terminal(tmp_pat
         terminal.press("C-l")
         terminal.wait_for(lambda: "persona terse" in terminal.screen(), "the persona in the status bar")
         terminal.type(PROMPT)
+        # keys for the editor are handled after the app's own: wait until the text is in before pressing one
+        terminal.wait_for(lambda: PROMPT in terminal.screen(), "typed prompt on the screen")
         terminal.press("F5")
         first = terminal.wait_for(lambda: len(records()) == 1 and records()[0], "the first draft")
         assert (first.persona, first.system_prompt) == ("terse", "You are terse.")
@@ -153,6 +165,7 @@ def test_refine_continue_persona_and_delete_with_undo_in_a_real_terminal(tmp_pat
         terminal.press("C-u")  # the editor's line, deleted
         terminal.wait_for(lambda: PROMPT not in terminal.screen(), "an empty editor")
         terminal.type("make it shorter")
+        terminal.wait_for(lambda: "│ make it shorter" in terminal.screen(), "the instruction in the editor")
         terminal.press("C-n")
         refined = terminal.wait_for(lambda: len(records()) == 2 and records()[0], "the refined draft")
         assert refined.parent_id == first.id and refined.prompt == "make it shorter"
@@ -166,8 +179,13 @@ def test_refine_continue_persona_and_delete_with_undo_in_a_real_terminal(tmp_pat
         terminal.wait_for(lambda: "continues your edit" in terminal.screen(), "the continued card")
 
         terminal.press("F2")
+        terminal.wait_for(lambda: "[terse] ↳ The sea is" in terminal.screen(), "the history rows")
         terminal.press("Enter")  # from the search box to the list, on the newest row
-        terminal.press("DC")
+        # the focus moves once the app has handled the search box's enter: until then delete is the box's own key
+        for _ in range(10):
+            terminal.press("DC")
+            if wait_briefly(lambda: len(records()) == 2):
+                break
         terminal.wait_for(lambda: len(records()) == 2, "the row deleted")
         assert continued.id not in {r.id for r in records()}
         terminal.wait_for(lambda: "Deleted 1 row" in " ".join(terminal.screen().split()), "the undo hint")
