@@ -24,7 +24,6 @@ from bobby_tui import __version__
 from bobby_tui.config import (
     Config,
     ConfigError,
-    adapter_names,
     load_config,
     load_config_checked,
     resolve_adapter,
@@ -145,14 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --json: add raw_text, the decoded text as it came (special tokens such as "
                               "<|im_start|> included)")
 
-    history_commands = history.add_subparsers(dest="history_command", metavar="", parser_class=OneLineParser)
+    history_commands = history.add_subparsers(dest="history_command", metavar="delete | prune",
+                                              parser_class=OneLineParser)
+    # prog: the history parser's own usage line would stand for it
     delete = history_commands.add_parser(
-        "delete", help="delete drafts by id", description="Delete the drafts with these history ids, all or none: "
-                                                          "an unknown id deletes nothing (exit 1).")
+        "delete", prog=f"{PROG} history delete", help="delete drafts by id",
+        description="Delete the drafts with these history ids, all or none: an unknown id deletes nothing (exit 1).")
     delete.add_argument("ids", nargs="+", type=_bounded(_SQLITE_INT), metavar="ID",
                         help="ids as `bobby-tui history` shows them")
     prune = history_commands.add_parser(
-        "prune", help="delete unfavorited drafts older than DAYS",
+        "prune", prog=f"{PROG} history prune", help="delete unfavorited drafts older than DAYS",
         description="Delete every draft older than DAYS days that is not a favorite; print how many.")
     prune.add_argument("--older-than", type=_bounded(Limit(0, None)), required=True, metavar="DAYS",
                        help="age in days (fractions allowed: 0.5 is 12 hours)")
@@ -861,6 +862,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_adapters(args: argparse.Namespace) -> int:
     from bobby_tui.inspect_report import adapter_summary
+    from inference import inspect_adapters_dir
 
     config = _load_config()
     folder = args.dir if args.dir is not None else config.adapters_dir
@@ -870,18 +872,17 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     model_dir = args.model if args.model is not None else config.model
     if model_dir is not None:
         _require_dir(model_dir)
-    names = adapter_names(folder)
-    if not names:
+    adapters = inspect_adapters_dir(folder, model_dir)
+    if not adapters:
         print(f"{PROG}: no adapters in {folder} (each adapter is a subdirectory)", file=sys.stderr)
         return 0
-    width = max(map(len, names))
-    with_problems = 0
-    for name in names:
-        summary, problems = adapter_summary(folder / name, model_dir)
-        with_problems += bool(problems)
+    width = max(len(name) for name, _ in adapters)
+    for name, facts in adapters:
+        summary = adapter_summary(facts)
+        problems = facts.problems
         shown = "problems: none" if not problems else f"problems ({len(problems)}): {'; '.join(problems)}"
         print(f"{_printable(name).ljust(width)}  {summary}{' · ' if summary else ''}{_one_line(shown)}")
-    return 1 if with_problems else 0
+    return 1 if any(facts.problems for _, facts in adapters) else 0
 
 
 # The subcommands: each one's parser is added in build_parser, its function is registered here.

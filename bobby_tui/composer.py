@@ -36,6 +36,7 @@ class Draft:
     finish_reason: str
     attempts: int
     seed: int  # the draft's seed (the user's, or the one picked for the first attempt): what reproduces the draft
+    adapter: str | None = None  # the adapter it ran with (None: the base model)
 
     @property
     def attempt_seed(self) -> int:
@@ -156,6 +157,7 @@ def compose(
     if adapters is not None and len(adapters) != len(drafts):
         raise ValueError(f"{len(adapters)} adapters for {len(drafts)} drafts: one per draft")
     prompt = engine.render_messages(conversation(user_prompt, system_prompt, history), prefill=prefill or None)
+    default_adapter = engine.adapter_name if engine.adapter_enabled else None  # a draft given no adapter of its own
     prefill = prefill or ""
     specials = SpecialTokenFilter(frozenset() if raw else engine.tokenizer.special_tokens)
     pending = dict(enumerate(drafts))  # draft index -> its params for the next round
@@ -163,7 +165,8 @@ def compose(
     first_seeds: dict[int, int] = {}  # the engine resolves seeds; retries derive theirs from the first one
     while pending:
         order = sorted(pending)  # the request's draft k is our draft order[k]
-        request = GenerationRequest(prompt=prompt, drafts=[pending[i] for i in order], max_tokens=max_tokens)
+        request = GenerationRequest(prompt=prompt, drafts=[pending[i] for i in order], max_tokens=max_tokens,
+                                    adapters=None if adapters is None else tuple(adapters[i] for i in order))
         pending = {}
         if prefill:
             for index in order:
@@ -194,6 +197,7 @@ def compose(
                 finish_reason=event.finish_reason,
                 attempts=attempts[index],
                 seed=first_seeds[index],
+                adapter=adapters[index] if adapters is not None else default_adapter,
             )
 
 
@@ -264,7 +268,7 @@ def to_record(
         attempt_seed=draft.attempt_seed,
         attempts=draft.attempts,
         model=engine.model_name,
-        adapter=engine.adapter_name if engine.adapter_enabled else None,
+        adapter=draft.adapter,
         prompt_tokens=draft.stats.prompt_tokens,
         generated_tokens=draft.stats.generated_tokens,
         decode_tok_s=draft.stats.decode_tok_s,

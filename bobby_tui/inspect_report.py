@@ -92,19 +92,17 @@ def inspect_adapter(adapter_dir: Path, model_dir: Path | None) -> Report:
     return report
 
 
-def adapter_summary(adapter_dir: Path, model_dir: Path | None) -> tuple[str, list[str]]:
-    """One line of an adapter's facts ("rank 8 · scale 20 · layers 0-3 (4 of 4) · 12,288 bytes (12.0 KiB)") and its
-    problems."""
-    facts = engine_inspect_adapter(adapter_dir, model_dir)
-    if facts.config is None:
-        return "", facts.problems
+def adapter_summary(facts: AdapterFacts) -> str:
+    """One line of an adapter's facts: "rank 8 · scale 20 · layers 0-3 (4 of 4) · 12,288 bytes (12.0 KiB)" ("" when
+    its config cannot be read: the problems say why)."""
     config = facts.config
+    if config is None:
+        return ""
     if facts.layers is None:
         layers = "all layers" if config.num_layers <= 0 else f"the last {config.num_layers} layers"
     else:
         layers = f"layers {_ranges(facts.layers)} ({len(facts.layers)} of {facts.model_layers})"
-    return " · ".join([f"rank {config.rank}", f"scale {config.scale:g}", layers, _bytes(facts.disk_bytes)]), \
-        facts.problems
+    return " · ".join([f"rank {config.rank}", f"scale {config.scale:g}", layers, _bytes(facts.disk_bytes)])
 
 
 def _adapted_layers(facts: AdapterFacts) -> str:

@@ -346,7 +346,10 @@ class Store:
     def prune(self, older_than_days: float) -> list[GenerationRecord]:
         """Delete every row that is not a favorite and is older than `older_than_days` days; return them."""
         self._check_writable()
-        cutoff = datetime.now(timezone.utc) - timedelta(days=older_than_days)
+        try:
+            cutoff = datetime.now(timezone.utc) - timedelta(days=older_than_days)
+        except OverflowError:  # before the year 1: no row is that old
+            return []
         with self._guard() as db, self._transaction(db):
             # the stored times are ISO 8601 in UTC, all of one width: they compare as text
             records = self._select_locked(db, "WHERE favorite = 0 AND created_at < ? ORDER BY id",

@@ -2,7 +2,8 @@
 
 This module is the whole public API: loading (``Engine.load`` with ``EngineOptions``), generation (``Engine.generate``
 for one request, ``BatchGenerator`` for many sharing a batch), the request, parameter and event types, the errors,
-and the checkpoint and adapter facts ``bobby-tui inspect`` prints (``inspect_model``, ``inspect_adapter``).
+and the checkpoint and adapter facts ``bobby-tui inspect`` prints (``inspect_model``, ``inspect_adapter``,
+``inspect_adapters_dir`` for a folder of adapters).
 
 The parameter, request and event types (``inference.api``), the options and the errors import without MLX, so a
 front end's UI thread can build requests; everything else loads MLX on first use, which should be on the thread that
@@ -24,8 +25,8 @@ from .options import EngineOptions
 # Loaded on first use, with MLX: what runs the model, and what reads checkpoints (the safetensors reader maps into MLX)
 _ENGINE_NAMES = {
     "Engine": "engine", "BatchGenerator": "batching",
-    "inspect_model": "inspection", "inspect_adapter": "inspection", "ModelFacts": "inspection",
-    "AdapterFacts": "inspection", "QuantSpec": "models.base", "read_model_args": "models",
+    "inspect_model": "inspection", "inspect_adapter": "inspection", "inspect_adapters_dir": "inspection",
+    "ModelFacts": "inspection", "AdapterFacts": "inspection", "QuantSpec": "models.base", "read_model_args": "models",
 }
 
 
@@ -43,5 +44,5 @@ __all__ = [
     "AdapterError", "AdapterFacts", "BatchGenerator", "CheckpointError", "ConfigError", "DraftDone", "Engine",
     "EngineOptions", "GenerationRequest", "GenerationStats", "InferenceError", "LoadProgress", "ModelFacts",
     "ParameterError", "QuantSpec", "SamplingParams", "TokenDelta", "TokenizerError",
-    "inspect_adapter", "inspect_model", "read_model_args",
+    "inspect_adapter", "inspect_adapters_dir", "inspect_model", "read_model_args",
 ]

@@ -37,7 +37,8 @@ class Limit:
 
     def problem(self, value: object) -> str | None:
         """What is wrong with ``value`` for this range (as "must be ..."), or None when it fits."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
+        wrong_type = not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int))
+        if isinstance(value, bool) or wrong_type:
             return "must be an integer" if self.integer else "must be a number"
         if not math.isfinite(value):
             return "must be a finite number"

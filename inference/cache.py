@@ -17,11 +17,13 @@ class KVCache:
     step = 256  # positions added per growth: few reallocations, little waste
     # Attention on CUDA: MLX runs one-query steps through cuDNN when the cache's capacity is a multiple of 256 (its
     # test for mlx_lm's cache), else through its own vector kernel. At 8B shape on the H100, cuDNN took 0.38 ms a step
-    # for one draft against the vector kernel's 0.69, but 1.37 ms for 4 drafts against 0.70 (tools/gpu/kernel_profile.py):
+    # for one draft against the vector kernel's 0.69, but 1.37 ms for 4 drafts against 0.70
+    # (tools/gpu/kernel_profile.py):
     # so a batch's capacity is kept off multiples of 256.
     batch_padding = 8
 
-    def __init__(self, batch: int, kv_heads: int, head_dim: int, dtype: mx.Dtype, left_padding: list[int] | None = None):
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, dtype: mx.Dtype,
+                 left_padding: list[int] | None = None):
         self.batch, self.kv_heads, self.head_dim, self.dtype = batch, kv_heads, head_dim, dtype
         self.keys: mx.array | None = None  # (batch, kv_heads, capacity, head_dim)
         self.values: mx.array | None = None

@@ -151,7 +151,7 @@ class Engine:
     def render_prompt(self, user: str, system: str | None = None) -> str:
         # None: no system message; "" is an empty one, as mlx_lm renders `--system-prompt ""`
         messages = [{"role": "system", "content": system}] if system is not None else []
-        return self.render_messages([*messages, {"role": "user", "content": user}])
+        return self.tokenizer.render_messages([*messages, {"role": "user", "content": user}])
 
     # --- model work (only on the owning thread) ------------------------------------------------------------------
     def _check_thread(self) -> None:

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InferenceError, TokenizerError
+from .errors import AdapterError, InferenceError, TokenizerError
 from .io.checkpoint import check_tokenizer_fits, plan_checkpoint, stop_token_ids, weight_files
 from .lora import AdapterConfig, check_adapter_dir
 from .models import lora_keys, read_model_args
@@ -98,6 +98,22 @@ def inspect_adapter(adapter_dir: Path | str, model_dir: Path | str | None = None
         return facts  # check_adapter_dir has said why
     facts.parameters = sum(_numel(t.shape) for t in tensors.values())
     return facts
+
+
+def inspect_adapters_dir(folder: Path | str, model_dir: Path | str | None = None) -> list[tuple[str, AdapterFacts]]:
+    """Each subfolder of ``folder`` as an mlx_lm adapter (named by the subfolder, in name order) with its facts
+    against ``model_dir``; a subfolder's problems are listed in its facts, not raised. Hidden entries and files are
+    left out; a folder that does not exist holds no adapters. A path that is not a folder raises AdapterError."""
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        raise AdapterError(folder, "the adapters folder is not a directory")
+    try:
+        children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as err:
+        raise AdapterError(folder, f"cannot list the adapters folder ({err.strerror or err})") from None
+    return [(child.name, inspect_adapter(child, model_dir)) for child in children]
 
 
 def _tokenizer_problems(model_dir: Path, config: BaseModelArgs) -> list[str]:

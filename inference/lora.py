@@ -32,7 +32,8 @@ class AdapterConfig:
     def from_dir(cls, adapter_dir: Path | str) -> AdapterConfig:
         adapter_dir = Path(adapter_dir)
         if not adapter_dir.is_dir():
-            raise AdapterError(adapter_dir, "adapter directory not found" if not adapter_dir.exists() else "not a directory")
+            problem = "adapter directory not found" if not adapter_dir.exists() else "not a directory"
+            raise AdapterError(adapter_dir, problem)
         path = adapter_dir / "adapter_config.json"
         raw = read_json(path, AdapterError)
         fine_tune_type = raw.get("fine_tune_type", "lora")
@@ -106,9 +107,11 @@ def _read_adapter(adapter_dir: Path, config: BaseModelArgs | None) -> tuple[Adap
         expected[f"{module}.lora_b"] = (adapter_config.rank, out_f)
     for name, info in tensors.tensors.items():
         if name not in expected:
-            problems.append(f"{weights_path}: tensor {name!r} names no adapted layer of the model ({config.num_hidden_layers} layers)")
+            problems.append(f"{weights_path}: tensor {name!r} names no adapted layer of the model "
+                            f"({config.num_hidden_layers} layers)")
         elif info.shape != expected[name]:
-            problems.append(f"{weights_path}: tensor {name!r} has shape {list(info.shape)}, the model needs {list(expected[name])}")
+            problems.append(f"{weights_path}: tensor {name!r} has shape {list(info.shape)}, the model needs "
+                            f"{list(expected[name])}")
     for name in sorted(set(expected) - set(tensors.tensors)):
         problems.append(f"{weights_path}: tensor {name!r} is missing")
     return adapter_config, tensors, problems
@@ -128,17 +131,18 @@ def apply_adapter(model, adapter_dir: Path | str, name: str) -> AdapterConfig:
     adapter_config, tensors, problems = _read_adapter(Path(adapter_dir), model.config)
     if problems:
         raise AdapterError(None, problems[0])
-    adapted = set(adapter_config.adapted_modules(model.config)[0])
-
-    def pair(module: str):
-        return (tensors.load(f"{module}.lora_a"), tensors.load(f"{module}.lora_b")) if module in adapted else None
-
+    adapted = adapter_config.adapted_modules(model.config)[0]
+    pairs = {m: (tensors.load(f"{m}.lora_a"), tensors.load(f"{m}.lora_b")) for m in adapted}
+    mx.eval(pairs)
+    # checked before anything is attached: a broken adapter leaves the model (and one loaded under its name) as it was
+    if pairs and not all(mx.stack([mx.all(mx.isfinite(t)) for pair in pairs.values() for t in pair]).tolist()):
+        raise AdapterError(tensors.path, "holds NaN or infinity: the adapter is broken")
     for layer in model.layers:
         for group, keys in model.projection_groups.items():
-            layer.projections[group].set_lora(name, [pair(f"model.layers.{layer.index}.{key}") for key in keys],
+            layer.projections[group].set_lora(name, [pairs.get(f"model.layers.{layer.index}.{key}") for key in keys],
                                               adapter_config.scale, model.dtype)
         layer.forget_traces()
-    model.lm_head.set_lora(name, [pair("lm_head")], adapter_config.scale, model.dtype)
+    model.lm_head.set_lora(name, [pairs.get("lm_head")], adapter_config.scale, model.dtype)
     projections = [p for layer in model.layers for p in layer.projections.values()] + [model.lm_head]
     mx.eval([lora.a for p in projections for lora in p.loras[name] if lora])
     if name not in model.adapter_names:

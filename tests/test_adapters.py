@@ -116,3 +116,29 @@ def test_two_adapters_with_one_name_are_refused(two_adapters):
     model_dir, adapter_a, adapter_b = two_adapters
     with pytest.raises(AdapterError, match=f"two adapters are named '{adapter_a.name}'"):
         Engine.load(model_dir, adapter_a, adapters={adapter_a.name: adapter_b})
+
+
+def test_an_adapters_folder_lists_each_subfolder_with_its_problems(two_adapters, tmp_path):
+    import shutil
+
+    from inference import AdapterError, inspect_adapters_dir
+
+    model_dir, adapter_a, adapter_b = two_adapters
+    folder = tmp_path / "adapters"
+    shutil.copytree(adapter_a, folder / "v1")
+    shutil.copytree(adapter_b, folder / "v2-attention")
+    (folder / "broken").mkdir()
+    (folder / "broken" / "adapter_config.json").write_text("{not json")
+    (folder / "empty").mkdir()
+    (folder / ".hidden").mkdir()
+    (folder / "notes.txt").write_text("not an adapter")
+    listed = dict(inspect_adapters_dir(folder, model_dir))
+    assert list(listed) == ["broken", "empty", "v1", "v2-attention"]
+    assert listed["v1"].problems == [] and listed["v1"].layers == [2, 3] and listed["v1"].config.rank == 8
+    assert listed["v2-attention"].problems == [] and listed["v2-attention"].config.rank == 4
+    for name in ("broken", "empty"):
+        (problem,) = listed[name].problems
+        assert str(folder / name) in problem and "\n" not in problem
+    assert inspect_adapters_dir(tmp_path / "missing", model_dir) == []
+    with pytest.raises(AdapterError, match="not a directory"):
+        inspect_adapters_dir(folder / "notes.txt", model_dir)

@@ -104,8 +104,10 @@ def test_unknown_persona_adapter_and_row_are_one_line_each(tmp_path):
     write_config(tmp_path)
     persona = run_cli("post", "hi", "--persona", "nobody", check_one_line_error=True)
     assert persona.returncode == 1 and "unknown persona 'nobody' (known: plain, zippy)" in persona.stderr
-    adapter = run_cli("post", "hi", "--adapter", "v9", check_one_line_error=True)
-    assert adapter.returncode == 1 and f"adapter 'v9': not an adapter in {tmp_path / 'adapters'}" in adapter.stderr
+    for command in (("post", "hi"), ("serve",), ()):  # the composer too: refused before it opens
+        adapter = run_cli(*command, "--adapter", "v9", check_one_line_error=True)
+        assert adapter.returncode == 1
+        assert f"adapter 'v9': not an adapter in {tmp_path / 'adapters'} and not a directory" in adapter.stderr
     reply = run_cli("post", "--reply-to", 42, "shorter", check_one_line_error=True)
     assert reply.returncode == 1 and "no generation with id 42" in reply.stderr
     bare = run_cli("post", "--reply-to", 42, check_one_line_error=True)

@@ -34,7 +34,7 @@ class FakeEngine:
             yield TokenDelta(draft=k, text=text[len(text) // 2 :])
         for k, (params, text) in enumerate(zip(request.drafts, texts, strict=True)):
             stats = GenerationStats(prompt_tokens=7, generated_tokens=len(text), prefill_tok_s=100.0,
-                                    decode_tok_s=20.0, peak_memory_bytes=0)
+                                    decode_tok_s=20.0, peak_memory_bytes=0, prefilled_tokens=7)
             yield DraftDone(draft=k, text=text, finish_reason="stop", params=params, stats=stats)
 
 
@@ -156,7 +156,8 @@ def test_to_record_carries_the_draft_and_engine_facts():
     assert (rec.model, rec.adapter, rec.system_prompt) == ("fake-model", "fake-adapter", "")
     assert (rec.prompt_tokens, rec.generated_tokens, rec.finish_reason) == (7, len(LONG), "stop")
     engine.adapter_enabled = False
-    assert to_record(draft, engine, "Write.", "sys").adapter is None
+    assert to_record(draft, engine, "Write.", "sys").adapter == "fake-adapter"  # what the draft ran with
+    assert to_record(finals(run(engine, [3]))[0], engine, "Write.", "sys").adapter is None
 
 
 def test_a_batch_past_max_drafts_is_refused_before_anything_runs():
@@ -217,7 +218,14 @@ def test_a_prefilled_reply_starts_with_the_prefill_in_its_deltas_text_and_retrie
     assert finals(raw)[0].text == "Well, x"
 
 
-def test_adapters_are_one_per_draft():
-    drafts = [SamplingParams(temperature=0.9, seed=s) for s in (1, 2)]
-    with pytest.raises(ValueError, match="1 adapters for 2 drafts"):
-        list(compose(FakeEngine({1: LONG, 2: LONG}), "Write.", None, drafts, 64, OPTS, 300, adapters=("a",)))
+def test_adapters_are_one_per_draft_in_the_request_the_drafts_and_their_records():
+    drafts = [SamplingParams(temperature=0.9, seed=s) for s in (1, 2, 3)]
+    short = {1: LONG, 2: "short", retry_seed(2, 2): LONG, 3: LONG}
+    engine = FakeEngine(short)
+    events = list(compose(engine, "Write.", None, drafts, 64, OPTS, 300, adapters=("v1", None, "v5")))
+    assert [r.adapters for r in engine.requests] == [("v1", None, "v5"), (None,)]  # the retry keeps its adapter
+    done = finals(events)
+    assert [done[i].adapter for i in range(3)] == ["v1", None, "v5"]
+    assert [to_record(done[i], engine, "Write.", None).adapter for i in range(3)] == ["v1", None, "v5"]
+    with pytest.raises(ValueError, match="1 adapters for 3 drafts"):
+        list(compose(FakeEngine(short), "Write.", None, drafts, 64, OPTS, 300, adapters=("a",)))

@@ -138,7 +138,8 @@ def test_adapter_whose_tensors_do_not_fit(model_copy):
     weights[name] = weights[name][:, :4]
     mx.save_safetensors(str(adapter / "adapters.safetensors"), weights)
     err = load_error(model, adapter)
-    assert isinstance(err, AdapterError) and "adapters.safetensors" in str(err) and name in str(err) and "shape" in str(err)
+    assert isinstance(err, AdapterError)
+    assert "adapters.safetensors" in str(err) and name in str(err) and "shape" in str(err)
 
 
 def test_adapter_naming_layers_the_model_does_not_have(model_copy):
@@ -208,7 +209,8 @@ def test_attention_biases_the_model_has_no_place_for_are_refused_as_mlx_lm_does(
     add_tensors(model, **{f"model.layers.1.self_attn.{p}_proj.bias": mx.ones((n,)) for p, n in
                           (("q", 128), ("k", 64), ("v", 64))})
     err = load_error(model)
-    assert isinstance(err, CheckpointError) and "'model.layers.1.self_attn.k_proj.bias' is not used by the model" in str(err)
+    assert isinstance(err, CheckpointError)
+    assert "'model.layers.1.self_attn.k_proj.bias' is not used by the model" in str(err)
     assert mlx_lm_refuses(model)
 
 
@@ -298,7 +300,8 @@ def test_a_tokenizer_with_more_ids_than_embedding_rows_is_refused(tiny_models, t
         mx.save_safetensors(str(shard), {k: v[:64] if k.endswith(("embed_tokens.weight", "lm_head.weight")) else v
                                          for k, v in weights.items()})
     assert inspect_model(model).problems == [
-        f"{model / 'tokenizer.json'}: has 384 tokens, more than the model's 64 embedding rows (vocab_size in config.json)"]
+        f"{model / 'tokenizer.json'}: has 384 tokens, more than the model's 64 embedding rows "
+        "(vocab_size in config.json)"]
     err = load_error(model)
     assert isinstance(err, TokenizerError) and "more than the model's 64 embedding rows" in str(err)
 
@@ -354,6 +357,45 @@ def test_a_huge_layer_count_is_one_problem_found_at_once(model_copy):
     rewrite_config(model, num_hidden_layers=10**6)
     started = time.perf_counter()
     problems = inspect_model(model).problems
-    assert problems == [f"{model / 'config.json'}: num_hidden_layers is 1000000, the checkpoint holds tensors of 4 layers"]
+    assert problems == [
+        f"{model / 'config.json'}: num_hidden_layers is 1000000, the checkpoint holds tensors of 4 layers"]
     assert time.perf_counter() - started < 5
     assert "num_hidden_layers is 1000000" in str(load_error(model))
+
+
+def _poison(path, name: str, value: float = float("nan")) -> None:
+    """Rewrite one tensor of a safetensors file with ``value`` in its first element."""
+    tensors = dict(mx.load(str(path)))
+    flat = tensors[name].reshape(-1)
+    flat[0] = value
+    tensors[name] = flat.reshape(tensors[name].shape)
+    mx.save_safetensors(str(path), tensors)
+
+
+@pytest.mark.parametrize(("tensor", "value"), [
+    ("model.layers.1.post_attention_layernorm.weight", float("nan")),
+    ("model.layers.0.self_attn.q_proj.scales", float("inf")),
+    ("model.norm.weight", float("-inf")),
+])
+def test_non_finite_norms_and_scales_are_refused_at_load(model_copy, tensor, value):
+    model_dir, _ = model_copy
+    _poison(model_dir / "model.safetensors", tensor, value)
+    err = load_error(model_dir)
+    assert isinstance(err, CheckpointError)
+    assert str(err) == (f"{model_dir / 'model.safetensors'}: tensor {tensor!r} holds NaN or infinity: the checkpoint "
+                        "is broken")
+
+
+def test_a_non_finite_adapter_is_refused_and_leaves_the_engine_as_it_was(model_copy):
+    model_dir, adapter_dir = model_copy
+    engine = Engine.load(model_dir, adapter_dir)
+    broken = shutil.copytree(adapter_dir, adapter_dir.parent / "broken")
+    _poison(broken / "adapters.safetensors", "model.layers.3.mlp.down_proj.lora_b")
+    with pytest.raises(AdapterError, match="adapters.safetensors: holds NaN or infinity: the adapter is broken"):
+        engine.load_adapter(adapter_dir.name, broken)
+    assert engine.adapter_names == (adapter_dir.name,)
+    assert load_error(model_dir, broken).problem == "holds NaN or infinity: the adapter is broken"
+    prompt = engine.render_prompt("hi")
+    ids = engine.tokenizer.encode(prompt)
+    logits = engine.model(mx.array([ids]), engine.model.new_cache(1), adapter_dir.name)
+    assert mx.all(mx.isfinite(logits)).item()

@@ -430,6 +430,7 @@ def test_prune_deletes_old_unfavorited_rows_only(db):
         pruned = store.prune(30)
         assert [r.id for r in pruned] == [old]
         assert store.prune(30) == []
+        assert store.prune(1e12) == []  # older than the calendar: nothing
         assert [r.id for r in store.prune(0.5)] == [recent]
     with Store(db) as store:
         assert [r.id for r in store.history()] == [old_favorite]

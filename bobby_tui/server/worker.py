@@ -5,8 +5,8 @@ It loops: take commands (submit, cancel, stop) from a thread-safe queue, hand wa
 one decoded token for every running row), and pass that step's events to the asyncio side with one
 ``loop.call_soon_threadsafe`` per step, onto each request's own asyncio queue.
 
-The adapter setting is the engine's at ``submit``: the worker sets it per request just before. The batch runs one
-setting at a time; a request with the other one waits for the running rows to leave.
+Each request names the adapter its rows run with (``GenerationRequest.adapters``): rows with and without the adapter
+share the running batch, so a request never waits for the batch to drain to switch.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ Event = Accepted | Admitted | Rejected | Aborted | TokenDelta | DraftDone
 class Job:
     """One HTTP request's generation: built and read on the asyncio side, its rows run on the engine thread."""
 
-    __slots__ = ("spec", "events", "admitted", "finished", "drafts_left", "request_id", "request", "adapter")
+    __slots__ = ("spec", "events", "admitted", "finished", "drafts_left", "request_id", "request")
 
     def __init__(self, spec: CompletionSpec):
         self.spec = spec
@@ -67,8 +67,7 @@ class Job:
         self.finished = False  # asyncio side: every draft done, or rejected / aborted
         self.drafts_left = spec.n  # asyncio side
         self.request_id: int | None = None  # engine thread: the batch's id for it
-        self.request: GenerationRequest | None = None  # engine thread
-        self.adapter = False  # engine thread: the adapter setting its rows run with
+        self.request: GenerationRequest | None = None  # engine thread: with the adapter its rows run with
 
 
 @dataclass(frozen=True)
@@ -238,15 +237,16 @@ class EngineWorker:
             return Rejected(ApiError(400, f"{param} take {prompt_tokens} tokens: with max_tokens {spec.max_tokens} "
                                      f"that exceeds the model's context of {context} tokens", param,
                                      "context_length_exceeded"))
-        job.request = GenerationRequest(prompt, list(spec.drafts), spec.max_tokens, spec.stop)
-        job.adapter = adapter_default if spec.adapter is None else spec.adapter
+        use_adapter = adapter_default if spec.adapter is None else spec.adapter
+        adapter = engine.active_adapter if use_adapter else None  # per row: the batch need not drain to switch
+        job.request = GenerationRequest(prompt, list(spec.drafts), spec.max_tokens, spec.stop,
+                                        adapters=(adapter,) * spec.n)
         return Accepted(prompt_tokens)
 
     def _admit(self, engine: Any, batch: Any, job: Job, running: dict, outbox: list) -> bool:
         """Give the job to the batch if its rows fit beside those of the requests it holds; False: it waits."""
         if sum(entry[1] for entry in running.values()) + job.spec.n > self._max_rows:
             return False
-        engine.adapter_enabled = job.adapter  # the batch takes the setting at submit
         try:
             job.request_id = batch.submit(job.request)
         except ValueError as err:  # ParameterError included: the batch refused what the protocol let through

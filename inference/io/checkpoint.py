@@ -26,7 +26,8 @@ _LAYER_TENSOR = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 def weight_files(model_dir: Path | str) -> list[Path]:
-    """The safetensors files of a model: those the index names, else ``model.safetensors``, else ``model*.safetensors``."""
+    """The safetensors files of a model: those the index names, else ``model.safetensors``, else
+    ``model*.safetensors``."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(model_dir, "model directory not found" if not model_dir.exists() else "not a directory")
@@ -46,7 +47,8 @@ def weight_files(model_dir: Path | str) -> list[Path]:
     else:
         files = sorted(model_dir.glob("model*.safetensors"))
         if not files:
-            raise CheckpointError(model_dir, "no model.safetensors (or model.safetensors.index.json) in the model directory")
+            raise CheckpointError(model_dir,
+                                  "no model.safetensors (or model.safetensors.index.json) in the model directory")
     for f in files:
         if not f.is_file():  # a FIFO or a device would block or never end
             raise CheckpointError(f, "not a regular file")
@@ -92,7 +94,8 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
     layers = getattr(config, "num_hidden_layers", None)
     held = {int(m.group(1)) for m in map(_LAYER_TENSOR.match, files) if m}
     if layers is not None and layers > len(held):
-        problems.append(f"{config.path}: num_hidden_layers is {layers}, the checkpoint holds tensors of {len(held)} layers")
+        problems.append(f"{config.path}: num_hidden_layers is {layers}, the checkpoint holds tensors of "
+                        f"{len(held)} layers")
         return CheckpointPlan(config, files, {}, set(), problems, [])
     quant: dict[str, QuantSpec | None] = {}
     ungrouped = set()  # quantized modules whose input is not whole groups: their tensors are not looked at
@@ -100,7 +103,8 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
     for module, (_, in_f) in model_family.matrices(config).items():
         spec = quant[module] = module_quantization(config, module, in_f, headers)
         if spec is not None and in_f % spec.group_size:
-            problems.append(f"{config.path}: {module} input size {in_f} is not a multiple of group_size {spec.group_size}")
+            problems.append(f"{config.path}: {module} input size {in_f} is not a multiple of group_size "
+                            f"{spec.group_size}")
             ungrouped.add(module)
     wanted = model_family.tensor_spec(config, quant.get)
     for name, want in wanted.items():
@@ -115,7 +119,8 @@ def plan_checkpoint(model_dir: Path | str) -> CheckpointPlan:
         if info.dtype not in want.dtypes:
             problems.append(f"{shard.path}: tensor {name!r} has dtype {info.dtype}, expected {'/'.join(want.dtypes)}")
         elif info.shape != want.shape:
-            problems.append(f"{shard.path}: tensor {name!r} has shape {list(info.shape)}, config.json implies {list(want.shape)}")
+            problems.append(f"{shard.path}: tensor {name!r} has shape {list(info.shape)}, config.json implies "
+                            f"{list(want.shape)}")
     skipped = sorted(model_family.sanitize(config, list(files)))
     for name in skipped:
         del files[name]
@@ -179,7 +184,8 @@ def stop_token_ids(model_dir: Path, config: BaseModelArgs, tokenizer) -> set[int
         if token is not None:
             eos.add(token)
     if not eos:
-        raise ConfigError(model_dir / "config.json", "no eos_token_id in config.json, generation_config.json or the tokenizer")
+        raise ConfigError(model_dir / "config.json",
+                          "no eos_token_id in config.json, generation_config.json or the tokenizer")
     return eos
 
 
@@ -190,15 +196,35 @@ def load_weights(
     if plan.problems:
         raise CheckpointError(None, plan.problems[0])
     total, done = plan.total_bytes, 0
-    weights = {}
+    weights, finite = {}, []
     for name in sorted(plan.expected):
         shard = plan.files[name]
         array = shard.load(name)
         if mx.issubdtype(array.dtype, mx.floating):
             array = array.astype(dtype)
         mx.eval(array)
+        if _checked_for_finite(name, array):
+            finite.append(mx.all(mx.isfinite(array)))
         weights[name] = array
         done += shard.tensors[name].nbytes
         if progress is not None:
             progress(LoadProgress(done, total))
+    _refuse_not_finite(plan, [n for n in sorted(plan.expected) if _checked_for_finite(n, weights[n])], finite)
     return weights
+
+
+def _checked_for_finite(name: str, array: mx.array) -> bool:
+    """Norms and quantization scales and biases: a NaN or an infinity there spoils every token, and they are a
+    small part of the bytes (a dense matrix is left to the generation's check of its logits)."""
+    return mx.issubdtype(array.dtype, mx.floating) and (array.ndim == 1 or name.endswith((".scales", ".biases")))
+
+
+def _refuse_not_finite(plan: CheckpointPlan, names: list[str], finite: list[mx.array]) -> None:
+    if not finite:
+        return
+    flags = mx.stack(finite).tolist()
+    broken = [name for name, ok in zip(names, flags, strict=True) if not ok]
+    if broken:
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise CheckpointError(plan.files[broken[0]].path,
+                              f"tensor {broken[0]!r} holds NaN or infinity{more}: the checkpoint is broken")

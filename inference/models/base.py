@@ -3,8 +3,8 @@ fused projections, runtime LoRA).
 
 A family module (``inference/models/<model_type>.py``) provides ``ModelArgs`` (its config.json fields, on top of
 ``BaseModelArgs``), ``matrices(args)`` and ``tensor_spec(args, quant_of)`` (every tensor it is built from, with shape
-and dtypes), ``sanitize(args, names)`` (checkpoint tensors it drops on purpose), ``LORA_KEYS`` (a block's projections an adapter
-may name), ``EMBEDDINGS`` (matrix modules an adapter may not change) and ``Model``.
+and dtypes), ``sanitize(args, names)`` (checkpoint tensors it drops on purpose), ``LORA_KEYS`` (a block's projections
+an adapter may name), ``EMBEDDINGS`` (matrix modules an adapter may not change) and ``Model``.
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ class Linear:
         if self.spec is None:
             return x @ self.weight.T
         return mx.quantized_matmul(
-            x, self.weight, self.scales, self.biases, transpose=True, group_size=self.spec.group_size, bits=self.spec.bits
+            x, self.weight, self.scales, self.biases, transpose=True, group_size=self.spec.group_size,
+            bits=self.spec.bits,
         )
 
     def apply(self, x: mx.array, lora: LoRA | list[tuple[LoRA, mx.array]] | None, residual: mx.array | None,
@@ -199,7 +200,8 @@ class Linear:
         """``residual + x @ W.T + lora(x)``; with ``kernel``, as one CUDA kernel where it covers the shapes. ``lora``
         as a list: (update, row mask) pairs, rows of a batch running with different adapters (``RowAdapters``)."""
         one = lora is None or isinstance(lora, LoRA)
-        if kernel and one and self.spec is not None and gemv.covers(x, self.weight, self.spec.group_size, self.spec.bits):
+        spec = self.spec
+        if kernel and one and spec is not None and gemv.covers(x, self.weight, spec.group_size, spec.bits):
             return gemv.quantized_gemv(x, self.weight, self.scales, self.biases, self.spec.group_size,
                                        lora=None if lora is None else (lora.a, lora.b), residual=residual)
         y = self(x)
@@ -215,7 +217,8 @@ class Linear:
         if self.spec is None:
             return self.weight[tokens]
         return mx.dequantize(
-            self.weight[tokens], self.scales[tokens], self.biases[tokens], group_size=self.spec.group_size, bits=self.spec.bits
+            self.weight[tokens], self.scales[tokens], self.biases[tokens], group_size=self.spec.group_size,
+            bits=self.spec.bits,
         )
 
 
@@ -305,7 +308,7 @@ class Projection:
         in_features = next(p[0].shape[0] for p in pairs if p is not None)
         a_blocks, b_blocks, total_out = [], [], sum(self.sizes)
         col = 0
-        for size, pair in zip(self.sizes, pairs):
+        for size, pair in zip(self.sizes, pairs, strict=True):
             if pair is not None:
                 a, b = pair
                 a_blocks.append(a)
@@ -326,7 +329,8 @@ class Projection:
         """One output per member (``split=False``: a fused projection's single output, members side by side);
         ``residual`` (single-member projections only) is added to the output."""
         assert residual is None or len(self.sizes) == 1
-        outs = [linear.apply(x, self._updates(i, adapter), residual, self.kernel) for i, linear in enumerate(self.linears)]
+        outs = [linear.apply(x, self._updates(i, adapter), residual, self.kernel)
+                for i, linear in enumerate(self.linears)]
         if not self.fused or len(self.sizes) == 1 or not split:
             return outs
         return mx.split(outs[0], list(accumulate(self.sizes[:-1])), axis=-1)

@@ -74,7 +74,8 @@ class ModelArgs(BaseModelArgs):
         quantization, overrides = read_quantization(raw, path)
         heads, kv_heads = read.integer("num_attention_heads"), read.integer("num_key_value_heads")
         if heads % kv_heads:
-            raise ConfigError(path, f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
+            raise ConfigError(path, f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads "
+                                    f"({kv_heads})")
         return cls(
             model_type=raw["model_type"],
             hidden_size=read.integer("hidden_size"),
@@ -269,7 +270,7 @@ class Model:
         step_offset = None
         if L == 1:
             step_offset = positions if isinstance(positions, mx.array) else mx.array(positions, dtype=mx.int32)
-        for layer, layer_cache in zip(self.layers, cache):
+        for layer, layer_cache in zip(self.layers, cache, strict=True):
             h = layer(h, layer_cache, adapter, positions, step_offset, mask)
         if last_only:
             h = h[:, -1, :]
