@@ -3,6 +3,7 @@ tokenizer; a refinement prefills only the tokens its prompt does not share with 
 
 import shutil
 
+import mlx.core as mx
 import pytest
 from fixtures import QWEN_TOKENIZER_DIR
 
@@ -233,3 +234,18 @@ def test_a_refinement_and_a_prefill_generate_as_mlx_lm_does(demo):
         assert ids == wrapper.encode(mlx_lm_prompt)  # as mlx_lm.generate tokenizes a prompt string (no bos for Qwen3)
         assert ours.text == mlx_lm_text(wrapper, mlx_lm_greedy(model, wrapper, ids, 32))
     assert ours.stats.prefilled_tokens < ours.stats.prompt_tokens  # the prefill prompt extends the first one's prefix
+
+
+def test_the_prompt_cache_keeps_older_prompts_only_within_its_position_budget(fixture_engine):
+    """Entries other than the latest hold at most max_kept_positions together: memory stays near one prompt's."""
+    from inference.batching import PromptCache
+
+    engine = fixture_engine
+    cache = PromptCache(engine.model, max_entries=4, max_kept_positions=300)
+    prompts = [engine.tokenizer.encode(engine.render_prompt(f"{word} " * 20)) for word in ("sea", "boat", "rain")]
+    for tokens in prompts:
+        layers, reused = cache.start(tokens, None)
+        engine.model(mx.array([tokens[reused:]]), layers)
+    # each entry's capacity is 256 positions: two older ones would hold 512 > 300, so only the last two are kept
+    assert [e.tokens for e in cache.entries] == prompts[1:]
+    assert all(e.cache[0].offset == len(e.tokens) for e in cache.entries)
