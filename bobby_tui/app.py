@@ -56,7 +56,8 @@ class BobbyApp(App):
             self.theme = config.theme
         else:
             self.theme = DEFAULT_THEME
-            yield f"unknown theme {config.theme!r} in the config; using {DEFAULT_THEME} (themes: {', '.join(THEME_NAMES)})"
+            yield (f"unknown theme {config.theme!r} in the config; using {DEFAULT_THEME} "
+                   f"(themes: {', '.join(THEME_NAMES)})")
         unknown = sorted(set(config.keys) - ACTION_NAMES)
         if unknown:
             yield f"unknown action(s) in [keys]: {', '.join(unknown)} (actions: {', '.join(sorted(ACTION_NAMES))})"
@@ -118,6 +119,7 @@ class BobbyApp(App):
                 f"key: {self.keys_of(binding.action)}",
                 lambda action=binding.action: screen.run_action(action),
             )
+        yield from screen.palette_commands()
 
     def get_key_display(self, binding: Binding) -> str:
         display = super().get_key_display(binding)

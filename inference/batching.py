@@ -55,12 +55,15 @@ class PromptCache:
 
     The rule: a prompt of n tokens whose longest common token prefix with the cached prompts of its adapter is p
     prefills ``n - min(p, n - 1)`` tokens (at least one runs, for its logits), as long as that prompt is among the
-    ``max_entries`` most recently used. The cached prompt is what was
-    prefilled, not the draft generated after it: Qwen3's template renders an earlier assistant turn without the
-    empty think block its generation prompt had, so a draft's own tokens never recur at the same positions there."""
+    ``max_entries`` most recently used and was not dropped for memory (``max_kept_positions``). The cached prompt is
+    what was prefilled, not the draft generated after it: Qwen3's template renders an earlier assistant turn without
+    the empty think block its generation prompt had, so a draft's own tokens never recur at the same positions
+    there."""
 
-    def __init__(self, model, max_entries: int = 4):
-        self.model, self.max_entries = model, max_entries
+    def __init__(self, model, max_entries: int = 4, max_kept_positions: int = 8192):
+        """``max_kept_positions``: the positions the entries other than the latest may hold together (the latest
+        is always kept, as long as its prompt); older ones go first past it, so memory stays near one prompt's."""
+        self.model, self.max_entries, self.max_kept_positions = model, max_entries, max_kept_positions
         self.entries: list[_CachedPrompt] = []  # least recently used first
 
     def start(self, tokens: list[int], adapter: str | None) -> tuple[list[KVCache], int]:
@@ -84,6 +87,8 @@ class PromptCache:
             if len(self.entries) >= self.max_entries:
                 self.entries.pop(0)
         self.entries.append(best)
+        while len(self.entries) > 1 and sum(e.cache[0].capacity for e in self.entries[:-1]) > self.max_kept_positions:
+            self.entries.pop(0)
         return best.cache, reused
 
     def forget(self, adapter: str) -> None:

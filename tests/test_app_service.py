@@ -150,3 +150,32 @@ def test_a_burst_of_load_progress_collapses_to_the_newest():
     older, newer = LoadProgressed(10, 100), LoadProgressed(20, 100)
     assert newer.can_replace(older) and LoadProgressed(0, 1, "warming up").can_replace(newer)
     assert not newer.can_replace(GenerationFinished(1, cancelled=False, error=None))
+
+
+@run_async
+async def test_the_engine_thread_drops_the_engine_then_releases_its_mlx_streams(monkeypatch):
+    """MLX aborts at exit now and then unless each thread that used it calls clear_streams before it ends."""
+    import sys
+    import weakref
+    from types import SimpleNamespace
+
+    made: list[weakref.ref] = []
+
+    def loader(model_dir, adapter_dir, progress):  # keeps no reference to the engine, as load_engine keeps none
+        engine = FakeEngine()
+        made.append(weakref.ref(engine))
+        return fake_loader(engine)(model_dir, adapter_dir, progress)
+
+    released: list[tuple[threading.Thread, bool]] = []  # (the calling thread, whether the engine was still alive)
+    stub = SimpleNamespace(clear_streams=lambda: released.append((threading.current_thread(), made[0]() is not None)))
+    monkeypatch.setitem(sys.modules, "mlx.core", stub)
+    app = Recorder()
+    async with app.run_test() as pilot:
+        service = EngineService(app, MODEL, None, use_adapter=False, loader=loader)
+        service.start()
+        service.submit(job())
+        await run_until_done(pilot, app)
+        engine_thread = service._thread
+        app.received.clear()  # the messages hold the records, not the engine; dropped all the same
+        service.stop()
+    assert released == [(engine_thread, False)]

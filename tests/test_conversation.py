@@ -3,6 +3,7 @@ tokenizer; a refinement prefills only the tokens its prompt does not share with 
 
 import shutil
 
+import mlx.core as mx
 import pytest
 from fixtures import QWEN_TOKENIZER_DIR
 
@@ -197,3 +198,54 @@ def test_prompt_caches_are_kept_per_adapter(fixture_engine):
     assert generate(engine, prompt).stats.prefilled_tokens == len(engine.tokenizer.encode(prompt))
     engine.adapter_enabled = True
     assert generate(engine, prompt).stats.prefilled_tokens == 1
+
+
+# --- greedy parity on the demo model: a refinement and a prefill, as mlx_lm generates them ------------------------
+@pytest.fixture(scope="module")
+def demo():
+    from parity import mlx_lm_model
+
+    from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_MODEL_DIR
+    from inference import Engine
+
+    return Engine.load(DEMO_MODEL_DIR, DEMO_ADAPTER_DIR), mlx_lm_model(DEMO_MODEL_DIR, DEMO_ADAPTER_DIR)
+
+
+def test_a_refinement_and_a_prefill_generate_as_mlx_lm_does(demo):
+    """mlx_lm renders with its TokenizerWrapper (--prefill-response: continue_final_message) and decodes greedily;
+    our engine renders with render_messages, reusing the first prompt's cache for the refinement."""
+    from parity import mlx_lm_greedy, mlx_lm_text
+
+    engine, (model, wrapper) = demo
+    first = [{"role": "user", "content": "Write a post."}]
+    draft = generate(engine, engine.render_messages(first), max_tokens=32)
+    refinement = [*first, {"role": "assistant", "content": draft.text}, {"role": "user", "content": USER_B}]
+    cases = [
+        (engine.render_messages(refinement),
+         wrapper.apply_chat_template(refinement, tokenize=False, add_generation_prompt=True, enable_thinking=False)),
+        (engine.render_messages(first, prefill="The sea"),
+         wrapper.apply_chat_template([*first, {"role": "assistant", "content": "The sea"}], tokenize=False,
+                                     continue_final_message=True)),
+    ]
+    for ours_prompt, mlx_lm_prompt in cases:
+        assert ours_prompt == mlx_lm_prompt
+        ours = generate(engine, ours_prompt, max_tokens=32)
+        ids = engine.tokenizer.encode(ours_prompt)
+        assert ids == wrapper.encode(mlx_lm_prompt)  # as mlx_lm.generate tokenizes a prompt string (no bos for Qwen3)
+        assert ours.text == mlx_lm_text(wrapper, mlx_lm_greedy(model, wrapper, ids, 32))
+    assert ours.stats.prefilled_tokens < ours.stats.prompt_tokens  # the prefill prompt extends the first one's prefix
+
+
+def test_the_prompt_cache_keeps_older_prompts_only_within_its_position_budget(fixture_engine):
+    """Entries other than the latest hold at most max_kept_positions together: memory stays near one prompt's."""
+    from inference.batching import PromptCache
+
+    engine = fixture_engine
+    cache = PromptCache(engine.model, max_entries=4, max_kept_positions=300)
+    prompts = [engine.tokenizer.encode(engine.render_prompt(f"{word} " * 20)) for word in ("sea", "boat", "rain")]
+    for tokens in prompts:
+        layers, reused = cache.start(tokens, None)
+        engine.model(mx.array([tokens[reused:]]), layers)
+    # each entry's capacity is 256 positions: two older ones would hold 512 > 300, so only the last two are kept
+    assert [e.tokens for e in cache.entries] == prompts[1:]
+    assert all(e.cache[0].offset == len(e.tokens) for e in cache.entries)

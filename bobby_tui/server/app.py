@@ -10,7 +10,6 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -251,12 +250,9 @@ def serve(load: Callable[[], Any], options: ServeOptions, batch_factory: BatchFa
         code = asyncio.run(_serve(load, options, batch_factory))
     finally:
         LOG.removeHandler(handler)
-    # MLX used from a thread other than the main one can abort in its exit-time destructors ("terminate called
-    # without an active exception", about one exit in three on Linux): the engine thread is done and every response
-    # is sent, so leave without running them.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # The engine thread released its MLX streams as it ended (engine_thread.release_mlx_streams), so the interpreter
+    # exits normally: MLX's exit-time destructors have nothing left that could abort.
+    sys.exit(code)
 
 
 async def _serve(load: Callable[[], Any], options: ServeOptions, batch_factory: BatchFactory) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bobby_tui.engine_thread import release_mlx_streams
 from inference.api import DraftDone, GenerationRequest, TokenDelta
 from inference.errors import InferenceError
 
@@ -142,6 +143,12 @@ class EngineWorker:
 
     # --- the engine thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._load_and_serve()
+        finally:
+            release_mlx_streams()  # after the engine is gone: this thread's MLX streams, while Python still runs
+
+    def _load_and_serve(self) -> None:
         try:
             engine = self._load()
             engine.warmup()

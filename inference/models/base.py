@@ -262,13 +262,17 @@ class RowAdapters:
 
     masks: tuple[tuple[str, mx.array], ...]
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.masks)
+
     @classmethod
     def of(cls, names: tuple[str | None, ...], dtype: mx.Dtype) -> str | RowAdapters | None:
         """Per-row adapter names (None: the base model) -> the one name all rows share, or the masks."""
         if len(set(names)) == 1:
             return names[0]
         return cls(tuple((name, mx.array([name == n for n in names], dtype=dtype)[:, None, None])
-                         for name in dict.fromkeys(names) if name is not None))
+                         for name in sorted({n for n in names if n is not None})))  # one trace per set
 
 
 Adapter = str | RowAdapters | None  # what a forward pass runs with: the base model, one adapter, or one per row

@@ -157,7 +157,8 @@ class Block:
         self.scale = config.head_dim**-0.5
         self.kernel = kernel  # our CUDA kernels: q/k norms and RoPE in one (backends/cuda/qk_rope.py)
         self.compile_halves = options.compile_block_halves
-        self._compiled: dict[str | None, tuple] = {}  # adapter -> (queries_keys_values, finish), traced on first use
+        # adapter (or the names of a RowAdapters) -> (queries_keys_values, finish), traced on first use
+        self._compiled: dict[str | tuple[str, ...] | None, tuple] = {}
 
     def forget_traces(self) -> None:
         """Compiled halves hold the weights they traced (LoRA included): call after changing them."""
@@ -188,13 +189,26 @@ class Block:
         gate, up = self.projections["gate_up"](mx.fast.rms_norm(h, self.post_attention_norm, self.eps), adapter)
         return self.projections["down"](nn.silu(gate) * up, adapter, residual=h)[0]
 
+    def _row_adapter_halves(self, names: tuple[str, ...]) -> tuple:
+        def rows(masks: tuple[mx.array, ...]) -> RowAdapters:
+            return RowAdapters(tuple(zip(names, masks, strict=True)))
+
+        return (mx.compile(lambda masks, x, offset: self.queries_keys_values(x, offset, rows(masks))),
+                mx.compile(lambda masks, attention, x: self.finish(attention, x, rows(masks))))
+
     def __call__(self, x: mx.array, cache: KVCache, adapter: Adapter, positions: int | mx.array,
                  step_offset: mx.array | None, mask: str | mx.array | None) -> mx.array:
         """``positions``: where the new tokens sit (one number, or one per row); ``step_offset``: for one-token
         steps, the positions as an array (the compiled halves take it as an input, so one trace serves every step)."""
         L = x.shape[1]
-        # rows with different adapters run uncompiled: their masks change with the batch (RowAdapters)
-        if L == 1 and self.compile_halves and step_offset is not None and not isinstance(adapter, RowAdapters):
+        if L == 1 and self.compile_halves and step_offset is not None and isinstance(adapter, RowAdapters):
+            # rows on different adapters: one trace per set of adapters, the row masks an input like the offset
+            if adapter.names not in self._compiled:
+                self._compiled[adapter.names] = self._row_adapter_halves(adapter.names)
+            masks = tuple(mask for _, mask in adapter.masks)
+            queries_keys_values, finish = (partial(half, masks) for half in self._compiled[adapter.names])
+            offset = step_offset
+        elif L == 1 and self.compile_halves and step_offset is not None:
             if adapter not in self._compiled:
                 self._compiled[adapter] = (mx.compile(partial(self.queries_keys_values, adapter=adapter)),
                                             mx.compile(partial(self.finish, adapter=adapter)))
