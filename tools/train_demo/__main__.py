@@ -35,8 +35,17 @@ STEPS = ("corpus", "tokenizer", "base", "quantize", "lora", "evaluate")
 def step_corpus(args) -> None:
     import json
 
-    from .corpus import (TEXT_LENGTHS, english_words, load_split, plain_english, read_fortunes, vocabulary,
-                         with_topics, write_splits, write_texts)
+    from .corpus import (
+        TEXT_LENGTHS,
+        english_words,
+        load_split,
+        plain_english,
+        read_fortunes,
+        vocabulary,
+        with_topics,
+        write_splits,
+        write_texts,
+    )
 
     dictionary = english_words()
     if dictionary is None:

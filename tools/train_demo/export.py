@@ -7,7 +7,6 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from .qwen3 import Qwen3ForCausalLM, Qwen3Shape
