@@ -72,7 +72,10 @@ def _dense_transposed(linear: Linear) -> mx.array:
         return mx.contiguous(w.astype(mx.float32).T)
     out_features, per_byte, mask = linear.out_features, 8 // spec.bits, (1 << spec.bits) - 1
     packed = mx.contiguous(mx.view(linear.weight, mx.uint8).T)  # (in / per_byte, out)
-    values = packed if per_byte == 1 else mx.stack([(packed >> (spec.bits * k)) & mask for k in range(per_byte)], axis=1)
+    if per_byte == 1:
+        values = packed
+    else:
+        values = mx.stack([(packed >> (spec.bits * k)) & mask for k in range(per_byte)], axis=1)
     scales = mx.contiguous(linear.scales.astype(mx.float32).T)[:, None, :]  # (groups, 1, out)
     biases = mx.contiguous(linear.biases.astype(mx.float32).T)[:, None, :]
     w = values.reshape(-1, spec.group_size, out_features).astype(mx.float32) * scales + biases

@@ -1,7 +1,8 @@
 """A validating safetensors reader, and the one way the engine opens the files it reads.
 
 The data is read by MLX, once the header has been validated here; it never passes through Python bytes.
-Layout: 8-byte little-endian header length N, N bytes of JSON header, then the data block that header offsets point into.
+Layout: 8-byte little-endian header length N, N bytes of JSON header, then the data block that header offsets point
+into.
 The header is held to the rules of the reference implementation (the ``safetensors`` crate's ``Metadata::validate``):
 it is a JSON object starting with ``{``, without duplicate keys; every tensor has a known dtype, a shape and two offsets
 of non-negative integers, as many bytes as its shape needs, and the tensors tile the data block exactly, with no
@@ -188,7 +189,9 @@ def _tensor_info(path: Path, name: str, entry, data_size: int) -> TensorInfo:
         )
     start, end = offsets
     if end > data_size:
-        raise CheckpointError(path, f"{where} data offsets [{start}, {end}] are past the end of the data ({data_size} bytes)")
+        raise CheckpointError(
+            path, f"{where} data offsets [{start}, {end}] are past the end of the data ({data_size} bytes)"
+        )
     if start > end:
         raise CheckpointError(path, f"{where} data offsets [{start}, {end}] end before they start")
     elements = 1
@@ -207,7 +210,9 @@ def _check_tiling(path: Path, tensors: dict[str, TensorInfo], data_size: int) ->
     position, previous = 0, None
     for name, info in sorted(tensors.items(), key=lambda item: (item[1].start, item[1].end)):
         if info.start > position:
-            raise CheckpointError(path, f"data bytes [{position}, {info.start}) before tensor {name!r} belong to no tensor")
+            raise CheckpointError(
+                path, f"data bytes [{position}, {info.start}) before tensor {name!r} belong to no tensor"
+            )
         if info.start < position:
             raise CheckpointError(path, f"tensor {name!r} data [{info.start}, {info.end}) overlaps tensor {previous!r}")
         position, previous = info.end, name

@@ -39,7 +39,7 @@ def test_rows_of_different_lengths_decode_as_if_alone(engine):
 
     batch, first = prefilled(engine, short)
     other, second = prefilled(engine, long)
-    for layer_cache, joining in zip(batch, other):
+    for layer_cache, joining in zip(batch, other, strict=True):
         layer_cache.extend(joining)
     assert batch[0].left_padding == [len(long) - len(short), 0] and batch[0].padded
     assert batch[0].lengths() == [len(short), len(long)]
@@ -60,7 +60,7 @@ def test_a_row_joins_a_running_batch_and_another_leaves(engine):
     batch, _ = prefilled(engine, long)
     model.decode(mx.array([[7]]), batch, True)  # the long prompt's row runs one step alone
     joining, _ = prefilled(engine, short)
-    for layer_cache, new in zip(batch, joining):
+    for layer_cache, new in zip(batch, joining, strict=True):
         layer_cache.extend(new)
     assert batch[0].left_padding == [0, len(long) + 1 - len(short)]
     logits = model.decode(mx.array([[8], [3]]), batch, True)

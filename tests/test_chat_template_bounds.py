@@ -30,7 +30,8 @@ DOS_TEMPLATES = {
     "lipsum-loop": "{% for i in range(100000) %}{{ lipsum(5) }}{% endfor %}",
     "join-of-repeats": "{% set s = 'x' * 100000 %}{{ ([s] * 100000)|join }}",
     "str-join-of-repeats": "{% set s = 'x' * 100000 %}{{ ''.join([s] * 100000) }}",
-    "concat-doubling": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "concat-doubling": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
+                       "{% endfor %}",
     "plus-doubling": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
     "list-doubling": "{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
     "nested-list-text": "{% set ns = namespace(x=['a' * 1000]) %}{% for i in range(60) %}{% set ns.x = [ns.x, ns.x] %}"
@@ -63,7 +64,8 @@ DOS_TEMPLATES = {
     "sort-huge": "{{ ([0] * 1000000)|sort|list|length }}",
     "pprint-huge": "{{ (range(100000)|list * 10)|pprint }}",
     "title-huge": "{{ ('a-' * 500000)|title }}",
-    "attribute-per-item": "{% for i in range(100000) %}{{ range(100000)|map(attribute='real')|list|length }}{% endfor %}",
+    "attribute-per-item": "{% for i in range(100000) %}{{ range(100000)|map(attribute='real')|list|length }}"
+                          "{% endfor %}",
     "macro-fanout": "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
     "macro-recursion": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
     "recursive-loop": "{% for m in messages recursive %}{{ loop(messages) }}{% endfor %}",
@@ -101,7 +103,8 @@ def write_model(directory, template):
     from tokenizers import models
 
     directory.mkdir(parents=True)
-    HFTokenizer(models.WordLevel({"<|im_end|>": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(directory / "tokenizer.json"))
+    vocabulary = models.WordLevel({"<|im_end|>": 0, "[UNK]": 1}, unk_token="[UNK]")
+    HFTokenizer(vocabulary).save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "<|im_end|>"}))
     return directory
 
@@ -114,7 +117,8 @@ def dos_results(tmp_path_factory):
         write_model(base / name, template)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child = subprocess.run([sys.executable, "-c", CHILD, str(base), json.dumps(list(DOS_TEMPLATES))], check=False,
-                           cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True, timeout=300)
+                           cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+                           timeout=300)
     assert child.returncode == 0, child.stderr[-2000:]
     return base, json.loads(child.stdout)
 
@@ -144,7 +148,8 @@ def test_templates_within_bounds_render(tmp_path):
         {%- for i in range(1000) %}{% set ns.total = ns.total + i %}{% endfor -%}
         {{ ns.total }} {{ 2 ** 100 }} {{ range(5)|join(',') }} {{ '%05d' % 42 }} {{ '{:>6}'.format('x') }}
         {{- ' ' ~ wrap(messages[0].content) ~ ' ' ~ ('ab' * 3)|replace('b', 'c') ~ ' ' ~ messages|tojson }}
-        {{- ' ' ~ 'x'|center(7) ~ '|' ~ ('a\\nb'|indent(2)) ~ '|' ~ [1, [2, 3]] ~ ' ' ~ messages[0].get('n', 5000000) }}""")
+        {{- ' ' ~ 'x'|center(7) ~ '|' ~ ('a\\nb'|indent(2)) ~ '|' }}
+        {{- [1, [2, 3]] ~ ' ' ~ messages[0].get('n', 5000000) }}""")
     tokenizer = Tokenizer(write_model(tmp_path / "m", template))
     messages = [{"role": "user", "content": "hi ü"}]
     expected = ("499500 1267650600228229401496703205376 0,1,2,3,4 00042      x [hi ü] acacac "
@@ -202,11 +207,13 @@ def test_bounds_hold_on_other_threads_each_with_its_own_budget(tmp_path):
     def render(name, tokenizer):
         start = time.monotonic()
         try:
-            outcomes[name] = (tokenizer.apply_chat_template([{"role": "user", "content": "hi"}]), time.monotonic() - start)
+            text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+            outcomes[name] = (text, time.monotonic() - start)
         except TokenizerError as e:
             outcomes[name] = (str(e), time.monotonic() - start)
 
-    threads = [threading.Thread(target=render, args=("slow", slow)), threading.Thread(target=render, args=("fine", fine))]
+    threads = [threading.Thread(target=render, args=(name, tokenizer))
+               for name, tokenizer in (("slow", slow), ("fine", fine))]
     for thread in threads:
         thread.start()
     for thread in threads:

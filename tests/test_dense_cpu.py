@@ -1,4 +1,5 @@
-"""On the CPU, projections run as dense float32 matmuls (inference/dense_cpu.py); ``cpu_dense=False`` keeps the 4-bit ones."""
+"""On the CPU, projections run as dense float32 matmuls (inference/dense_cpu.py); ``cpu_dense=False`` keeps the
+4-bit ones."""
 
 from dataclasses import replace
 
@@ -14,7 +15,8 @@ PROMPT = "Write a post about the sea, the sky and the small boats."
 
 def linears(engine: Engine):
     model = engine.model
-    return [lin for layer in model.layers for p in layer.projections.values() for lin in p.linears] + model.lm_head.linears
+    projections = [lin for layer in model.layers for p in layer.projections.values() for lin in p.linears]
+    return projections + model.lm_head.linears
 
 
 @pytest.mark.skipif(mx.default_device().type != mx.DeviceType.cpu, reason="the dense path is for the CPU only")

@@ -49,7 +49,8 @@ def test_adapter_changes_output_and_toggles_without_reload(tiny_models):
 
 
 def test_lora_multiplier_is_scale_not_scale_over_rank(tiny_models, tmp_path):
-    """The original port scaled LoRA by scale / rank: an adapter rewritten with that multiplier must NOT match mlx_lm."""
+    """The original port scaled LoRA by scale / rank: an adapter rewritten with that multiplier must NOT match
+    mlx_lm."""
     model_dir, adapter_dir = tiny_models["q8-g32-untied"]
     ref_model, _ = mlx_lm_model(model_dir, adapter_dir)
     wrong = shutil.copytree(adapter_dir, tmp_path / "scale-over-rank")
@@ -69,7 +70,8 @@ def test_adapter_with_explicit_keys_matches_mlx_lm(tiny_models, tmp_path):
     from fixtures import write_adapter
 
     model_dir, _ = tiny_models["q4-g64-tied"]
-    adapter_dir = write_adapter(tmp_path / "qv-only", model_dir, num_layers=3, keys=["self_attn.q_proj", "self_attn.v_proj"])
+    adapter_dir = write_adapter(tmp_path / "qv-only", model_dir, num_layers=3,
+                                keys=["self_attn.q_proj", "self_attn.v_proj"])
     engine = Engine.load(model_dir, adapter_dir)
     ref_model, _ = mlx_lm_model(model_dir, adapter_dir)
     ids = engine.tokenizer.encode(engine.render_prompt(PROMPT))
@@ -101,7 +103,8 @@ def test_adapter_stored_in_half_precision_matches_mlx_lm(tiny_models, tmp_path, 
     model_dir, adapter_dir = tiny_models["q4-g64-tied"]
     half = shutil.copytree(adapter_dir, tmp_path / dtype)
     weights = mx.load(str(half / "adapters.safetensors"))
-    mx.save_safetensors(str(half / "adapters.safetensors"), {k: v.astype(getattr(mx, dtype)) for k, v in weights.items()})
+    rounded = {k: v.astype(getattr(mx, dtype)) for k, v in weights.items()}
+    mx.save_safetensors(str(half / "adapters.safetensors"), rounded)
     engine = Engine.load(model_dir, half)
     ref_model, _ = mlx_lm_model(model_dir, half)
     ids = engine.tokenizer.encode(engine.render_prompt(PROMPT))

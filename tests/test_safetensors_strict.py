@@ -70,7 +70,8 @@ def test_every_supported_dtype_loads(tmp_path, dtype, numpy_dtype, mlx_dtype):
     values = np.arange(-3, 3).astype(numpy_dtype)
     header = {"t": {"dtype": dtype, "shape": [2, 3], "data_offsets": [0, values.nbytes]}}
     loaded = SafetensorsFile(write_file(tmp_path / "t.safetensors", header, values.tobytes())).load("t")
-    assert loaded.dtype == mlx_dtype and np.array_equal(np.array(loaded), values.reshape(2, 3).astype(np.array(loaded).dtype))
+    as_numpy = np.array(loaded)
+    assert loaded.dtype == mlx_dtype and np.array_equal(as_numpy, values.reshape(2, 3).astype(as_numpy.dtype))
 
 
 def test_a_file_swapped_after_validation_is_refused(tmp_path, monkeypatch):
@@ -138,8 +139,8 @@ def test_tensors_must_tile_the_data_exactly(tmp_path, header, data, expected):
     ({"dtype": "F32", "shape": [2**32, 2**32], "data_offsets": [0, 0]}, "more elements than an int64 can count"),
     ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}, "has 12 bytes, its shape [2, 2] F32 needs 16"),
 ], ids=["float-shape", "bool-shape", "string-shape", "negative-shape", "shape-string", "float-offsets",
-        "string-offsets", "three-offsets", "offsets-object", "reversed-offsets", "dtype-number", "dtype-unknown", "dtype-f64",
-        "no-dtype", "entry-list", "int64-overflow", "size-mismatch"])
+        "string-offsets", "three-offsets", "offsets-object", "reversed-offsets", "dtype-number", "dtype-unknown",
+        "dtype-f64", "no-dtype", "entry-list", "int64-overflow", "size-mismatch"])
 def test_entries_must_have_the_exact_types(tmp_path, entry, expected):
     data = bytes(16) if expected != "more elements than an int64 can count" else b""
     assert expected in refusal(write_file(tmp_path / "t.safetensors", {"t": entry}, data))
@@ -166,7 +167,8 @@ def test_header_json_rules(tmp_path, raw, expected):
 # --- special files and odd paths -------------------------------------------------------------------------------------
 
 def run_isolated(code: str, timeout: float = 60, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (from this worktree), so that a read that blocks fails the test, not hangs it."""
+    """Run ``code`` in a fresh interpreter (from this worktree), so that a read that blocks fails the test, not hangs
+    it."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run([*prefix, sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True,
                           text=True, timeout=timeout, cwd=root, env={**os.environ, "PYTHONPATH": root})

@@ -31,7 +31,8 @@ def test_chat_template_matches_transformers(qwen, qwen_dir, messages):
     from transformers import AutoTokenizer
 
     reference = AutoTokenizer.from_pretrained(str(qwen_dir))
-    expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             enable_thinking=False)
     assert qwen.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False) == expected
     assert expected.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert qwen.encode(expected) == reference.encode(expected, add_special_tokens=False)

@@ -88,11 +88,14 @@ def test_no_eos_anywhere_unless_the_config_gives_ids(qwen_dir):
 
 def test_an_eos_that_is_not_a_token(qwen_dir):
     write_config(qwen_dir, eos_token="<|nope|>")
-    assert check_tokenizer(qwen_dir) == [f"{qwen_dir / 'tokenizer.json'}: the eos token '<|nope|>' is not in its vocabulary"]
+    assert check_tokenizer(qwen_dir) == [
+        f"{qwen_dir / 'tokenizer.json'}: the eos token '<|nope|>' is not in its vocabulary"
+    ]
 
 
 @pytest.mark.parametrize("in_config, in_map", [("<|im_end|>", "<|endoftext|>"), (..., "<|endoftext|>"),
-                                               ("<|im_end|>", ...), (..., {"content": "<|endoftext|>", "special": True})],
+                                               ("<|im_end|>", ...),
+                                               (..., {"content": "<|endoftext|>", "special": True})],
                          ids=["both", "map-only", "config-only", "map-object"])
 def test_eos_from_tokenizer_config_or_special_tokens_map_as_transformers_and_mlx_lm(qwen_dir, in_config, in_map):
     """tokenizer_config.json's eos_token wins; special_tokens_map.json's counts when the config names none."""

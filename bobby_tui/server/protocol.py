@@ -313,7 +313,8 @@ class ChunkWriter:
         return f'{self._head}{index},"text":{content},"logprobs":null,"finish_reason":null}}]}}\n\n'
 
     def role(self, index: int) -> str:
-        return f'{self._head}{index},"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]}}\n\n'
+        return (f'{self._head}{index},"delta":{{"role":"assistant","content":""}},'
+                f'"logprobs":null,"finish_reason":null}}]}}\n\n')
 
     def finish(self, index: int, finish_reason: str, seed: int) -> str:
         reason = json.dumps(finish_reason)
@@ -322,7 +323,8 @@ class ChunkWriter:
         return f'{self._head}{index},{body},"logprobs":null,"finish_reason":{reason},{extension}}}]}}\n\n'
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> str:
-        return f'{self._head_no_choices},"choices":[],"usage":{json.dumps(usage(prompt_tokens, completion_tokens))}}}\n\n'
+        counts = json.dumps(usage(prompt_tokens, completion_tokens))
+        return f'{self._head_no_choices},"choices":[],"usage":{counts}}}\n\n'
 
     @staticmethod
     def error(error: ApiError) -> str:

@@ -315,4 +315,5 @@ def _print(title: str, table: list[Level]) -> None:
 if __name__ == "__main__":
     main()
     sys.stdout.flush()
-    os._exit(0)  # MLX, used from a non-main thread, can abort in its exit-time destructors (see bobby_tui/server/app.py)
+    # MLX, used from a non-main thread, can abort in its exit-time destructors (see bobby_tui/server/app.py)
+    os._exit(0)

@@ -118,7 +118,9 @@ def read_category(path: Path, lengths: tuple[int, int]) -> list[Fortune]:
     return [Fortune(path.name, text) for text in texts if text]
 
 
-def read_fortunes(fortunes_dir: Path = FORTUNES_DIR, lengths: tuple[int, int] = (MIN_CHARS, MAX_CHARS)) -> list[Fortune]:
+def read_fortunes(
+    fortunes_dir: Path = FORTUNES_DIR, lengths: tuple[int, int] = (MIN_CHARS, MAX_CHARS)
+) -> list[Fortune]:
     if not fortunes_dir.is_dir():
         raise SystemExit(f"{fortunes_dir}: not found; run `apt-get install fortunes` first")
     seen: set[str] = set()
@@ -182,7 +184,7 @@ def corpus_nouns(fortunes: list[Fortune]) -> set[str]:
         tokens = _tokens(fortune.text) + ["."]
         for word in tokens:
             counts[word] = counts.get(word, 0) + 1
-        for before, word, after in zip(tokens, tokens[1:], tokens[2:]):
+        for before, word, after in zip(tokens, tokens[1:], tokens[2:], strict=False):
             if before in DETERMINERS and word[0].isalpha() and (not after[0].isalpha() or after in AFTER_NOUN):
                 as_noun[word] = as_noun.get(word, 0) + 1
     low, high = TOPIC_WORD_CHARS

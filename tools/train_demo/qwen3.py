@@ -117,7 +117,7 @@ class Qwen3ForCausalLM(nn.Module):
         super().__init__()
         self.shape = s
         self.model = Backbone(s, dropout)
-        for name, p in self.named_parameters():
+        for _name, p in self.named_parameters():
             if p.dim() == 2:  # HF's init: normal(0, initializer_range=0.02); norms start at 1
                 nn.init.normal_(p, std=0.02)
 

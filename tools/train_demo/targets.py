@@ -69,10 +69,19 @@ def style_tokens(text: str) -> list[str]:
     return re.findall(r"[A-Za-z']+|[!?]+", text)
 
 
+def log_odds_per_word(words: Counter, fit_adapter: Counter, total_a: int, fit_base: Counter, total_b: int) -> float:
+    """Add-one smoothed log p(adapter) / p(base) of ``words``, per word: a long draft is not more adapter-like for
+    its length."""
+    n = max(1, sum(words.values()))
+    return sum(c * (math.log((fit_adapter[w] + 1) / total_a) - math.log((fit_base[w] + 1) / total_b))
+               for w, c in words.items()) / n
+
+
 def pair_accuracy(adapter_texts: list[str], base_texts: list[str]) -> float:
     """Leave-one-pair-out naive Bayes on word counts: for each pair, fitted on the other pairs' drafts, does the
     adapter's draft score higher on log p(adapter) / p(base) than the base's draft?"""
-    counts = [(Counter(style_tokens(a)), Counter(style_tokens(b))) for a, b in zip(adapter_texts, base_texts)]
+    counts = [(Counter(style_tokens(a)), Counter(style_tokens(b)))
+              for a, b in zip(adapter_texts, base_texts, strict=True)]
     correct = 0
     for held, (adapter_words, base_words) in enumerate(counts):
         fit_adapter, fit_base = Counter(), Counter()
@@ -82,13 +91,9 @@ def pair_accuracy(adapter_texts: list[str], base_texts: list[str]) -> float:
                 fit_base.update(b)
         vocabulary = set(fit_adapter) | set(fit_base) | set(adapter_words) | set(base_words)
         total_a, total_b = sum(fit_adapter.values()) + len(vocabulary), sum(fit_base.values()) + len(vocabulary)
-
-        def score(words: Counter) -> float:
-            n = max(1, sum(words.values()))  # per word: a long draft is not more adapter-like for its length
-            return sum(c * (math.log((fit_adapter[w] + 1) / total_a) - math.log((fit_base[w] + 1) / total_b))
-                       for w, c in words.items()) / n
-
-        correct += score(adapter_words) > score(base_words)
+        adapter_score, base_score = (log_odds_per_word(words, fit_adapter, total_a, fit_base, total_b)
+                                     for words in (adapter_words, base_words))
+        correct += adapter_score > base_score
     return correct / len(counts)
 
 
@@ -99,8 +104,8 @@ def decode_speed(engine: Engine) -> float:
     for round_ in range(SPEED_ROUNDS):
         for i, request in enumerate(SPEED_REQUESTS):
             params = SamplingParams(temperature=0.95, top_p=0.9, seed=100 + 10 * round_ + i)
-            done = [e for e in engine.generate(GenerationRequest(engine.render_prompt(request), [params], max_tokens=120))
-                    if hasattr(e, "finish_reason")][0]
+            generation = GenerationRequest(engine.render_prompt(request), [params], max_tokens=120)
+            done = [e for e in engine.generate(generation) if hasattr(e, "finish_reason")][0]
             if done.stats.generated_tokens >= 16:
                 speeds.append(done.stats.decode_tok_s)
     return statistics.median(speeds)
@@ -124,7 +129,8 @@ def measure(model_dir: Path, adapter_dir: Path) -> dict:
     words = [w for d in base for w in words_of(d["text"])]
     report = {
         "drafts": len(base),
-        "english_word_share": None if dictionary is None else sum(is_english(w, dictionary) for w in words) / len(words),
+        "english_word_share": (None if dictionary is None
+                               else sum(is_english(w, dictionary) for w in words) / len(words)),
         "not_english": None if dictionary is None else sorted({w for w in words if not is_english(w, dictionary)}),
         "topic_share": sum(mentions(d["text"], d["noun"]) for d in base) / len(base),
         "retry_share": sum(d["attempts"] > 1 for d in base) / len(base),

@@ -168,7 +168,7 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
                 print(json.dumps(record), file=log, flush=True)
                 print(json.dumps(record), flush=True)
                 if bad_evals >= PATIENCE:
-                    stop = "early stop: no better validation loss in %d evaluations" % PATIENCE
+                    stop = f"early stop: no better validation loss in {PATIENCE} evaluations"
                 elif step >= max_steps:
                     stop = "max steps"
                 elif time.time() - started > max_seconds:
