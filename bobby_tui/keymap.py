@@ -78,7 +78,7 @@ def plan_keys(
             continue  # unknown actions are reported by the caller, with the list of actions
         keys = [normalize_key(k) for k in value.split(",")]
         if None in keys or not keys:
-            bad = next(k.strip() for k, n in zip(value.split(","), keys) if n is None)
+            bad = next(k.strip() for k, n in zip(value.split(","), keys, strict=True) if n is None)
             warnings.append(f"[keys] {action} = {value!r}: {bad!r} is not a key name; "
                             f"{names[action]} keeps {', '.join(defaults[action])}")
         else:

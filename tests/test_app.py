@@ -127,7 +127,8 @@ async def test_spread_decodes_one_draft_per_temperature(demo):
         cards = app.screen.drafts.cards
         assert [card.temperature for card in cards] == temperatures
         assert all(card.text for card in cards)
-        assert all(f"temp {t:.2f}" in str(c.query_one(".draft-header").render()) for c, t in zip(cards, temperatures))
+        headers = [str(card.query_one(".draft-header").render()) for card in cards]
+        assert all(f"temp {t:.2f}" in header for header, t in zip(headers, temperatures, strict=True))
         assert app.screen.query_one("#draft-cards").has_class("-side-by-side")  # 120 columns hold 3 drafts
     assert sorted(record.temperature for record in stored()) == temperatures
 

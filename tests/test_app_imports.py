@@ -17,6 +17,7 @@ def test_importing_the_app_loads_no_mlx():
     )
     assert result.returncode == 0, result.stderr
     # -X importtime writes one line per imported module to stderr: "import time: self | cumulative | name"
-    modules = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    lines = result.stderr.splitlines()
+    modules = [line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")]
     assert "textual.app" in modules and "bobby_tui.screens.composer" in modules  # the listing is real
     assert [m for m in modules if m == "mlx" or m.startswith("mlx.") or m.startswith("mlx_lm")] == []
