@@ -24,6 +24,7 @@ run: $(APP_STAMP)
 	$(BIN)/bobby-tui
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
