@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from bobby_tui import __version__
-from bobby_tui.config import Config, ConfigError, load_config_checked, resolve_model
+from bobby_tui.config import Config, ConfigError, load_config, load_config_checked, resolve_model
 from bobby_tui.paths import config_path, db_path, keep_compiled_kernels
 from bobby_tui.storage import GenerationRecord, Store, StoreError
 from inference.api import SAMPLING_LIMITS, SEED_LIMIT, Limit
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(/v1/chat/completions, /v1/completions, /v1/models, /health), batching their requests. "
                     "SIGTERM or ctrl+c stops it.",
     )
-    _add_model_options(serve)
+    _add_model_options(serve, server=False)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1; any other needs --api-key)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
@@ -190,7 +190,7 @@ def _bounded(limit: Limit) -> Callable[[str], int | float]:
     return parse
 
 
-def _add_model_options(parser: argparse.ArgumentParser, dest_prefix: str = "") -> None:
+def _add_model_options(parser: argparse.ArgumentParser, dest_prefix: str = "", server: bool = True) -> None:
     parser.add_argument("--model", type=Path, dest=dest_prefix + "model", metavar="DIR",
                         help="model directory (default: the configured model, else the demo)")
     adapter = parser.add_mutually_exclusive_group()
@@ -198,6 +198,11 @@ def _add_model_options(parser: argparse.ArgumentParser, dest_prefix: str = "") -
                          help="LoRA adapter directory (default: the configured adapter)")
     adapter.add_argument("--no-adapter", action="store_true", dest=dest_prefix + "no_adapter",
                          help="run the base model without any adapter")
+    if server:  # not for serve itself
+        parser.add_argument("--server", dest=dest_prefix + "server", metavar="URL",
+                            help="use the model of a running `bobby-tui serve` (e.g. http://127.0.0.1:8765; \"auto\": "
+                                 "one answering there, else load it here; \"local\": load it here; default: the "
+                                 f"config's server key); its API key from ${API_KEY_ENV}")
 
 
 # --- entry point ---------------------------------------------------------------------------------------
@@ -207,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_compiled_kernels()
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command and (args.tui_model or args.tui_adapter or args.tui_no_adapter or args.inline):
-        parser.error(f"--model/--adapter/--no-adapter/--inline before a command open the composer; "
+    if args.command and (args.tui_model or args.tui_adapter or args.tui_no_adapter or args.inline or args.tui_server):
+        parser.error(f"--model/--adapter/--no-adapter/--server/--inline before a command open the composer; "
                      f"put them after '{args.command}'")
     command = COMMANDS.get(args.command, run_tui)
     try:
@@ -268,7 +273,9 @@ def run_tui(args: argparse.Namespace) -> int:
         from bobby_tui.app import run_app
     except ImportError as err:
         raise CliError(f"the composer cannot start: {err}") from None
-    return run_app(args.tui_model, args.tui_adapter, args.tui_no_adapter, args.inline)
+    choice = _engine_choice(args.tui_server, load_config()[0])  # the app itself warns about a broken config
+    _check_no_model_flags(choice, args.tui_model, args.tui_adapter)
+    return run_app(args.tui_model, args.tui_adapter, args.tui_no_adapter, args.inline, choice)
 
 
 # --- post ----------------------------------------------------------------------------------------------
@@ -285,8 +292,12 @@ def cmd_post(args: argparse.Namespace) -> int:
     max_tokens = args.max_tokens if args.max_tokens is not None else config.sampling.max_tokens
     if args.seed is not None and args.seed + count - 1 >= SEED_LIMIT:
         raise UsageError(f"--seed: draft i gets S+i, so S + COUNT - 1 must be below 2**63 (got {args.seed + count - 1})")
-    model_dir, adapter_dir, _ = resolve_model(config, args.model, args.adapter, args.no_adapter)
-    model_config = _check_fits_model(model_dir, count, prompt, system, max_tokens, args)
+    choice = _engine_choice(args.server, config)
+    if choice.server is None:
+        model_dir, adapter_dir, _ = resolve_model(config, args.model, args.adapter, args.no_adapter)
+        model_config = _check_fits_model(model_dir, count, prompt, system, max_tokens, args)
+    else:
+        _check_no_model_flags(choice, args.model, args.adapter)
     store = None if args.no_history else Store(db_path())  # a broken history fails before the slow load
     history = HistoryWriter(store)
     try:
@@ -294,13 +305,35 @@ def cmd_post(args: argparse.Namespace) -> int:
 
         # with --seed S, draft i gets seed S+i; without, the engine picks each draft's seed
         drafts = [SamplingParams(**sampling, seed=None if args.seed is None else args.seed + i) for i in range(count)]
-        engine = _load_engine(model_dir, adapter_dir)
-        _check_context(engine, model_config, prompt, system, max_tokens, args)
+        if choice.server is None:
+            engine = _load_engine(model_dir, adapter_dir)
+            _check_context(engine, model_config, prompt, system, max_tokens, args)
+        else:  # the server checks the context (a one-line 400) and queues drafts past its rows
+            from bobby_tui.engines.remote import RemoteEngine
+
+            engine = RemoteEngine(choice.server, choice.api_key)
+            engine.adapter_enabled = engine.has_adapter and not args.no_adapter
         _print_drafts(engine, prompt, system, drafts, max_tokens, args, config, history)
     finally:
         if store is not None:
             store.close()
     return EXIT_NOT_SAVED if history.failed else 0
+
+
+def _engine_choice(flag: str | None, config: Config):
+    """In-process or on a server (bobby_tui.engines): --server, else the config's server key."""
+    from bobby_tui.engines import choose_engine
+
+    try:
+        return choose_engine(flag, config.server, f"server in {config_path()}")
+    except ValueError as err:
+        raise (UsageError if flag is not None else CliError)(str(err)) from None
+
+
+def _check_no_model_flags(choice, model: Path | None, adapter: Path | None) -> None:
+    if choice.server is not None and (model is not None or adapter is not None):
+        raise UsageError(f"--model and --adapter choose what this process loads: the server at {choice.server} "
+                         "serves its own model (--no-adapter switches its adapter off; --server local loads here)")
 
 
 def _load_config() -> Config:

@@ -59,6 +59,9 @@ class Config:
     sampling: Sampling = field(default_factory=Sampling)
     postprocess: PostProcess = field(default_factory=PostProcess)
     keys: dict[str, str] = field(default_factory=dict)  # action name -> key, overrides the app's default bindings
+    # Where the engine runs (bobby_tui.engines): "" in this process, "auto" on a server answering at the default
+    # address if one does, or a `bobby-tui serve` URL such as "http://127.0.0.1:8765".
+    server: str = ""
 
 
 class ConfigError(Exception):

@@ -29,6 +29,14 @@ LOCAL = "local"  # what the status bar shows for the in-process engine
 class RemoteError(InferenceError):
     """The server cannot be reached, refused a request, or went away: one line naming the server's URL."""
 
+    def __init__(self, url: str, problem: str):
+        super().__init__(None, problem)
+        self.url = url
+        self.args = (f"{url}: {self.problem}",)  # a URL, not a path: "http://" keeps both slashes
+
+    def __str__(self) -> str:
+        return self.args[0]
+
 
 @dataclass(frozen=True)
 class EngineChoice:

@@ -22,6 +22,7 @@ class StatusBar(Horizontal):
     top_p: reactive[float] = reactive(1.0)
     max_tokens: reactive[int] = reactive(0)
     decode_tok_s: reactive[float | None] = reactive(None)
+    location: reactive[str] = reactive("local")  # where the engine runs: "local" or the server's URL
 
     def compose(self) -> ComposeResult:
         yield Label(id="status-text", markup=False)
@@ -29,7 +30,7 @@ class StatusBar(Horizontal):
 
     def on_mount(self) -> None:
         for name in ("state", "load_phase", "model_name", "adapter_name", "adapter_enabled", "temperature", "top_p",
-                     "max_tokens", "decode_tok_s"):
+                     "max_tokens", "decode_tok_s", "location"):
             self.watch(self, name, self._redraw, init=False)
         self._redraw()
 
@@ -39,7 +40,7 @@ class StatusBar(Horizontal):
         adapter = f"{self.adapter_name} ({'on' if self.adapter_enabled else 'off'})" if self.adapter_name else "none"
         return (
             f"{state} · {speed} · temp {self.temperature:.2f} · top_p {self.top_p:.2f} · max {self.max_tokens}"
-            f" · adapter {adapter} · {self.model_name}"
+            f" · adapter {adapter} · {self.model_name} · {self.location}"
         )
 
     def _redraw(self) -> None:
