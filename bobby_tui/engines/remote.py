@@ -204,12 +204,15 @@ class _DraftStream(threading.Thread):
             self._read(response)
         except RemoteError as err:
             self._put("error", err)
-        except (OSError, http.client.HTTPException, ValueError) as err:
+        except (OSError, http.client.HTTPException, ValueError, AttributeError) as err:
+            # AttributeError: http.client reading from a socket shut down under it
             if not self._closed.is_set():  # a connection we closed ourselves is no failure
                 self._put("error", RemoteError(self._engine.url, f"the server went away mid-draft ({_reason(err)}); "
                                                "the text so far is kept"))
         finally:
-            self.close()
+            self._closed.set()
+            if self._conn is not None:
+                self._conn.close()  # on this thread: http.client's objects are not shared between threads
 
     def _read(self, response: http.client.HTTPResponse) -> None:
         finish: tuple[str, int] | None = None
@@ -242,15 +245,15 @@ class _DraftStream(threading.Thread):
         self._events.put((self._draft, kind, value))
 
     def close(self) -> None:
-        """Stop reading: the server sees the connection close and frees the draft's row."""
+        """Stop reading (from another thread): the server sees the connection close and frees the draft's row."""
         self._closed.set()
         conn = self._conn
-        if conn is not None and conn.sock is not None:
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
             try:
-                conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in a read
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in a read, which then closes it
             except OSError:
                 pass
-            conn.close()
 
 
 def _stats(usage: dict, started: float, first_token: float | None, finished: float) -> GenerationStats:
