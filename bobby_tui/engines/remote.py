@@ -48,6 +48,7 @@ class RemoteEngine:
         self.url, self._api_key = url, api_key
         parts = urlsplit(url)
         self._host, self._port, self._https = parts.hostname, parts.port, parts.scheme == "https"
+        self._prompt_tokens: dict[str, int] = {}
         info = self._json("GET", "/bobby/v1/info")
         self._apply_info(info)
         self.adapter_enabled = self.has_adapter and bool(info.get("adapter_default"))
@@ -72,7 +73,9 @@ class RemoteEngine:
     def render_prompt(self, user: str, system: str | None = None) -> str:
         messages = [{"role": "system", "content": system}] if system is not None else []
         messages.append({"role": "user", "content": user})
-        return self._json("POST", "/bobby/v1/render", {"messages": messages})["prompt"]
+        rendered = self._json("POST", "/bobby/v1/render", {"messages": messages})
+        self._prompt_tokens = {rendered["prompt"]: rendered["prompt_tokens"]}  # for drafts that end without usage
+        return rendered["prompt"]
 
     # --- HTTP ------------------------------------------------------------------------------------------------
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
@@ -133,7 +136,7 @@ class RemoteEngine:
         drafts = [params if params.seed is not None else replace(params, seed=random.randrange(SEED_RANGE))
                   for params in request.drafts]
         streams = [_DraftStream(self, i, self._body(request, params), events) for i, params in enumerate(drafts)]
-        texts = [""] * len(drafts)
+        texts, chunks = [""] * len(drafts), [0] * len(drafts)  # a streamed chunk carries one token's text
         started = time.perf_counter()
         first_token: dict[int, float] = {}
         open_drafts = set(range(len(drafts)))
@@ -153,6 +156,7 @@ class RemoteEngine:
                 if kind == "delta":
                     first_token.setdefault(draft, time.perf_counter())
                     texts[draft] += value
+                    chunks[draft] += 1
                     yield TokenDelta(draft, value)
                 elif kind == "done":
                     open_drafts.discard(draft)
@@ -166,7 +170,7 @@ class RemoteEngine:
                 stream.close()
         now = time.perf_counter()
         for draft in sorted(open_drafts):  # cancelled, or cut off by the failure: the text so far is the draft's
-            usage = {"prompt_tokens": 0, "completion_tokens": 0}
+            usage = {"prompt_tokens": self._prompt_tokens.get(request.prompt, 0), "completion_tokens": chunks[draft]}
             yield DraftDone(draft, texts[draft], "cancelled", drafts[draft],
                             _stats(usage, started, first_token.get(draft), now))
         if failure is not None:
