@@ -159,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tokens per choice at most, and the default (default 2048)")
     serve.add_argument("--max-n", type=int, default=8, metavar="N", help="choices per request at most (default 8)")
 
+    web = commands.add_parser(
+        "web", help="serve the composer in a web browser",
+        description="Serve the composer at http://HOST:PORT with textual-serve: one composer per browser tab, all on "
+                    "one `bobby-tui serve` (started here, and stopped on exit, when none answers at --server).",
+    )
+    _add_model_options(web)
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1; any other needs --api-key)")
+    web.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    web.add_argument("--api-key", metavar="KEY", default=os.environ.get(API_KEY_ENV),
+                     help=f"the browser must open the page with ?key=KEY (default: ${API_KEY_ENV})")
+
     inspect = commands.add_parser(
         "inspect", help="describe a model or adapter directory and list its problems",
         description="Describe a model or LoRA adapter directory from its config and tensor headers (nothing is "
@@ -710,6 +722,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
 
 
+# --- web -----------------------------------------------------------------------------------------------
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from bobby_tui.engines import DEFAULT_SERVER, EngineChoice, server_answers
+    from bobby_tui.server import bind_problem
+    from bobby_tui.web import WebError, is_loopback_url, serve_web, start_server, stop_server
+
+    problem = bind_problem(args.host, args.api_key)
+    if problem:
+        raise UsageError(problem)
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be in [1, 65535] (got {args.port})")
+    choice = _engine_choice(args.server, _load_config())
+    url = choice.server or DEFAULT_SERVER  # the composers always use a server: that is what spares the model copies
+    server = None
+    if server_answers(url):
+        _check_no_model_flags(EngineChoice(url), args.model, args.adapter)
+    elif not is_loopback_url(url):
+        raise CliError(f"{url}: no bobby-tui server answers there (only a loopback one is started here)")
+    else:  # the model options are the started server's
+        model_args = ["--model", str(args.model)] if args.model else []
+        model_args += ["--adapter", str(args.adapter)] if args.adapter else []
+        model_args += ["--no-adapter"] if args.no_adapter else []
+        try:
+            server = start_server(url, model_args, lambda line: print(f"{PROG}: {line}", file=sys.stderr))
+        except WebError as err:
+            raise CliError(str(err)) from None
+    try:
+        serve_web(args.host, args.port, url, args.api_key)
+    finally:
+        if server is not None:
+            stop_server(server)
+    return 0
+
+
 # --- inspect -------------------------------------------------------------------------------------------
 
 
@@ -739,4 +787,5 @@ COMMANDS: dict[str | None, Callable[[argparse.Namespace], int]] = {
     "export": cmd_export,
     "inspect": cmd_inspect,
     "serve": cmd_serve,
+    "web": cmd_web,
 }
