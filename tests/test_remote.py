@@ -192,3 +192,20 @@ def test_the_server_going_away_mid_draft_keeps_the_text_and_a_new_one_is_used_ag
         assert [type(e) for e in engine.generate(request)][-1] is DraftDone
     finally:
         second.kill()
+
+
+def test_the_render_extension_is_the_engines_template_and_checks_its_body(server):
+    from inference import Engine
+
+    engine = Engine.load(*demo_dirs())
+    status, _, body = server.request("POST", "/bobby/v1/render", {"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]})
+    assert status == 200 and body["prompt"] == engine.render_prompt(PROMPT, "Be brief.")
+    assert body["prompt_tokens"] == len(engine.tokenizer.encode(body["prompt"]))
+    for bad, param in (({"messages": []}, "messages"), ({"messages": [{"role": "robot", "content": "x"}]},
+                                                        "messages[0].role"), ({"messages": [], "n": 2}, "n")):
+        status, _, body = server.request("POST", "/bobby/v1/render", bad)
+        assert status == 400 and body["error"]["param"] == param
+    status, _, info = server.request("GET", "/bobby/v1/info")
+    assert status == 200 and info["model"] == "model" and info["adapter_default"] is True
+    assert set(info["special_tokens"]) == set(engine.tokenizer.special_tokens)
