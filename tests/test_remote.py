@@ -182,6 +182,7 @@ def test_the_server_going_away_mid_draft_keeps_the_text_and_a_new_one_is_used_ag
                 elif isinstance(event, DraftDone):
                     done.append(event)
         assert [(d.finish_reason, d.text) for d in done] == [("cancelled", text)]
+        first.proc.wait(10)  # gone: its listening socket too
         with pytest.raises(RemoteError, match="cannot connect"):
             engine.render_prompt(PROMPT)
     finally:
