@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -58,7 +61,8 @@ class BobbyApp(App):
             self.theme = config.theme
         else:
             self.theme = DEFAULT_THEME
-            yield f"unknown theme {config.theme!r} in the config; using {DEFAULT_THEME} (themes: {', '.join(THEME_NAMES)})"
+            yield (f"unknown theme {config.theme!r} in the config; using {DEFAULT_THEME} "
+                   f"(themes: {', '.join(THEME_NAMES)})")
         unknown = sorted(set(config.keys) - ACTION_NAMES)
         if unknown:
             yield f"unknown action(s) in [keys]: {', '.join(unknown)} (actions: {', '.join(sorted(ACTION_NAMES))})"
@@ -120,6 +124,7 @@ class BobbyApp(App):
                 f"key: {self.keys_of(binding.action)}",
                 lambda action=binding.action: screen.run_action(action),
             )
+        yield from screen.palette_commands()
 
     def get_key_display(self, binding: Binding) -> str:
         display = super().get_key_display(binding)
@@ -132,8 +137,9 @@ class BobbyApp(App):
 
 
 def run_app(model: Path | None, adapter: Path | None, no_adapter: bool, inline: bool,
-            engine: EngineChoice | None = None) -> int:
-    """Open the composer (the `bobby-tui` command) on `engine` (default: in this process); returns the exit status."""
+            engine: EngineChoice | None = None) -> NoReturn:
+    """Open the composer (the `bobby-tui` command) on `engine` (default: in this process), then exit the process
+    with its status."""
     engine = engine or EngineChoice()
     config, warning = load_config()
     # Load the configured adapter even when use_adapter is off, so it can be switched on in the app.
@@ -144,4 +150,10 @@ def run_app(model: Path | None, adapter: Path | None, no_adapter: bool, inline: 
     app = BobbyApp(config, model_dir, adapter_dir, use_adapter, config_warning=warning, loader=engine.loader(),
                    location=engine.location)
     app.run(inline=inline)
-    return app.return_code or 0
+    code = app.return_code or 0
+    # MLX used from a thread other than the main one can abort in its exit-time destructors ("terminate called
+    # without an active exception", exit 134), as `serve` works around too: by now the engine thread has ended (the
+    # screen's unmount joins it), every draft is saved and the history closed, so leave without running them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

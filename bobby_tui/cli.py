@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from bobby_tui import __version__
-from bobby_tui.config import Config, ConfigError, load_config, load_config_checked, resolve_model
+from bobby_tui.config import (
+    Config,
+    ConfigError,
+    adapter_names,
+    load_config,
+    load_config_checked,
+    resolve_adapter,
+    resolve_model,
+)
 from bobby_tui.paths import config_path, db_path, keep_compiled_kernels
 from bobby_tui.storage import GenerationRecord, Store, StoreError
 from inference.api import SAMPLING_LIMITS, SEED_LIMIT, Limit
@@ -82,11 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate COUNT drafts of PROMPT in one batched decode; print each as it finishes.\n\n"
                     "PROMPT is one argument (quote it): it reaches the chat template exactly as given. A single\n"
                     "argument is always the prompt (`post 1984` writes about 1984); COUNT PROMPT, two arguments\n"
-                    "with the first a number, is the short form of -n COUNT PROMPT.",
+                    "with the first a number, is the short form of -n COUNT PROMPT. PROMPT - reads it from stdin.\n"
+                    "With --reply-to ID, PROMPT is the next instruction in the conversation of history row ID.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     post.add_argument("words", nargs="*", metavar="PROMPT",
-                      help="what to write (default: the configured default prompt)")
+                      help="what to write (default: the configured default prompt; - reads stdin)")
     post.add_argument("-n", "--count", type=_bounded(Limit(1, MAX_DRAFTS, integer=True)), metavar="COUNT",
                       help=f"number of drafts, in one batch (default 1; at most {MAX_DRAFTS}, fewer when their "
                            "KV cache would not fit in memory)")
@@ -102,7 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--seed", type=_bounded(SAMPLING_LIMITS["seed"]), metavar="S",
                       help="seed of the first draft; draft i gets S+i (a regenerated draft keeps its seed and reports "
                            "the attempt's own as attempt_seed)")
-    post.add_argument("--system", metavar="TEXT", help="system prompt (default: the configured one, if any)")
+    post.add_argument("--system", metavar="TEXT",
+                      help="system prompt (default: the persona's or the configured one, if any; with --reply-to: "
+                           "the conversation's)")
+    post.add_argument("--persona", metavar="NAME",
+                      help="the [personas.NAME] preset of the config: system prompt, sampling, adapter, post limit "
+                           "(default: the config's `persona`, if set); flags override it")
+    post.add_argument("--reply-to", type=_bounded(_SQLITE_INT), metavar="ID",
+                      help="continue history row ID's conversation: its messages, its text as the assistant's turn, "
+                           "then PROMPT (e.g. \"make it shorter\")")
+    post.add_argument("--prefill", metavar="TEXT",
+                      help="the reply starts with TEXT and the model continues it (the draft includes TEXT)")
     post.add_argument("--raw", action="store_true",
                       help="no post-processing, no regeneration: exactly the decoded text up to the stop token")
     post.add_argument("--json", action="store_true", help="one JSON object per draft per line")
@@ -110,17 +129,33 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--stream", action="store_true",
                       help="print tokens as they come (one draft; no regeneration of a short draft)")
 
-    history = commands.add_parser("history", help="list recorded drafts, newest first",
-                                  description="List recorded drafts, newest first. Times are local, with their UTC "
-                                              "offset (ISO 8601 in --json).")
+    history = commands.add_parser(
+        "history", help="list recorded drafts, newest first (delete, prune: remove them)",
+        usage=f"{PROG} history [--favorites] [--search TEXT] [--limit N] [--json [--raw]] | "
+              f"{PROG} history delete ID... | {PROG} history prune --older-than DAYS",
+        description="List recorded drafts, newest first. Times are local, with their UTC offset (ISO 8601 in "
+                    "--json). `history delete` and `history prune` remove drafts.")
     history.add_argument("--favorites", action="store_true", help="only favorites")
-    history.add_argument("--search", metavar="TEXT", help="only drafts whose text or prompt contains TEXT")
-    history.add_argument("--limit", type=_bounded(_SQLITE_INT), default=20, metavar="N",
-                         help="at most N drafts (default 20)")
+    history.add_argument("--search", metavar="TEXT",
+                         help="only drafts whose text or prompt hold every word of TEXT (ignoring case and accents; "
+                              "a word also finds the words it starts)")
+    history.add_argument("--limit", type=_bounded(_SQLITE_INT), metavar="N", help="at most N drafts (default 20)")
     history.add_argument("--json", action="store_true", help="one JSON object per draft per line")
     history.add_argument("--raw", action="store_true",
                          help="with --json: add raw_text, the decoded text as it came (special tokens such as "
                               "<|im_start|> included)")
+
+    history_commands = history.add_subparsers(dest="history_command", metavar="", parser_class=OneLineParser)
+    delete = history_commands.add_parser(
+        "delete", help="delete drafts by id", description="Delete the drafts with these history ids, all or none: "
+                                                          "an unknown id deletes nothing (exit 1).")
+    delete.add_argument("ids", nargs="+", type=_bounded(_SQLITE_INT), metavar="ID",
+                        help="ids as `bobby-tui history` shows them")
+    prune = history_commands.add_parser(
+        "prune", help="delete unfavorited drafts older than DAYS",
+        description="Delete every draft older than DAYS days that is not a favorite; print how many.")
+    prune.add_argument("--older-than", type=_bounded(Limit(0, None)), required=True, metavar="DAYS",
+                       help="age in days (fractions allowed: 0.5 is 12 hours)")
 
     for name, verb in (("favorite", "mark"), ("unfavorite", "unmark")):
         sub = commands.add_parser(name, help=f"{verb} a draft as a favorite", description=f"{verb.capitalize()} "
@@ -171,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--api-key", metavar="KEY", default=os.environ.get(API_KEY_ENV),
                      help=f"the browser must open the page with ?key=KEY (default: ${API_KEY_ENV})")
 
+    adapters = commands.add_parser(
+        "adapters", help="list the adapters folder: rank, scale, layers, problems",
+        description="List the LoRA adapters in the adapters folder (each subdirectory one adapter, picked by its "
+                    "name with --adapter NAME or a persona's `adapter`), with inspect's facts. Exit 1 when one has "
+                    "problems.",
+    )
+    adapters.add_argument("dir", type=Path, nargs="?", metavar="DIR",
+                          help="the folder (default: adapters_dir in the config)")
+    adapters.add_argument("--model", type=Path, metavar="MODEL_DIR",
+                          help="the model to check them against (default: the configured model, else the base model "
+                               "each adapter names, if local)")
+
     inspect = commands.add_parser(
         "inspect", help="describe a model or adapter directory and list its problems",
         description="Describe a model or LoRA adapter directory from its config and tensor headers (nothing is "
@@ -206,8 +253,9 @@ def _add_model_options(parser: argparse.ArgumentParser, dest_prefix: str = "", s
     parser.add_argument("--model", type=Path, dest=dest_prefix + "model", metavar="DIR",
                         help="model directory (default: the configured model, else the demo)")
     adapter = parser.add_mutually_exclusive_group()
-    adapter.add_argument("--adapter", type=Path, dest=dest_prefix + "adapter", metavar="DIR",
-                         help="LoRA adapter directory (default: the configured adapter)")
+    adapter.add_argument("--adapter", dest=dest_prefix + "adapter", metavar="NAME|DIR",
+                         help="LoRA adapter: a name in the config's adapters_dir, or a directory (default: the "
+                              "configured adapter)")
     adapter.add_argument("--no-adapter", action="store_true", dest=dest_prefix + "no_adapter",
                          help="run the base model without any adapter")
     if server:  # not for serve itself
@@ -278,54 +326,81 @@ def _require_dir(path: Path) -> None:
 
 def run_tui(args: argparse.Namespace) -> int:
     # a mistyped path is a command-line error: say so here rather than in a full-screen app
-    for path in (args.tui_model, args.tui_adapter):
-        if path is not None:
-            _require_dir(path)
+    if args.tui_model is not None:
+        _require_dir(args.tui_model)
+    config = load_config()[0]  # the app shows the config's warnings itself
+    choice = _engine_choice(args.tui_server, config)
+    _check_no_model_flags(choice, args.tui_model, args.tui_adapter)
+    adapter = resolve_adapter(config, args.tui_adapter) if args.tui_adapter is not None else None
     try:
         from bobby_tui.app import run_app
     except ImportError as err:
         raise CliError(f"the composer cannot start: {err}") from None
-    choice = _engine_choice(args.tui_server, load_config()[0])  # the app itself warns about a broken config
-    _check_no_model_flags(choice, args.tui_model, args.tui_adapter)
-    return run_app(args.tui_model, args.tui_adapter, args.tui_no_adapter, args.inline, choice)
+    return run_app(args.tui_model, adapter, args.tui_no_adapter, args.inline, choice)
 
 
 # --- post ----------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Conversation:
+    """What a post replies to: the system prompt, earlier turns (from --reply-to), the new prompt, the prefill."""
+
+    prompt: str
+    system: str | None
+    history: list[dict] | None = None  # None: a plain prompt
+    prefill: str | None = None
+    parent_id: int | None = None
+
+    def messages(self) -> list[dict]:
+        from bobby_tui.composer import conversation
+
+        return conversation(self.prompt, self.system, self.history)
+
+    def texts(self) -> list[str]:
+        """Every text the model reads, for the length limits."""
+        return [m["content"] for m in self.messages()] + ([self.prefill] if self.prefill else [])
+
+
 def cmd_post(args: argparse.Namespace) -> int:
-    config = _load_config()
+    config = _load_config().with_persona(args.persona)
+    if args.reply_to is not None and not args.words:
+        raise UsageError(f"--reply-to {args.reply_to} needs PROMPT, the next instruction (e.g. \"make it shorter\")")
     count, prompt = _count_and_prompt(args.count, args.words, config)
     if args.stream and (count != 1 or args.json):
         raise UsageError("--stream prints a single draft as plain text: not with COUNT > 1 or --json")
-    system = _system_prompt(args, config)
-    _check_prompt_length(prompt, system)
+    if args.prefill is not None:
+        _check_text(args.prefill, "--prefill")
     sampling = _sampling(args, config)
     max_tokens = args.max_tokens if args.max_tokens is not None else config.sampling.max_tokens
     if args.seed is not None and args.seed + count - 1 >= SEED_LIMIT:
-        raise UsageError(f"--seed: draft i gets S+i, so S + COUNT - 1 must be below 2**63 (got {args.seed + count - 1})")
+        raise UsageError(f"--seed: draft i gets S+i, so S + COUNT - 1 must be below 2**63 "
+                         f"(got {args.seed + count - 1})")
     choice = _engine_choice(args.server, config)
+    _check_no_model_flags(choice, args.model, args.adapter)
     if choice.server is None:
-        model_dir, adapter_dir, _ = resolve_model(config, args.model, args.adapter, args.no_adapter)
-        model_config = _check_fits_model(model_dir, count, prompt, system, max_tokens, args)
-    else:
-        _check_no_model_flags(choice, args.model, args.adapter)
-    store = None if args.no_history else Store(db_path())  # a broken history fails before the slow load
-    history = HistoryWriter(store)
+        adapter = resolve_adapter(config, args.adapter) if args.adapter is not None else None
+        model_dir, adapter_dir, _ = resolve_model(config, args.model, adapter, args.no_adapter)
+    # a broken history fails before the slow load; --reply-to reads it even with --no-history
+    store = None if args.no_history and args.reply_to is None else Store(db_path())
     try:
+        talk = _conversation(args, config, prompt, store)
+        _check_prompt_length(talk)
+        model_config = _check_fits_model(model_dir, count, talk, max_tokens, args) if choice.server is None else None
+        history = HistoryWriter(None if args.no_history else store)
         from inference import SamplingParams
 
         # with --seed S, draft i gets seed S+i; without, the engine picks each draft's seed
         drafts = [SamplingParams(**sampling, seed=None if args.seed is None else args.seed + i) for i in range(count)]
         if choice.server is None:
             engine = _load_engine(model_dir, adapter_dir)
-            _check_context(engine, model_config, prompt, system, max_tokens, args)
+            _check_context(engine, model_config, talk, max_tokens, args)
         else:  # the server checks the context (a one-line 400) and queues drafts past its rows
             from bobby_tui.engines.remote import RemoteEngine
 
             engine = RemoteEngine(choice.server, choice.api_key)
             engine.adapter_enabled = engine.has_adapter and not args.no_adapter
-        _print_drafts(engine, prompt, system, drafts, max_tokens, args, config, history)
+        _print_drafts(engine, talk, drafts, max_tokens, args, config, history)
     finally:
         if store is not None:
             store.close()
@@ -348,6 +423,19 @@ def _check_no_model_flags(choice, model: Path | None, adapter: Path | None) -> N
                          "serves its own model (--no-adapter switches its adapter off; --server local loads here)")
 
 
+def _conversation(args: argparse.Namespace, config: Config, prompt: str, store: Store | None) -> Conversation:
+    """The post's messages: --reply-to's conversation (its system prompt unless --system) or the system prompt."""
+    prefill = args.prefill or None  # an empty prefill starts the reply with nothing: a plain reply
+    if args.reply_to is None:
+        return Conversation(prompt, _system_prompt(args, config), prefill=prefill)
+    earlier = store.conversation(args.reply_to)
+    system = earlier.pop(0)["content"] if earlier[0]["role"] == "system" else None
+    if args.system is not None:
+        _check_text(args.system, "--system")
+        system = args.system
+    return Conversation(prompt, system, history=earlier, prefill=prefill, parent_id=args.reply_to)
+
+
 def _load_config() -> Config:
     config, warning = load_config_checked()
     if warning:
@@ -366,7 +454,8 @@ def _count_and_prompt(count: int | None, words: list[str], config: Config) -> tu
     """
     if len(words) == 2 and _COUNT.fullmatch(words[0]):
         if count is not None:
-            raise UsageError(f"COUNT is given twice (-n {count} and {words[0]}); quote PROMPT if it starts with a number")
+            raise UsageError(f"COUNT is given twice (-n {count} and {words[0]}); quote PROMPT if it starts with a "
+                             "number")
         from bobby_tui.composer import MAX_DRAFTS
 
         problem = Limit(1, MAX_DRAFTS, integer=True).problem(int(words[0]))
@@ -376,7 +465,9 @@ def _count_and_prompt(count: int | None, words: list[str], config: Config) -> tu
     if len(words) > 1:
         raise UsageError(f"PROMPT must be one argument: quote it, e.g. {PROG} post -n 3 \"{' '.join(words[:3])}...\" "
                          f"(got {len(words)} arguments)")
-    if words:
+    if words == ["-"]:
+        prompt, source = _read_stdin(), "the prompt from stdin"
+    elif words:
         prompt, source = words[0], "PROMPT"
     else:
         prompt, source = config.default_prompt, f"default_prompt in {config_path()}"
@@ -384,6 +475,23 @@ def _count_and_prompt(count: int | None, words: list[str], config: Config) -> tu
     if not prompt.strip():
         raise UsageError(f"{source} is {'empty' if not prompt else 'only whitespace'}")
     return count if count is not None else 1, prompt
+
+
+def _read_stdin() -> str:
+    """The prompt from stdin, exactly as given (as `mlx_lm.generate --prompt -` reads it), bounded: past
+    PROMPT_CHAR_LIMIT characters it is refused without reading on."""
+    byte_limit = 4 * PROMPT_CHAR_LIMIT  # UTF-8 takes at most 4 bytes a character
+    data = sys.stdin.buffer.read(byte_limit + 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if len(data) <= byte_limit:
+            raise UsageError(f"the prompt from stdin is not valid UTF-8 (an undecodable byte at byte {err.start})"
+                             ) from None
+        text = data.decode("utf-8", errors="replace")  # cut inside a character: too long anyway
+    if len(data) > byte_limit or len(text) > PROMPT_CHAR_LIMIT:
+        raise UsageError(f"the prompt from stdin is more than {PROMPT_CHAR_LIMIT:,} characters")
+    return text
 
 
 def _check_text(text: str, source: str) -> None:
@@ -403,12 +511,19 @@ def _system_prompt(args: argparse.Namespace, config: Config) -> str | None:
     return config.system_prompt or None
 
 
-def _check_prompt_length(prompt: str, system: str | None) -> None:
-    length = len(prompt) + len(system or "")
+def _check_prompt_length(talk: Conversation) -> None:
+    length = sum(map(len, talk.texts()))
     if length > PROMPT_CHAR_LIMIT:
-        parts = f"the prompt ({_characters(len(prompt))})" + (f" and system prompt ({len(system):,})" if system else "")
-        raise UsageError(f"{parts} {'are' if system else 'is'} {length:,} characters; at most {PROMPT_CHAR_LIMIT:,} "
-                         "(a CPU takes about a minute to read that many)")
+        parts = [f"the prompt ({_characters(len(talk.prompt))})"]
+        if talk.system:
+            parts.append(f"system prompt ({len(talk.system):,})")
+        if talk.history:
+            parts.append(f"conversation (#{talk.parent_id}: {sum(len(m['content']) for m in talk.history):,})")
+        if talk.prefill:
+            parts.append(f"prefill ({len(talk.prefill):,})")
+        joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        raise UsageError(f"{joined} {'are' if len(parts) > 1 else 'is'} {length:,} characters; at most "
+                         f"{PROMPT_CHAR_LIMIT:,} (a CPU takes about a minute to read that many)")
 
 
 def _characters(n: int) -> str:
@@ -432,8 +547,7 @@ def _sampling(args: argparse.Namespace, config: Config) -> dict:
     return values
 
 
-def _check_fits_model(model_dir: Path, count: int, prompt: str, system: str | None, max_tokens: int,
-                      args: argparse.Namespace):
+def _check_fits_model(model_dir: Path, count: int, talk: Conversation, max_tokens: int, args: argparse.Namespace):
     """Before the slow load: the model's config.json, --max-tokens against its positions and COUNT against memory."""
     from bobby_tui.composer import DraftLimitError, available_memory, check_draft_count
     from inference import read_model_args
@@ -444,8 +558,9 @@ def _check_fits_model(model_dir: Path, count: int, prompt: str, system: str | No
     if max_tokens > model_config.max_position_embeddings:
         raise UsageError(f"{source} is {max_tokens:,}: past the model's {model_config.max_position_embeddings:,} "
                          f"positions (max_position_embeddings in {model_config.path})")
-    # byte-level BPE gives at most one token per byte of text; the chat template adds a few dozen
-    tokens = len(prompt.encode()) + len((system or "").encode()) + 64 + max_tokens
+    # byte-level BPE gives at most one token per byte of text; the chat template adds a few dozen a message
+    texts = talk.texts()
+    tokens = sum(len(text.encode()) for text in texts) + 32 * (len(texts) + 1) + max_tokens
     try:
         check_draft_count(count, model_config, tokens, available_memory())
     except DraftLimitError as err:
@@ -455,10 +570,10 @@ def _check_fits_model(model_dir: Path, count: int, prompt: str, system: str | No
     return model_config
 
 
-def _check_context(engine: Engine, model_config, prompt: str, system: str | None, max_tokens: int,
+def _check_context(engine: Engine, model_config, talk: Conversation, max_tokens: int,
                    args: argparse.Namespace) -> None:
     """The rendered prompt and the drafts must fit the model's positions."""
-    prompt_tokens = len(engine.tokenizer.encode(engine.render_prompt(prompt, system)))
+    prompt_tokens = len(engine.tokenizer.encode(engine.render_messages(talk.messages(), prefill=talk.prefill)))
     positions = model_config.max_position_embeddings
     if prompt_tokens + max_tokens > positions:
         source = "--max-tokens" if args.max_tokens is not None else "sampling.max_tokens"
@@ -532,7 +647,7 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _print_drafts(engine: Engine, prompt: str, system: str | None, drafts: list, max_tokens: int,
+def _print_drafts(engine: Engine, talk: Conversation, drafts: list, max_tokens: int,
                   args: argparse.Namespace, config: Config, history: HistoryWriter) -> None:
     """Print each draft as it finishes (recorded first, unless --no-history)."""
     from bobby_tui.composer import Draft, compose, to_record
@@ -542,7 +657,8 @@ def _print_drafts(engine: Engine, prompt: str, system: str | None, drafts: list,
     if args.stream:
         postprocess = dataclasses.replace(postprocess, retries=0)  # streamed text cannot be taken back
     count = len(drafts)
-    events = compose(engine, prompt, system, drafts, max_tokens, postprocess, config.post_limit, raw=args.raw)
+    events = compose(engine, talk.prompt, talk.system, drafts, max_tokens, postprocess, config.post_limit,
+                     raw=args.raw, history=talk.history, prefill=talk.prefill)
     printed = 0
     for event in events:
         if args.stream and isinstance(event, TokenDelta):
@@ -550,7 +666,8 @@ def _print_drafts(engine: Engine, prompt: str, system: str | None, drafts: list,
             sys.stdout.flush()
         if not isinstance(event, Draft):
             continue
-        record = to_record(event, engine, prompt, system)
+        record = to_record(event, engine, talk.prompt, talk.system, history=talk.history, prefill=talk.prefill,
+                           persona=config.persona, parent_id=talk.parent_id)
         gen_id = history.add(record)  # committed before it is shown
         if args.json:
             print(json.dumps(_draft_json(event, record, gen_id), ensure_ascii=False), flush=True)
@@ -590,6 +707,9 @@ def _draft_json(draft, record: GenerationRecord, gen_id: int | None) -> dict:
         "adapter": record.adapter,
         "finish_reason": record.finish_reason,
         "attempts": record.attempts,
+        "persona": record.persona,
+        "parent_id": record.parent_id,
+        "prefill": record.prefill,
         "draft": draft.draft,
         "id": gen_id,
     }
@@ -598,14 +718,50 @@ def _draft_json(draft, record: GenerationRecord, gen_id: int | None) -> dict:
 # --- history, favorites, export ------------------------------------------------------------------------
 
 
+HISTORY_LIMIT = 20  # drafts `history` lists without --limit
+
+
 def cmd_history(args: argparse.Namespace) -> int:
+    if args.history_command is not None:
+        listing = [flag for flag, given in (("--favorites", args.favorites), ("--search", args.search is not None),
+                                            ("--limit", args.limit is not None), ("--json", args.json),
+                                            ("--raw", args.raw)) if given]
+        if listing:
+            raise UsageError(f"{', '.join(listing)} {'is' if len(listing) == 1 else 'are'} for listing drafts, not "
+                             f"for `history {args.history_command}`")
+        return HISTORY_COMMANDS[args.history_command](args)
     if args.search is not None:
         _check_text(args.search, "--search")
     with Store(db_path()) as store:
-        records = store.history(limit=args.limit, favorites_only=args.favorites, search=args.search)
+        if args.search and not store.full_text:
+            _warn("this SQLite has no full-text search (FTS5): matching TEXT as a substring instead")
+        limit = args.limit if args.limit is not None else HISTORY_LIMIT
+        records = store.history(limit=limit, favorites_only=args.favorites, search=args.search)
     for rec in records:
         print(_record_json(rec, args.raw) if args.json else _history_line(rec))
     return 0
+
+
+def cmd_history_delete(args: argparse.Namespace) -> int:
+    with Store(db_path()) as store:
+        deleted = store.delete(args.ids)  # all or none: an unknown id deletes nothing
+    for rec in deleted:
+        print(f"deleted #{rec.id}")
+    return 0
+
+
+def cmd_history_prune(args: argparse.Namespace) -> int:
+    with Store(db_path()) as store:
+        pruned = store.prune(args.older_than)
+    print(f"deleted {len(pruned)} draft{'' if len(pruned) == 1 else 's'} older than {args.older_than:g} days "
+          "(favorites kept)")
+    return 0
+
+
+HISTORY_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "delete": cmd_history_delete,
+    "prune": cmd_history_prune,
+}
 
 
 def _local_time(created_at: object) -> datetime | None:
@@ -688,8 +844,8 @@ def _markdown(records: list[GenerationRecord], favorites: bool) -> str:
         out += [
             f"\n## #{rec.id} · {_shown_time(rec.created_at)}\n",
             f"\n{_json_value(rec.text)}\n",
-            f"\n*prompt: {_json_value(rec.prompt)} · temperature {_number(rec.temperature)} · top-p {_number(rec.top_p)}"
-            f" · seed {rec.seed} · {model}*\n",
+            f"\n*prompt: {_json_value(rec.prompt)} · temperature {_number(rec.temperature)} · "
+            f"top-p {_number(rec.top_p)} · seed {rec.seed} · {model}*\n",
         ]
     return "".join(out)
 
@@ -712,7 +868,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for flag in ("max_rows", "max_queue", "max_tokens", "max_n"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
-    model_dir, adapter_dir, _ = resolve_model(_load_config(), args.model, args.adapter, args.no_adapter)
+    config = _load_config()
+    adapter = resolve_adapter(config, args.adapter) if args.adapter is not None else None
+    model_dir, adapter_dir, _ = resolve_model(config, args.model, adapter, args.no_adapter)
     limits = ServerLimits(max_tokens=args.max_tokens, max_n=min(args.max_n, args.max_rows), max_rows=args.max_rows,
                           max_queue=args.max_queue)
     try:
@@ -778,6 +936,34 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+# --- adapters ------------------------------------------------------------------------------------------
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from bobby_tui.inspect_report import adapter_summary
+
+    config = _load_config()
+    folder = args.dir if args.dir is not None else config.adapters_dir
+    if folder is None:
+        raise CliError(f"no adapters folder: set adapters_dir in {config_path()}, or give DIR")
+    _require_dir(folder)
+    model_dir = args.model if args.model is not None else config.model
+    if model_dir is not None:
+        _require_dir(model_dir)
+    names = adapter_names(folder)
+    if not names:
+        print(f"{PROG}: no adapters in {folder} (each adapter is a subdirectory)", file=sys.stderr)
+        return 0
+    width = max(map(len, names))
+    with_problems = 0
+    for name in names:
+        summary, problems = adapter_summary(folder / name, model_dir)
+        with_problems += bool(problems)
+        shown = "problems: none" if not problems else f"problems ({len(problems)}): {'; '.join(problems)}"
+        print(f"{_printable(name).ljust(width)}  {summary}{' · ' if summary else ''}{_one_line(shown)}")
+    return 1 if with_problems else 0
+
+
 # The subcommands: each one's parser is added in build_parser, its function is registered here.
 COMMANDS: dict[str | None, Callable[[argparse.Namespace], int]] = {
     "post": cmd_post,
@@ -786,6 +972,7 @@ COMMANDS: dict[str | None, Callable[[argparse.Namespace], int]] = {
     "unfavorite": lambda args: cmd_favorite(args, favorite=False),
     "export": cmd_export,
     "inspect": cmd_inspect,
+    "adapters": cmd_adapters,
     "serve": cmd_serve,
     "web": cmd_web,
 }

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bobby_tui.config import PostProcess
+from bobby_tui.postprocess import post_length
 from bobby_tui.postprocess import postprocess as apply_postprocess
 from bobby_tui.storage import GenerationRecord
 from inference import DraftDone, GenerationRequest, GenerationStats, SamplingParams, TokenDelta
@@ -134,6 +135,10 @@ def compose(
     post_limit: int,
     should_cancel: Callable[[], bool] | None = None,
     raw: bool = False,
+    *,
+    history: list[dict] | None = None,
+    prefill: str | None = None,
+    adapters: tuple[str | None, ...] | None = None,
 ) -> Iterator[TokenDelta | DraftRetry | Draft]:
     """Generate len(drafts) drafts in one batch; yield text deltas as they come and one Draft per draft.
 
@@ -142,10 +147,16 @@ def compose(
     Special tokens (the tokenizer's ``special_tokens``: ``<|im_start|>``, ...) are removed from deltas and drafts.
     With raw=True the drafts are exactly the decoded text: no special-token removal, no post-processing, no retries.
     ``system_prompt`` None renders no system message; "" renders an empty one (as mlx_lm does for the same messages).
+    ``history``: earlier turns (user, assistant, ...), between the system message and ``user_prompt``: the drafts
+    continue that conversation. ``prefill``: each reply starts with this text (its deltas and text include it).
+    ``adapters``: per draft, the adapter it runs with (a loaded adapter's name, or None for the base model).
     """
     if len(drafts) > MAX_DRAFTS:  # the app's spread comes here too
         raise _over_batch(len(drafts))
-    prompt = engine.render_prompt(user_prompt, system_prompt)
+    if adapters is not None and len(adapters) != len(drafts):
+        raise ValueError(f"{len(adapters)} adapters for {len(drafts)} drafts: one per draft")
+    prompt = engine.render_messages(conversation(user_prompt, system_prompt, history), prefill=prefill or None)
+    prefill = prefill or ""
     specials = SpecialTokenFilter(frozenset() if raw else engine.tokenizer.special_tokens)
     pending = dict(enumerate(drafts))  # draft index -> its params for the next round
     attempts = {i: 1 for i in pending}
@@ -154,6 +165,10 @@ def compose(
         order = sorted(pending)  # the request's draft k is our draft order[k]
         request = GenerationRequest(prompt=prompt, drafts=[pending[i] for i in order], max_tokens=max_tokens)
         pending = {}
+        if prefill:
+            for index in order:
+                if delta := specials.delta(index, prefill):
+                    yield TokenDelta(draft=index, text=delta)
         for event in engine.generate(request, should_cancel=should_cancel):
             index = order[event.draft]
             if isinstance(event, TokenDelta):
@@ -163,7 +178,8 @@ def compose(
             if rest := specials.end(index):
                 yield TokenDelta(draft=index, text=rest)
             first_seeds.setdefault(index, event.params.seed)
-            text = event.text if raw else apply_postprocess(specials(event.text), postprocess, post_limit)
+            decoded = prefill + event.text
+            text = decoded if raw else apply_postprocess(specials(decoded), postprocess, post_limit)
             if not raw and _wants_retry(event, text, postprocess, attempts[index]):
                 attempts[index] += 1
                 pending[index] = dataclasses.replace(event.params, seed=retry_seed(first_seeds[index], attempts[index]))
@@ -172,13 +188,19 @@ def compose(
             yield Draft(
                 draft=index,
                 text=text,
-                raw_text=event.text,
+                raw_text=decoded,
                 params=event.params,
                 stats=event.stats,
                 finish_reason=event.finish_reason,
                 attempts=attempts[index],
                 seed=first_seeds[index],
             )
+
+
+def conversation(user_prompt: str, system_prompt: str | None, history: list[dict] | None = None) -> list[dict]:
+    """The messages a draft replies to: the system message (None: none), the earlier turns, the new user prompt."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    return [*system, *(history or []), {"role": "user", "content": user_prompt}]
 
 
 class SpecialTokenFilter:
@@ -214,14 +236,25 @@ class SpecialTokenFilter:
 def _wants_retry(done: DraftDone, text: str, opts: PostProcess, attempts: int) -> bool:
     # a greedy draft would come out the same again; a cancelled one was stopped on purpose
     return (
-        len(text) < opts.min_length
+        post_length(text) < opts.min_length
         and attempts <= opts.retries
         and done.finish_reason != "cancelled"
         and done.params.temperature > 0
     )
 
 
-def to_record(draft: Draft, engine, user_prompt: str, system_prompt: str | None) -> GenerationRecord:
+def to_record(
+    draft: Draft,
+    engine,
+    user_prompt: str,
+    system_prompt: str | None,
+    *,
+    history: list[dict] | None = None,
+    prefill: str | None = None,
+    persona: str | None = None,
+    parent_id: int | None = None,
+) -> GenerationRecord:
+    """The history row of `draft`, drafted by compose with the same prompt, system prompt, history and prefill."""
     return GenerationRecord(
         prompt=user_prompt,
         text=draft.text,
@@ -239,4 +272,9 @@ def to_record(draft: Draft, engine, user_prompt: str, system_prompt: str | None)
         finish_reason=draft.finish_reason,
         system_prompt=system_prompt or "",
         raw_text=draft.raw_text,
+        persona=persona,
+        parent_id=parent_id,
+        # a plain prompt's row needs no messages: system_prompt and prompt say it all
+        messages=conversation(user_prompt, system_prompt, history) if history else None,
+        prefill=prefill or None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import re
@@ -47,10 +48,33 @@ class PostProcess:
     retries: int = 2
 
 
+# The keys a [personas.NAME] table may set: each overrides the top-level or [sampling] setting of that name.
+PERSONA_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens")
+
+
+@dataclass
+class Persona:
+    """A named preset from a [personas.NAME] table; None where the table does not set the key."""
+
+    name: str
+    system_prompt: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    max_tokens: int | None = None
+    adapter: str | None = None  # a name in adapters_dir, a path (absolute once read), or "" for no adapter
+    post_limit: int | None = None
+
+
 @dataclass
 class Config:
     model: Path | None = None
     adapter: Path | None = None
+    adapters_dir: Path | None = None  # each subdirectory an mlx_lm adapter, picked by its name
+    models_dir: Path | None = None  # each subdirectory a model
+    persona: str | None = None  # the [personas.NAME] applied when none is picked (after with_persona: the one applied)
     use_adapter: bool = True
     theme: str = "bobby-dark"
     post_limit: int = 300
@@ -59,9 +83,38 @@ class Config:
     sampling: Sampling = field(default_factory=Sampling)
     postprocess: PostProcess = field(default_factory=PostProcess)
     keys: dict[str, str] = field(default_factory=dict)  # action name -> key, overrides the app's default bindings
+    personas: dict[str, Persona] = field(default_factory=dict)
     # Where the engine runs (bobby_tui.engines): "" in this process, "auto" on a server answering at the default
     # address if one does, or a `bobby-tui serve` URL such as "http://127.0.0.1:8765".
     server: str = ""
+
+    def with_persona(self, name: str | None) -> Config:
+        """A copy with persona `name`'s settings applied (None: the configured `persona`, if any; else a plain copy).
+
+        Raises ConfigError for an unknown name, or for a persona adapter that is neither a name in adapters_dir nor
+        a directory.
+        """
+        config = copy.deepcopy(self)
+        name = name if name is not None else self.persona
+        if name is None:
+            return config
+        persona = self.personas.get(name)
+        if persona is None:
+            known = ", ".join(sorted(self.personas)) or "none in the config"
+            raise ConfigError(f"unknown persona {name!r} (known: {known})")
+        config.persona = name
+        for key in PERSONA_SAMPLING_KEYS:
+            if getattr(persona, key) is not None:
+                setattr(config.sampling, key, getattr(persona, key))
+        if persona.system_prompt is not None:
+            config.system_prompt = persona.system_prompt
+        if persona.post_limit is not None:
+            config.post_limit = persona.post_limit
+        if persona.adapter == "":
+            config.use_adapter = False
+        elif persona.adapter is not None:
+            config.adapter, config.use_adapter = resolve_adapter(self, persona.adapter), True
+        return config
 
 
 class ConfigError(Exception):
@@ -100,7 +153,13 @@ def load_config_checked(path: Path | None = None) -> tuple[Config, str | None]:
         raise ConfigError(f"{path}:{_decode_error_location(err, raw)}") from None
     config = Config()
     problems: list[str] = []
+    personas = data.pop("personas", None)
     _apply(config, data, "", problems, path.parent)
+    if personas is not None:
+        config.personas = _read_personas(personas, problems, path.parent)
+    if config.persona is not None and config.persona not in config.personas:
+        problems.append(f"'persona' names {config.persona!r}, which has no [personas.{config.persona}] table")
+        config.persona = None
     return config, (f"{path}: " + "; ".join(problems)) if problems else None
 
 
@@ -158,7 +217,7 @@ _RANGES: dict[str, Limit] = {
     "min_length": Limit(0, None, integer=True),
     "retries": Limit(0, None, integer=True),
 }
-_PATH_KEYS = {"model", "adapter"}
+_PATH_KEYS = {"model", "adapter", "adapters_dir", "models_dir"}
 _BOOL_KEYS = {"use_adapter", "strip_think", "trim", "strip_hashtags", "strip_emoji", "enforce_limit"}
 _INT_KEYS = {"top_k", "max_tokens", "post_limit", "min_length", "retries"}
 _FLOAT_KEYS = {"temperature", "top_p", "min_p", "repetition_penalty"}
@@ -186,6 +245,47 @@ def _convert(key: str, value: Any, base_dir: Path) -> tuple[Any, str | None]:
             return None, "must be a table of action = \"key\" strings"
         return dict(value), None
     return (value, None) if isinstance(value, str) else (None, "must be a string")
+
+
+def _read_personas(data: Any, problems: list[str], base_dir: Path) -> dict[str, Persona]:
+    """The [personas.NAME] tables; a bad key warns and leaves that persona's key unset (the default applies)."""
+    if not isinstance(data, dict):
+        problems.append("'personas' must be a table of [personas.NAME] tables")
+        return {}
+    personas = {}
+    keys = {f.name for f in dataclasses.fields(Persona)} - {"name"}
+    for name, table in data.items():
+        prefix = f"personas.{name}"
+        if not isinstance(table, dict):
+            problems.append(f"'{prefix}' must be a table")
+            continue
+        persona = personas[name] = Persona(name)
+        for key, value in table.items():
+            if key not in keys:
+                problems.append(f"unknown key '{prefix}.{key}'")
+                continue
+            converted, problem = _convert_persona_value(key, value, base_dir)
+            if problem:
+                problems.append(f"'{prefix}.{key}' {problem}")
+            else:
+                setattr(persona, key, converted)
+    return personas
+
+
+def _convert_persona_value(key: str, value: Any, base_dir: Path) -> tuple[Any, str | None]:
+    if key == "adapter":
+        if not isinstance(value, str):
+            return None, "must be an adapter name, a path, or \"\" for none"
+        if _is_adapter_name(value):
+            return value, None
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base_dir / path), None  # relative to the config file
+    return _convert(key, value, base_dir)
+
+
+def _is_adapter_name(value: str) -> bool:
+    """"" (no adapter) or a bare name, to look up in adapters_dir; anything with a separator or ~ is a path."""
+    return "/" not in value and os.sep not in value and not value.startswith("~") and value not in (".", "..")
 
 
 def _convert_number(key: str, value: Any) -> tuple[Any, str | None]:
@@ -287,7 +387,7 @@ def _write_atomically(target: Path, text: str, shown: Path) -> None:
         raise ConfigError(f"{shown}: cannot write: {_reason(err)}") from None
 
 
-# --- which model to run --------------------------------------------------------------------------------
+# --- which model and adapter to run --------------------------------------------------------------------------------
 
 
 def resolve_model(
@@ -311,3 +411,28 @@ def resolve_model(
     if adapter is not None:
         return model_dir, adapter, is_demo
     return model_dir, (default_adapter if config.use_adapter else None), is_demo
+
+
+def resolve_adapter(config: Config, name_or_path: str | Path) -> Path:
+    """The adapter directory `name_or_path` means: a subdirectory of adapters_dir by that name, else a path.
+
+    Raises ConfigError (one line) when it is neither.
+    """
+    text = str(name_or_path)
+    if config.adapters_dir is not None and text and _is_adapter_name(text):
+        candidate = config.adapters_dir / text
+        if candidate.is_dir():
+            return candidate
+    path = Path(text).expanduser()
+    if text and path.is_dir():
+        return path
+    where = f"not an adapter in {config.adapters_dir} and " if config.adapters_dir is not None else ""
+    raise ConfigError(f"adapter {text!r}: {where}not a directory")
+
+
+def adapter_names(folder: Path | None) -> list[str]:
+    """The adapters in an adapters folder (its subdirectories, hidden ones left out), sorted; [] when it is None or
+    no directory."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -92,6 +92,21 @@ def inspect_adapter(adapter_dir: Path, model_dir: Path | None) -> Report:
     return report
 
 
+def adapter_summary(adapter_dir: Path, model_dir: Path | None) -> tuple[str, list[str]]:
+    """One line of an adapter's facts ("rank 8 · scale 20 · layers 0-3 (4 of 4) · 12,288 bytes (12.0 KiB)") and its
+    problems."""
+    facts = engine_inspect_adapter(adapter_dir, model_dir)
+    if facts.config is None:
+        return "", facts.problems
+    config = facts.config
+    if facts.layers is None:
+        layers = "all layers" if config.num_layers <= 0 else f"the last {config.num_layers} layers"
+    else:
+        layers = f"layers {_ranges(facts.layers)} ({len(facts.layers)} of {facts.model_layers})"
+    return " · ".join([f"rank {config.rank}", f"scale {config.scale:g}", layers, _bytes(facts.disk_bytes)]), \
+        facts.problems
+
+
 def _adapted_layers(facts: AdapterFacts) -> str:
     if facts.layers is None:
         count = "all" if facts.config.num_layers <= 0 else f"the last {facts.config.num_layers}"
@@ -100,7 +115,8 @@ def _adapted_layers(facts: AdapterFacts) -> str:
 
 
 def _quantization_lines(quant: dict[str, QuantSpec | None]) -> list[str]:
-    """One line per distinct quantization, its modules grouped: "4-bit, group size 64: embed_tokens; layers 0-27: ..."."""
+    """One line per distinct quantization, its modules grouped: "4-bit, group size 64: embed_tokens; layers 0-27:
+    ..."."""
     by_spec: dict[QuantSpec | None, list[str]] = defaultdict(list)
     for module, spec in quant.items():
         by_spec[spec].append(module)

@@ -19,7 +19,8 @@ _THINK_STRAY_END = re.compile(r"\A.*?</think>", re.DOTALL)
 # boundary (the start, a variation selector, or anything but a hashtag character or '&'), not before an emoji selector
 # or keycap; then letters, marks, digits, '_' and twitter-text's joiners, taken whole, not followed by another '#' or
 # '://' (so `#a#b` is no tag); and at least one letter or mark among them (so `#1` is no tag).
-_TAG_CHAR = r"[\p{L}\p{M}\p{Nd}_\u200c\u200d\ua67e\u05be\u05f3\u05f4\uff5e\u301c\u309b\u309c\u30a0\u30fb\u3003\u0f0b\u0f0c\u00b7]"
+_TAG_CHAR = (r"[\p{L}\p{M}\p{Nd}_\u200c\u200d\ua67e\u05be\u05f3\u05f4\uff5e\u301c\u309b\u309c\u30a0\u30fb\u3003"
+             r"\u0f0b\u0f0c\u00b7]")
 _HASHTAG = regex.compile(rf"(?:(?<=[\ufe0e\ufe0f])|(?<!{_TAG_CHAR}|&))[#＃](?![\ufe0f\u20e3]){_TAG_CHAR}*+(?![#＃]|://)")
 _LETTER = regex.compile(r"[\p{L}\p{M}]")
 # Spans a hashtag inside does not count (a URL's #fragment): a scheme or www. URL, or a bare domain with a path,
@@ -84,24 +85,43 @@ def _cut(text: str, spans: list[tuple[int, int]]) -> str:
     return "".join(out) + text[last:]
 
 
+# One user-perceived character: an extended grapheme cluster (Unicode's UAX 29, as Intl.Segmenter splits text).
+_GRAPHEME = regex.compile(r"\X")
+
+
+def post_length(text: str) -> int:
+    """The length Bluesky counts: graphemes, so a flag, a ZWJ family or a letter with combining marks is 1, as it
+    shows (Python's len counts code points: 🇫🇷 would be 2, 👨‍👩‍👧 5)."""
+    return sum(1 for _ in _GRAPHEME.finditer(text))
+
+
+def _grapheme_offsets(text: str) -> list[int]:
+    """offsets[i]: where grapheme i starts in `text` (code points); the last entry is len(text)."""
+    return [m.start() for m in _GRAPHEME.finditer(text)] + [len(text)]
+
+
 def enforce_limit(text: str, limit: int) -> str:
-    """Cut `text` to at most `limit` characters at a sentence end, else at a word boundary with an ellipsis.
+    """Cut `text` to at most `limit` graphemes (post_length) at a sentence end, else at a word boundary with an
+    ellipsis; a grapheme is never split.
 
     A sentence cut that would keep less than half the limit loses too much of the post, so the word cut
     is used instead.
     """
-    if len(text) <= limit:
+    offsets = _grapheme_offsets(text)
+    if len(offsets) - 1 <= limit:
         return text
-    sentence_cut = max((m.end() for m in _SENTENCE_END.finditer(text, 0, limit + 1) if m.end() <= limit), default=0)
-    if sentence_cut >= limit // 2:
+    end = offsets[limit]  # the code point offset where `limit` graphemes end
+    sentence_cut = max((m.end() for m in _SENTENCE_END.finditer(text, 0, end + 1) if m.end() <= end), default=0)
+    if sentence_cut in offsets and offsets.index(sentence_cut) >= limit // 2:
         return text[:sentence_cut].rstrip()
-    room = text[: max(limit - len(ELLIPSIS), 0)]
+    room = text[: offsets[max(limit - post_length(ELLIPSIS), 0)]]
     if not text[len(room)].isspace():
         # the cut fell inside a word: drop that partial word when an earlier boundary exists
         boundary = max(room.rfind(" "), room.rfind("\n"), room.rfind("\t"))
         if boundary > 0 and room[:boundary].strip():
             room = room[:boundary]
-    return (room.rstrip().rstrip(",;:-").rstrip() + ELLIPSIS)[:limit]
+    kept = room.rstrip().rstrip(",;:-").rstrip() + ELLIPSIS
+    return kept[: _grapheme_offsets(kept)[min(limit, post_length(kept))]]
 
 
 def _tidy_spaces(text: str) -> str:

@@ -36,14 +36,18 @@ _job_ids = count(1)
 
 @dataclass
 class ComposeJob:
-    """One generation: N drafts of one prompt decoded together."""
+    """One generation: N drafts of one prompt decoded together, optionally continuing a conversation."""
 
-    prompt: str
+    prompt: str  # the last user turn
     system_prompt: str
     drafts: list  # list[inference.SamplingParams]
     max_tokens: int
     postprocess: PostProcess
     post_limit: int
+    history: list[dict[str, str]] = field(default_factory=list)  # the turns before `prompt`: user, assistant, ...
+    prefill: str | None = None  # every draft starts with this text, and the model continues it
+    persona: str | None = None  # recorded with each draft
+    parent_id: int | None = None  # the stored draft this job refines or continues
     id: int = field(default_factory=lambda: next(_job_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -78,7 +82,11 @@ class LoadFailed(Message):
 
 @dataclass
 class AdapterChanged(Message):
+    """The adapter in use: `name` (None: no adapter is loaded), switched on or off; `error` if a switch failed."""
+
+    name: str | None
     enabled: bool
+    error: str | None = None
 
 
 @dataclass
@@ -127,6 +135,18 @@ class _SetAdapter:
     enabled: bool
 
 
+@dataclass(frozen=True)
+class _UseAdapter:
+    name: str | None  # None: the base model alone
+    path: Path | None
+
+
+@dataclass(frozen=True)
+class _Reload:
+    model_dir: Path
+    adapter_dir: Path | None
+
+
 _STOP = object()
 
 
@@ -171,6 +191,17 @@ class EngineService:
         """Switch the adapter on or off between generations; answered by AdapterChanged."""
         self._requests.put(_SetAdapter(enabled))
 
+    def use_adapter(self, name: str | None, path: Path | None) -> None:
+        """Serve the next jobs with adapter `name` from `path` (loaded once, kept beside the others), or with none;
+        answered by AdapterChanged."""
+        self._requests.put(_UseAdapter(name, path))
+
+    def reload(self, model_dir: Path, adapter_dir: Path | None) -> None:
+        """Load another model after the jobs queued so far: the current one is released first (two models need not
+        fit in memory at once), so jobs queued meanwhile wait for the new one. Answered like the first load
+        (LoadProgressed, then Loaded or LoadFailed)."""
+        self._requests.put(_Reload(model_dir, adapter_dir))
+
     def stop(self, timeout: float = 30.0) -> None:
         """End the thread: the running job is cancelled, a load in progress is abandoned."""
         self._stopping.set()
@@ -189,8 +220,15 @@ class EngineService:
     def _run(self) -> None:
         engine = self._load()
         while (request := self._requests.get()) is not _STOP:
-            if isinstance(request, _SetAdapter):
+            if isinstance(request, _Reload):
+                del engine  # released before the new one loads: its memory is free for it
+                self._model_dir, self._adapter_dir = request.model_dir, request.adapter_dir
+                self._use_adapter = True  # the new model's adapter, where it has one
+                engine = self._load()
+            elif isinstance(request, _SetAdapter):
                 self._set_adapter(engine, request.enabled)
+            elif isinstance(request, _UseAdapter):
+                self._switch_adapter(engine, request.name, request.path)
             elif engine is None:
                 self._post(GenerationFinished(request.id, cancelled=False, error="no model is loaded"))
             else:
@@ -224,13 +262,40 @@ class EngineService:
         self._post(Loaded(engine.model_name, engine.adapter_name, engine.adapter_enabled))
         return engine
 
+    # The engine's adapter interface is used here and in _load only.
+
+    def _adapter_state(self, engine: Any, error: str | None = None) -> AdapterChanged:
+        if engine is None or not engine.has_adapter:
+            return AdapterChanged(None, False, error)
+        return AdapterChanged(engine.adapter_name, engine.adapter_enabled, error)
+
     def _set_adapter(self, engine: Any, enabled: bool) -> None:
         if engine is not None and engine.has_adapter:
             engine.adapter_enabled = enabled
-        self._post(AdapterChanged(bool(engine is not None and engine.adapter_enabled)))
+        self._post(self._adapter_state(engine))
+
+    def _switch_adapter(self, engine: Any, name: str | None, path: Path | None) -> None:
+        if engine is None:
+            self._post(AdapterChanged(None, False, "no model is loaded"))
+            return
+        try:
+            if name is None:
+                engine.adapter_enabled = False
+            else:
+                if name not in engine.adapter_names:
+                    engine.load_adapter(name, path)
+                engine.active_adapter = name
+                engine.adapter_enabled = True
+        except Exception as err:  # a bad adapter folder: one line; the engine keeps the adapter it had
+            from inference import InferenceError
+
+            self._post(self._adapter_state(engine, _one_line(err) if isinstance(err, InferenceError)
+                                           else f"{path}: {_one_line(err)}"))
+            return
+        self._post(self._adapter_state(engine))
 
     def _compose(self, engine: Any, job: ComposeJob) -> None:
-        from bobby_tui.composer import DraftRetry, compose, to_record
+        from bobby_tui.composer import DraftRetry, compose
         from inference import TokenDelta
 
         system = job.system_prompt or None
@@ -238,7 +303,7 @@ class EngineService:
         try:
             events = compose(
                 engine, job.prompt, system, job.drafts, job.max_tokens, job.postprocess, job.post_limit,
-                should_cancel=job.cancelled.is_set,
+                should_cancel=job.cancelled.is_set, history=job.history or None, prefill=job.prefill,
             )
             for event in events:
                 if isinstance(event, TokenDelta):
@@ -246,7 +311,15 @@ class EngineService:
                 elif isinstance(event, DraftRetry):
                     self._post(DraftRestarted(job.id, event.draft, event.attempt))
                 else:
-                    self._post(DraftFinished(job.id, event, to_record(event, engine, job.prompt, system)))
+                    self._post(DraftFinished(job.id, event, _record(job, event, engine)))
         except Exception as err:  # one line in the app; the engine thread keeps serving
             error = _one_line(err)
         self._post(GenerationFinished(job.id, cancelled=job.cancelled.is_set(), error=error))
+
+
+def _record(job: ComposeJob, draft: Any, engine: Any) -> Any:
+    """The history row of one finished draft of `job`, with the conversation it continued."""
+    from bobby_tui.composer import to_record
+
+    return to_record(draft, engine, job.prompt, job.system_prompt or None, history=job.history, prefill=job.prefill,
+                     persona=job.persona, parent_id=job.parent_id)

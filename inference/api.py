@@ -101,6 +101,10 @@ class GenerationRequest:
     drafts: list[SamplingParams] = field(default_factory=lambda: [SamplingParams()])
     max_tokens: int = 256
     stop_strings: tuple[str, ...] = ()
+    # One entry per draft: an adapter's name, or None for the base model. None: every draft runs with the engine's
+    # current setting (its active adapter if switched on). Drafts of one request may differ (a spread of base /
+    # adapter A / adapter B on one seed): each adapter in use prefills the prompt once.
+    adapters: tuple[str | None, ...] | None = None
 
 
 LOAD_PHASES = ("reading", "preparing", "warming up")  # in order: tensors read, weights transformed, kernels warmed
@@ -126,6 +130,7 @@ class GenerationStats:
     prefill_tok_s: float
     decode_tok_s: float
     peak_memory_bytes: int
+    prefilled_tokens: int = 0  # the prompt tokens computed for this draft; the rest came from the prompt cache
 
 
 @dataclass

@@ -3,9 +3,11 @@
 All of it runs on the engine's thread. Each ``step()`` (1) lets cancelled rows go, (2) runs one prefill chunk of the
 request at the head of the queue when its rows fit (a long prompt so holds the running rows up one chunk at a time),
 its rows joining the batch once the prompt is in, and (3) decodes one token for every running row. A request's
-drafts share one prefill; the last prompt's cache is kept, so a prompt that shares a prefix with it prefills only
-the rest. Rows of different requests are left-padded to one cache (``inference/cache.py``). A finished row stays
-in the device batch, its tokens ignored, until the batch next changes shape (a request joins, or one is cancelled).
+drafts share one prefill per adapter they use; recent prompts' caches are kept (``PromptCache``), so a prompt that
+shares a prefix with one prefills only the rest. Rows may run with different adapters (``GenerationRequest.adapters``,
+``models.base.RowAdapters``). Rows of different requests are left-padded to one cache (``inference/cache.py``). A
+finished row stays in the device batch, its tokens ignored, until the batch next changes shape (a request joins, or
+one is cancelled).
 """
 
 from __future__ import annotations
@@ -31,29 +33,62 @@ if TYPE_CHECKING:
 Event = tuple[int, "TokenDelta | DraftDone"]
 
 
+@dataclass
+class _CachedPrompt:
+    adapter: str | None  # the keys and values depend on the adapter (its updates of k and v)
+    tokens: list[int]  # the prompt being or last prefilled; its first cache[0].offset are in the cache
+    cache: list[KVCache]
+
+
+def _shared_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
 class PromptCache:
-    """The last prompt's one-row cache, kept so that the next prompt sharing a prefix with it prefills only the rest."""
+    """Recent prompts' one-row caches, one per prompt and adapter (at most ``max_entries``, the least recently used
+    dropped first): a prompt that shares a prefix with one of them prefills only the rest. A refinement (the
+    conversation so far, then a new user turn) so prefills only what follows the part of its prompt that the
+    earlier prompt rendered identically.
 
-    def __init__(self, model):
-        self.model = model
-        self.cache: list[KVCache] | None = None
-        self.tokens: list[int] = []  # the prompt being or last prefilled; its first cache[0].offset are in the cache
-        self.use_lora = False
+    The rule: a prompt of n tokens whose longest common token prefix with the cached prompts of its adapter is p
+    prefills ``n - min(p, n - 1)`` tokens (at least one runs, for its logits), as long as that prompt is among the
+    ``max_entries`` most recently used. The cached prompt is what was
+    prefilled, not the draft generated after it: Qwen3's template renders an earlier assistant turn without the
+    empty think block its generation prompt had, so a draft's own tokens never recur at the same positions there."""
 
-    def start(self, tokens: list[int], use_lora: bool) -> tuple[list[KVCache], int]:
-        """The cache to prefill ``tokens`` into, and how many of them it already holds (at least one is left to
-        run, for its logits). A cache made with the adapter switched otherwise is not reused."""
-        reused = 0
-        if self.cache is None or self.use_lora != use_lora:
-            self.cache = self.model.new_cache(1)
-        else:
-            limit = min(len(tokens) - 1, self.cache[0].offset)
-            while reused < limit and self.tokens[reused] == tokens[reused]:
-                reused += 1
-            for layer_cache in self.cache:
+    def __init__(self, model, max_entries: int = 4):
+        self.model, self.max_entries = model, max_entries
+        self.entries: list[_CachedPrompt] = []  # least recently used first
+
+    def start(self, tokens: list[int], adapter: str | None) -> tuple[list[KVCache], int]:
+        """The cache to prefill ``tokens`` into, and how many of them it already holds. A cached prompt that
+        ``tokens`` extends (or repeats) is prefilled further in place; one it leaves part-way is left as it is and
+        its shared prefix copied into a new entry, so a re-roll of an earlier prompt still finds it."""
+        best, reused = None, 0
+        for entry in self.entries:
+            if entry.adapter == adapter:
+                shared = _shared_prefix(entry.tokens, tokens, min(len(tokens) - 1, entry.cache[0].offset))
+                if shared > reused:
+                    best, reused = entry, shared
+        if best is not None and best.tokens[: best.cache[0].offset] == tokens[: best.cache[0].offset]:
+            self.entries.remove(best)
+            for layer_cache in best.cache:
                 layer_cache.trim(layer_cache.offset - reused)
-        self.tokens, self.use_lora = tokens, use_lora
-        return self.cache, reused
+            best.tokens = tokens
+        else:
+            cache = [c.prefix(reused) for c in best.cache] if best is not None else self.model.new_cache(1)
+            best = _CachedPrompt(adapter, tokens, cache)
+            if len(self.entries) >= self.max_entries:
+                self.entries.pop(0)
+        self.entries.append(best)
+        return best.cache, reused
+
+    def forget(self, adapter: str) -> None:
+        """Drop the caches made with ``adapter`` (reloaded: its keys and values changed)."""
+        self.entries = [e for e in self.entries if e.adapter != adapter]
 
 
 @dataclass
@@ -62,10 +97,14 @@ class _Request:
     request: GenerationRequest
     prompt: list[int]
     params: list[SamplingParams]  # resolved: each with its seed
-    use_lora: bool
+    adapters: list[str | None]  # each draft's
     texts: list[DraftText]
-    prefill: Iterator[mx.array] | None = None  # while its prompt is being run
+    groups: deque[tuple[str | None, list[int]]]  # drafts not yet prefilled, by adapter: each group prefills once
+    prefilled: list[int]  # each draft's prompt tokens computed (the rest came from the prompt cache)
+    prefill: Iterator[mx.array] | None = None  # while the first group's prompt is being run
+    cache: list[KVCache] | None = None  # the cache it runs into
     prefill_s: float = 0.0
+    computed: int = 0  # prompt tokens run over all its groups (for the prefill speed)
     decode_started: float = 0.0
     open_drafts: set[int] = field(default_factory=set)
 
@@ -119,14 +158,30 @@ class BatchGenerator:
         if len(prompt) + request.max_tokens > context:
             raise ParameterError(f"the prompt ({len(prompt)} tokens) and max_tokens ({request.max_tokens}) exceed "
                                  f"the model's context of {context} positions")
+        adapters = self._draft_adapters(request)
         request_id, self._next_id = self._next_id, self._next_id + 1
         params = [p.resolved() for p in request.drafts]
-        entry = _Request(request_id, request, prompt, params, engine.adapter_enabled,
+        groups: dict[str | None, list[int]] = {}
+        for draft, adapter in enumerate(adapters):
+            groups.setdefault(adapter, []).append(draft)
+        entry = _Request(request_id, request, prompt, params, adapters,
                          [DraftText(engine.tokenizer, request.stop_strings) for _ in params],
-                         open_drafts=set(range(len(params))))
+                         deque(groups.items()), [0] * len(params), open_drafts=set(range(len(params))))
         self._waiting.append(entry)
         self._requests[request_id] = entry
         return request_id
+
+    def _draft_adapters(self, request: GenerationRequest) -> list[str | None]:
+        engine, n = self.engine, len(request.drafts)
+        if request.adapters is None:
+            return [engine.current_adapter] * n
+        if not isinstance(request.adapters, (tuple, list)) or len(request.adapters) != n:
+            raise ParameterError(f"adapters must give one adapter name (or None) per draft: {n}")
+        for name in request.adapters:
+            if name is not None and name not in engine.adapters:
+                loaded = ", ".join(engine.adapters) or "none"
+                raise ParameterError(f"no adapter named {name!r} is loaded (loaded: {loaded})")
+        return list(request.adapters)
 
     def cancel(self, request_id: int) -> None:
         """The request's rows leave before the next step, whose events end each of its drafts as "cancelled".
@@ -164,45 +219,52 @@ class BatchGenerator:
         if not self._waiting:
             return
         entry = self._waiting[0]
-        if entry.prefill is None:  # not started: only when its rows fit the batch now
-            fits = self.active_rows + len(entry.params) <= self.max_rows
-            same_adapter = self.active_rows == 0 or self._batch.use_lora == entry.use_lora
-            if not (fits and same_adapter):
+        if entry.prefill is None:  # the next adapter's prefill: only when the request's remaining rows fit now
+            if self.active_rows + sum(len(drafts) for _, drafts in entry.groups) > self.max_rows:
                 return
-            cache, reused = self.engine.prompt_cache.start(entry.prompt, entry.use_lora)
-            entry.prefill = prefill(self.engine.model, cache, entry.prompt[reused:], entry.use_lora,
+            adapter, drafts = entry.groups[0]
+            entry.cache, reused = self.engine.prompt_cache.start(entry.prompt, adapter)
+            for draft in drafts:
+                entry.prefilled[draft] = len(entry.prompt) - reused
+            entry.computed += len(entry.prompt) - reused
+            entry.prefill = prefill(self.engine.model, entry.cache, entry.prompt[reused:], adapter,
                                     self.engine.model.options.prefill_chunk)
         started = time.perf_counter()
         logits = next(entry.prefill)
         entry.prefill_s += time.perf_counter() - started
-        cache = self.engine.prompt_cache.cache
-        if cache[0].offset < len(entry.prompt):
+        if entry.cache[0].offset < len(entry.prompt):
             return
-        self._waiting.popleft()
-        self._join(entry, cache, logits, events)
+        adapter, drafts = entry.groups.popleft()
+        entry.prefill = None
+        if not entry.groups:
+            self._waiting.popleft()
+        self._join(entry, drafts, adapter, logits, events)
 
-    def _join(self, entry: _Request, prompt_cache: list[KVCache], logits: mx.array, events: list[Event]) -> None:
-        """The request's prompt is in: its rows join the batch, their first tokens sampled from ``logits``."""
-        n = len(entry.params)
-        if entry.request.max_tokens == 0:
+    def _join(self, entry: _Request, drafts: list[int], adapter: str | None, logits: mx.array,
+              events: list[Event]) -> None:
+        """The prompt is in ``entry.cache`` with ``adapter``: the rows of ``drafts`` join the batch, their first
+        tokens sampled from ``logits``."""
+        n = len(drafts)
+        if not entry.decode_started:
             entry.decode_started = time.perf_counter()
-            for draft in range(n):
+        if entry.request.max_tokens == 0:
+            for draft in drafts:
                 self._finish(entry, draft, "length", events)
             return
         self._compact()  # the batch changes shape anyway: finished rows go now
         if not self._rows:
-            self._batch = DecodeBatch(self.engine.model, entry.use_lora)
-        self._batch.extend([c.repeat(n) for c in prompt_cache], BatchSampler(entry.params, [entry.prompt] * n),
-                           mx.repeat(logits, n, axis=0) if n > 1 else logits)
-        entry.decode_started = time.perf_counter()
-        self._rows += [_Row(entry, draft) for draft in range(n)]
+            self._batch = DecodeBatch(self.engine.model)
+        sampler = BatchSampler([entry.params[d] for d in drafts], [entry.prompt] * n)
+        self._batch.extend([c.repeat(n) for c in entry.cache], sampler,
+                           mx.repeat(logits, n, axis=0) if n > 1 else logits, [adapter] * n)
+        self._rows += [_Row(entry, draft) for draft in drafts]
 
     def _decode(self, events: list[Event]) -> None:
         eos = self.engine.eos_token_ids
         wants_more = any(row.request.texts[row.draft].generated + 1 < row.request.request.max_tokens
                          for row in self._rows if not row.done)
         tokens = self._batch.step(queue_next=wants_more)
-        for row, token in zip(self._rows, tokens):
+        for row, token in zip(self._rows, tokens, strict=True):
             if row.done:
                 continue
             if token == NOT_FINITE:
@@ -247,9 +309,10 @@ class BatchGenerator:
         stats = GenerationStats(
             prompt_tokens=len(entry.prompt),
             generated_tokens=text.generated,
-            prefill_tok_s=len(entry.prompt) / entry.prefill_s if entry.prefill_s > 0 else 0.0,
+            prefill_tok_s=entry.computed / entry.prefill_s if entry.prefill_s > 0 else 0.0,
             decode_tok_s=text.generated / decode_s if entry.decode_started else 0.0,
             peak_memory_bytes=mx.get_peak_memory(),
+            prefilled_tokens=entry.prefilled[draft],
         )
         events.append((entry.id, DraftDone(draft, text.text, text.finish_reason, entry.params[draft], stats)))
         entry.open_drafts.discard(draft)

@@ -98,6 +98,15 @@ class KVCache:
             copy._store(self.keys[..., : self.offset, :], self.values[..., : self.offset, :])  # broadcast over rows
         return copy
 
+    def prefix(self, length: int) -> KVCache:
+        """A new single-row cache holding this one's first ``length`` positions (this one is left as it is)."""
+        assert self.batch == 1 and length <= self.offset
+        copy = KVCache(1, self.kv_heads, self.head_dim, self.dtype)
+        copy.offset = length
+        if self.keys is not None and length:
+            copy._store(self.keys[..., :length, :], self.values[..., :length, :])
+        return copy
+
     def filter(self, rows: list[int]) -> None:
         """Keep only ``rows`` (indices, in the new order); padding every kept row has in common is cut off."""
         shift = min((self.left_padding[r] for r in rows), default=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import mlx.core as mx
@@ -11,6 +11,7 @@ import mlx.core as mx
 from .api import DraftDone, GenerationRequest, LoadProgress, SamplingParams, TokenDelta
 from .batching import BatchGenerator, PromptCache
 from .dense_cpu import use_dense_cpu
+from .errors import AdapterError
 from .io.checkpoint import check_tokenizer_fits, load_weights, plan_checkpoint, stop_token_ids
 from .lora import AdapterConfig, apply_adapter
 from .models import family_of
@@ -36,37 +37,59 @@ class _Steps:
 
 class Engine:
     def __init__(self, model, tokenizer: Tokenizer, model_dir: Path, eos_token_ids: set[int],
-                 adapter: AdapterConfig | None, adapter_dir: Path | None):
-        self.model, self.tokenizer = model, tokenizer
-        self.model_dir, self.adapter_dir, self.adapter = model_dir, adapter_dir, adapter
+                 adapters: dict[str, AdapterConfig], active_adapter: str | None):
+        self.model, self.tokenizer, self.model_dir = model, tokenizer, model_dir
         self.eos_token_ids = eos_token_ids
-        self._adapter_enabled = adapter is not None
+        self.adapters = adapters  # name -> its config, in the order loaded
+        self._active = active_adapter  # the adapter that adapter_enabled switches on
+        self._adapter_enabled = active_adapter is not None
         self._owner = threading.get_ident()
-        self.prompt_cache = PromptCache(model)  # the last prompt's cache, reused for a shared prefix
+        self.prompt_cache = PromptCache(model)  # recent prompts' caches, reused for a shared prefix
 
     @classmethod
     def load(cls, model_dir: Path | str, adapter_dir: Path | str | None = None,
-             progress: Callable[[LoadProgress], None] | None = None, options: EngineOptions | None = None) -> Engine:
-        """``options``: how to run the model (default: ``EngineOptions.for_device()``)."""
+             progress: Callable[[LoadProgress], None] | None = None, options: EngineOptions | None = None,
+             adapters: Mapping[str, Path | str] | None = None) -> Engine:
+        """``adapter_dir``: the default adapter (the active one, switched on), named by its directory's name;
+        ``adapters``: more adapters for the same base model, by name (requests pick them per draft);
+        ``options``: how to run the model (default: ``EngineOptions.for_device()``)."""
         model_dir = Path(model_dir)
         options = options or EngineOptions.for_device()
+        named = {Path(adapter_dir).name: Path(adapter_dir)} if adapter_dir is not None else {}
+        for name, path in (adapters or {}).items():
+            if name in named:
+                raise AdapterError(Path(path), f"two adapters are named {name!r}")
+            named[name] = Path(path)
         plan = plan_checkpoint(model_dir)
         tokenizer = Tokenizer(model_dir)
         check_tokenizer_fits(model_dir, plan.config, tokenizer)
         eos = stop_token_ids(model_dir, plan.config, tokenizer)
         weights = load_weights(plan, options.dtype, progress)
         # The steps that transform the weights after reading report as "preparing", so a bar does not sit at 100%
-        steps = 1 + options.cpu_dense + (adapter_dir is not None)
+        steps = 1 + options.cpu_dense + len(named)
         prepared = _Steps(progress, steps)
         model = family_of(plan.config).Model(plan.config, weights, plan.quant, options)  # fuses the projections
         prepared.done()
         if options.cpu_dense:  # dense float32 projections, ~7x the 4-bit memory, ~1.6x the decode speed (dense_cpu.py)
             use_dense_cpu(model)
             prepared.done()
-        adapter = apply_adapter(model, adapter_dir) if adapter_dir is not None else None
-        if adapter is not None:
+        configs = {}
+        for name, path in named.items():
+            configs[name] = apply_adapter(model, path, name)
             prepared.done()
-        return cls(model, tokenizer, model_dir, eos, adapter, Path(adapter_dir) if adapter_dir is not None else None)
+        active = Path(adapter_dir).name if adapter_dir is not None else None
+        return cls(model, tokenizer, model_dir, eos, configs, active)
+
+    def load_adapter(self, name: str, path: Path | str) -> None:
+        """Load one more adapter for this base model (or replace the one of that name), without reloading the
+        base. A first adapter becomes the active one, switched off."""
+        self._check_thread()
+        if not isinstance(name, str) or not name:
+            raise ValueError("an adapter's name must be a non-empty string")
+        self.adapters[name] = apply_adapter(self.model, path, name)
+        self.prompt_cache.forget(name)
+        if self._active is None:
+            self._active = name
 
     # --- what the app shows -------------------------------------------------------------------------------------
     @property
@@ -74,12 +97,35 @@ class Engine:
         return self.model_dir.name
 
     @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return tuple(self.adapters)
+
+    @property
+    def active_adapter(self) -> str | None:
+        """The adapter ``adapter_enabled`` switches on (None: no adapter is loaded)."""
+        return self._active
+
+    @active_adapter.setter
+    def active_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            raise ValueError(f"no adapter named {name!r} is loaded (loaded: {', '.join(self.adapters) or 'none'})")
+        self._active = name
+
+    @property
+    def adapter(self) -> AdapterConfig | None:
+        return self.adapters[self._active] if self._active is not None else None
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        return self.adapter.path.parent if self.adapter is not None else None
+
+    @property
     def adapter_name(self) -> str | None:
-        return self.adapter_dir.name if self.adapter_dir is not None else None
+        return self._active
 
     @property
     def has_adapter(self) -> bool:
-        return self.adapter is not None
+        return bool(self.adapters)
 
     @property
     def adapter_enabled(self) -> bool:
@@ -91,16 +137,27 @@ class Engine:
             raise ValueError("no adapter is loaded")
         self._adapter_enabled = enabled
 
+    @property
+    def current_adapter(self) -> str | None:
+        """What a draft without an adapter of its own runs with: the active adapter when switched on, else None."""
+        return self._active if self._adapter_enabled else None
+
+    def render_messages(self, messages: list[dict], prefill: str | None = None) -> str:
+        """A conversation (system?, user, assistant, user, ...) as the model's chat template renders it, thinking
+        off. Without ``prefill`` the prompt ends with the generation prompt (a new assistant turn); with it the
+        assistant turn starts with that text, as ``mlx_lm.generate --prefill-response`` renders it."""
+        return self.tokenizer.render_messages(messages, prefill)
+
     def render_prompt(self, user: str, system: str | None = None) -> str:
         # None: no system message; "" is an empty one, as mlx_lm renders `--system-prompt ""`
         messages = [{"role": "system", "content": system}] if system is not None else []
-        messages.append({"role": "user", "content": user})
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False)
+        return self.render_messages([*messages, {"role": "user", "content": user}])
 
     # --- model work (only on the owning thread) ------------------------------------------------------------------
     def _check_thread(self) -> None:
         if threading.get_ident() != self._owner:
-            raise RuntimeError("Engine used from a thread other than the one that loaded it (MLX streams are per thread)")
+            raise RuntimeError("Engine used from a thread other than the one that loaded it "
+                               "(MLX streams are per thread)")
 
     def generate(self, request: GenerationRequest, should_cancel: Callable[[], bool] | None = None
                  ) -> Iterator[TokenDelta | DraftDone]:
@@ -120,7 +177,8 @@ class Engine:
     def token_logprobs(self, tokens: list[int]) -> list[float]:
         """log p(tokens[i] | tokens[:i]) for i = 1 .. n-1, with the adapter as currently switched."""
         self._check_thread()
-        logits = self.model(mx.array([tokens]), self.model.new_cache(1), self._adapter_enabled, last_only=False)[0]
+        logits = self.model(mx.array([tokens]), self.model.new_cache(1), self.current_adapter,
+                            last_only=False)[0]
         logprobs = logits[:-1] - mx.logsumexp(logits[:-1], axis=-1, keepdims=True)
         picked = mx.take_along_axis(logprobs, mx.array(tokens[1:])[:, None], axis=-1)[:, 0]
         return picked.tolist()

@@ -18,11 +18,11 @@ from .sampling import BatchSampler, finite_rows
 NOT_FINITE = -1  # what a row's token reads as on the host when its logits held a NaN or an infinity
 
 
-def prefill(model, cache: list[KVCache], tokens: list[int], use_lora: bool, chunk: int) -> Iterator[mx.array]:
+def prefill(model, cache: list[KVCache], tokens: list[int], adapter: str | None, chunk: int) -> Iterator[mx.array]:
     """Feed ``tokens`` (one row) into ``cache``, ``chunk`` tokens per forward pass, evaluating each pass; yields
     after each one, the last yield being the logits (1, V) of the last token."""
     for start in range(0, len(tokens), chunk):
-        logits = model(mx.array([tokens[start : start + chunk]]), cache, use_lora)
+        logits = model(mx.array([tokens[start : start + chunk]]), cache, adapter)
         mx.eval(logits)
         yield logits
 
@@ -30,8 +30,10 @@ def prefill(model, cache: list[KVCache], tokens: list[int], use_lora: bool, chun
 class DecodeBatch:
     """Rows decoding in one forward pass per step; rows join with ``extend`` and leave with ``filter``."""
 
-    def __init__(self, model, use_lora: bool):
-        self.model, self.use_lora = model, use_lora
+    def __init__(self, model):
+        self.model = model
+        self.adapters: list[str | None] = []  # each row's (None: the base model)
+        self._selection = None  # what the forward pass runs with (model.adapter_for), kept until the rows change
         self.cache: list[KVCache] | None = None
         self.sampler: BatchSampler | None = None
         self.tokens: mx.array | None = None  # (rows,): what each row feeds at the next step (maybe not computed yet)
@@ -41,14 +43,17 @@ class DecodeBatch:
     def rows(self) -> int:
         return 0 if self.sampler is None else len(self.sampler.params)
 
-    def extend(self, cache: list[KVCache], sampler: BatchSampler, logits: mx.array) -> None:
-        """Rows that finished their prefill: ``cache`` holds their prompts, ``logits`` (rows, V) their last
-        positions'; their first tokens are sampled now and come out of the next ``step``."""
+    def extend(self, cache: list[KVCache], sampler: BatchSampler, logits: mx.array, adapters: list[str | None]
+               ) -> None:
+        """Rows that finished their prefill: ``cache`` holds their prompts (run with ``adapters``, one per row),
+        ``logits`` (rows, V) their last positions'; their first tokens are sampled now and come out of the next
+        ``step``."""
         first, readout = self._sample(sampler, logits)
+        self._set_adapters(self.adapters + list(adapters) if self.rows else list(adapters))
         if self.rows == 0:
             self.cache, self.sampler, self.tokens, self.readout = cache, sampler, first, readout
             return
-        for layer_cache, joining in zip(self.cache, cache):
+        for layer_cache, joining in zip(self.cache, cache, strict=True):
             layer_cache.extend(joining)
         self.sampler.extend(sampler)
         self.tokens = mx.concatenate([self.tokens, first])
@@ -60,8 +65,13 @@ class DecodeBatch:
         tokens = sampler(logits)
         return tokens, mx.where(finite_rows(logits), tokens.astype(mx.int32), NOT_FINITE)
 
+    def _set_adapters(self, adapters: list[str | None]) -> None:
+        self.adapters = adapters
+        self._selection = self.model.adapter_for(tuple(adapters), len(adapters)) if adapters else None
+
     def filter(self, rows: list[int]) -> None:
         """Keep only ``rows`` (indices, in the new order)."""
+        self._set_adapters([self.adapters[r] for r in rows])
         if not rows:
             self.cache = self.sampler = self.tokens = self.readout = None
             return
@@ -78,7 +88,7 @@ class DecodeBatch:
         no row will want another token)."""
         tokens, readout = self.tokens, self.readout
         if queue_next:
-            logits = self.model.decode(tokens[:, None], self.cache, self.use_lora)
+            logits = self.model.decode(tokens[:, None], self.cache, self._selection)
             self.tokens, self.readout = self._sample(self.sampler, logits)
             mx.async_eval(self.tokens, self.readout)
         else:

@@ -122,8 +122,9 @@ def check_adapter_dir(adapter_dir: Path | str, model_config: BaseModelArgs | Non
         return [str(e)]
 
 
-def apply_adapter(model, adapter_dir: Path | str) -> AdapterConfig:
-    """Attach the adapter's LoRA weights to the model's projections (the base weights are untouched)."""
+def apply_adapter(model, adapter_dir: Path | str, name: str) -> AdapterConfig:
+    """Attach the adapter's LoRA weights to the model's projections under ``name`` (the base weights are untouched;
+    an adapter loaded before under that name is replaced)."""
     adapter_config, tensors, problems = _read_adapter(Path(adapter_dir), model.config)
     if problems:
         raise AdapterError(None, problems[0])
@@ -133,11 +134,13 @@ def apply_adapter(model, adapter_dir: Path | str) -> AdapterConfig:
         return (tensors.load(f"{module}.lora_a"), tensors.load(f"{module}.lora_b")) if module in adapted else None
 
     for layer in model.layers:
-        for name, keys in model.projection_groups.items():
-            layer.projections[name].set_lora([pair(f"model.layers.{layer.index}.{key}") for key in keys],
-                                             adapter_config.scale, model.dtype)
+        for group, keys in model.projection_groups.items():
+            layer.projections[group].set_lora(name, [pair(f"model.layers.{layer.index}.{key}") for key in keys],
+                                              adapter_config.scale, model.dtype)
         layer.forget_traces()
-    model.lm_head.set_lora([pair("lm_head")], adapter_config.scale, model.dtype)
+    model.lm_head.set_lora(name, [pair("lm_head")], adapter_config.scale, model.dtype)
     projections = [p for layer in model.layers for p in layer.projections.values()] + [model.lm_head]
-    mx.eval([lora.a for p in projections for lora in p.loras if lora])
+    mx.eval([lora.a for p in projections for lora in p.loras[name] if lora])
+    if name not in model.adapter_names:
+        model.adapter_names.append(name)
     return adapter_config

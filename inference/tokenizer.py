@@ -31,6 +31,7 @@ from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace, _PassArg, generate_lorem_ipsum, pass_context
 from tokenizers import Tokenizer as HFTokenizer
 
+from .api import ParameterError
 from .config import read_json
 from .errors import TokenizerError
 from .safetensors_reader import json_type_name, open_regular_file
@@ -550,6 +551,20 @@ def _eos_text(model_dir: Path, config: dict) -> str | None:
     return eos
 
 
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+
+def _check_messages(messages: list[dict]) -> None:
+    """A conversation is a non-empty list of {"role", "content"} with known roles and text content."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ParameterError("a conversation needs at least one message")
+    for number, message in enumerate(messages, 1):
+        if not isinstance(message, dict) or message.get("role") not in MESSAGE_ROLES:
+            raise ParameterError(f"message {number} must be a dict whose role is one of {', '.join(MESSAGE_ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise ParameterError(f"message {number} ({message['role']}) must have text content")
+
+
 class Tokenizer:
     def __init__(self, model_dir: Path | str):
         model_dir = Path(model_dir)
@@ -583,11 +598,47 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)
 
+    def render_messages(self, messages: list[dict], prefill: str | None = None) -> str:
+        """A conversation (system?, user, assistant, user, ...) rendered with thinking off: ending with the
+        generation prompt, or, with ``prefill``, inside an assistant turn that starts with that text (as
+        ``mlx_lm.generate --prefill-response`` renders it: the turn appended, ``continue_final_message``)."""
+        _check_messages(messages)
+        if prefill is None:
+            return self.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False)
+        if not isinstance(prefill, str):
+            raise ParameterError(f"prefill must be a string (got {type(prefill).__name__})")
+        return self.apply_chat_template([*messages, {"role": "assistant", "content": prefill}],
+                                        add_generation_prompt=False, enable_thinking=False,
+                                        continue_final_message=True)
+
     def apply_chat_template(
-        self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool = False, **extra
+        self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool = False,
+        continue_final_message: bool = False, **extra
     ) -> str:
+        """The conversation as the template renders it. ``continue_final_message``: the prompt ends inside the last
+        message, so the model continues its text (transformers' semantics, which ``mlx_lm.generate
+        --prefill-response`` uses): the message is rendered with a tag after its text and the prompt is cut at the
+        tag, so whatever the template puts after a message (``<|im_end|>``) is left out."""
         if self._template is None:
             raise TokenizerError(self.template_path, "the model has no chat template")
+        if not continue_final_message:
+            return self._render(messages, add_generation_prompt, enable_thinking, extra)
+        if add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt exclude each other")
+        if not messages or not isinstance(messages[-1].get("content"), str):
+            raise ValueError("continue_final_message needs a last message with text content")
+        final = messages[-1]["content"]
+        tagged = [*messages[:-1], {**messages[-1], "content": final + _CONTINUE_TAG}]
+        rendered = self._render(tagged, False, enable_thinking, extra)
+        tag = _CONTINUE_TAG.strip()
+        if final.strip() not in rendered or tag not in rendered:
+            raise TokenizerError(self.template_path, "the chat template drops part of the final message, so the "
+                                                     "reply cannot continue it")
+        cut = rendered.rindex(tag)
+        # A template that trims the message's trailing space trims it before the tag too: cut that space as well
+        return rendered[:cut] if rendered.startswith(_CONTINUE_TAG, cut) else rendered[:cut].rstrip()
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool, enable_thinking: bool, extra: dict) -> str:
         return _render_bounded(
             self._template, self.template_path,
             messages=messages,
@@ -597,6 +648,9 @@ class Tokenizer:
             eos_token=self._eos_text or "",
             **extra,
         )
+
+
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' tag, so templates see the same text it renders
 
 
 _FAILED = object()

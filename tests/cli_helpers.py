@@ -10,13 +10,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args, check_one_line_error: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`bobby-tui ARGS` in a subprocess with this test's XDG dirs (set by conftest's autouse fixture)."""
+def run_cli(*args, check_one_line_error: bool = False, timeout: float = 120,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`bobby-tui ARGS` in a subprocess with this test's XDG dirs (set by conftest's autouse fixture), `stdin` its
+    input (default: the test's own)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("BOBBY_TUI_DEBUG", None)
     result = subprocess.run(
         [sys.executable, "-m", "bobby_tui", *map(str, args)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, input=stdin,
     )
     if check_one_line_error:
         assert result.returncode != 0, result

@@ -25,7 +25,6 @@ GATE_TIMEOUT_S = 120  # a held stream or warm-up gives up after this long, so a 
 class FakeEngine:
     """Draft i of a request streams WORDS (draft i > 0 starts at word i), one word per token."""
 
-    has_adapter = True
     tokenizer = SimpleNamespace(special_tokens=frozenset({"<|im_start|>", "<|im_end|>"}))  # what compose removes
 
     def __init__(
@@ -37,8 +36,10 @@ class FakeEngine:
         warmup_gate: threading.Event | None = None,
         hold_until_cancelled: bool = False,
     ) -> None:
-        self.model_name, self.adapter_name = model_name, adapter_name
-        self.adapter_enabled = True
+        self.model_name = model_name
+        self.adapters = {adapter_name: Path(adapter_name)} if adapter_name else {}  # name -> the folder it came from
+        self.active_adapter = adapter_name or None
+        self.adapter_enabled = bool(adapter_name)
         self.token_delay = token_delay
         self.words = list(words)
         self.warmup_gate = warmup_gate  # warmup() waits for it: a test can look at the screen mid warm-up
@@ -48,8 +49,29 @@ class FakeEngine:
         self.warmed_up: list[tuple[int, ...]] = []
         self.started = threading.Event()  # set once the first token of a generation is out
 
+    @property
+    def has_adapter(self) -> bool:
+        return self.active_adapter is not None
+
+    @property
+    def adapter_name(self) -> str | None:
+        return self.active_adapter
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.adapters)
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        if not Path(path).name.startswith("lora"):  # the fake's way to have an adapter folder that does not load
+            raise ValueError("not an adapter")
+        self.adapters[name] = Path(path)
+
     def render_prompt(self, user: str, system: str | None = None) -> str:
         return f"{system or ''}|{user}"
+
+    def render_messages(self, messages: list[dict[str, str]], prefill: str | None = None) -> str:
+        """The turns as "role:content" joined by "|", then the prefill: easy to assert on."""
+        return "|".join(f"{m['role']}:{m['content']}" for m in messages) + f"|assistant:{prefill or ''}"
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         if self.warmup_gate is not None:

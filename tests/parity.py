@@ -22,7 +22,7 @@ def mlx_lm_last_logits(model, prompt_ids: list[int]) -> mx.array:
 
 
 def ours_last_logits(engine: Engine, prompt_ids: list[int]) -> mx.array:
-    return engine.model(mx.array([prompt_ids]), engine.model.new_cache(1), engine.adapter_enabled)[0]
+    return engine.model(mx.array([prompt_ids]), engine.model.new_cache(1), engine.current_adapter)[0]
 
 
 def mlx_lm_greedy(model, tokenizer, prompt_ids: list[int], n: int) -> list[int]:

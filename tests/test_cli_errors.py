@@ -210,7 +210,7 @@ def test_a_value_sqlite_cannot_store_keeps_the_drafts(monkeypatch, capsys):
     from bobby_tui import composer
 
     to_record = composer.to_record
-    monkeypatch.setattr(composer, "to_record", lambda *a: dataclasses.replace(to_record(*a), seed=2**64))
+    monkeypatch.setattr(composer, "to_record", lambda *a, **kw: dataclasses.replace(to_record(*a, **kw), seed=2**64))
     code, out, err = _post_in_process(monkeypatch, capsys, lambda: None)
     assert code == 3 and out.count("── draft ") == 2
     (line,) = err.splitlines()

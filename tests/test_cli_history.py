@@ -8,11 +8,12 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from cli_helpers import REPO, run_cli
 
-from bobby_tui.paths import db_path
+from bobby_tui.paths import config_path, db_path
 from bobby_tui.storage import GenerationRecord, Store
 
 
@@ -176,7 +177,7 @@ def test_concurrent_exports_do_not_collide(tmp_path):
             "INSERT INTO generations (created_at, prompt, text, temperature, top_p, seed, model, prompt_tokens, "
             "generated_tokens, decode_tok_s, prefill_tok_s, finish_reason) VALUES "
             "('2026-01-01T00:00:00+00:00', 'p', ?, 0.8, 0.9, 1, 'm', 1, 1, 1.0, 1.0, 'stop')",
-            [("draft %d " % i + "x" * 2000,) for i in range(rows)],
+            [(f"draft {i} " + "x" * 2000,) for i in range(rows)],
         )
     out, go = tmp_path / "all.jsonl", tmp_path / "go"
     # every writer waits for the same moment, then exports to the same file
@@ -233,3 +234,70 @@ def test_a_history_from_before_attempt_seeds_is_upgraded_in_place():
                    "('2026-01-01T00:00:00+00:00', 'p', 'old draft', 0.8, 0.9, 4242, 'm', 1, 1, 1.0, 1.0, 'stop')")
     (row,) = [json.loads(line) for line in run_cli("history", "--json").stdout.splitlines()]
     assert (row["text"], row["seed"], row["attempt_seed"], row["attempts"]) == ("old draft", 4242, 4242, 1)
+
+
+def test_history_delete_is_all_or_nothing_one_line_per_id(ids):
+    unknown = run_cli("history", "delete", ids[0], 999, check_one_line_error=True)
+    assert unknown.returncode == 1 and "no generation with id 999 (nothing deleted)" in unknown.stderr
+    assert len(run_cli("history").stdout.splitlines()) == 3
+    deleted = run_cli("history", "delete", ids[2], ids[0])
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.splitlines() == [f"deleted #{ids[0]}", f"deleted #{ids[2]}"]
+    assert [int(line.split()[0]) for line in run_cli("history").stdout.splitlines()] == [ids[1]]
+    assert run_cli("history", "--search", "coffee").stdout == ""  # the search index forgets them too
+    mixed = run_cli("history", "--json", "delete", ids[1], check_one_line_error=True)
+    assert mixed.returncode == 2 and "--json is for listing drafts" in mixed.stderr
+    assert run_cli("history", "delete", check_one_line_error=True).returncode == 2
+
+
+def test_history_prune_deletes_old_unfavorited_drafts_and_says_how_many():
+    old = datetime.now(timezone.utc) - timedelta(days=10)
+    with Store(db_path()) as store:
+        kept_favorite = store.add(dataclasses.replace(record(0, "old favorite"), created_at=old.isoformat(),
+                                                      favorite=True))
+        store.add(dataclasses.replace(record(1, "old draft"), created_at=old.isoformat()))
+        store.add(dataclasses.replace(record(2, "another old one"), created_at=old.isoformat()))
+        recent = store.add(record(3, "today's draft"))
+    result = run_cli("history", "prune", "--older-than", 7)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "deleted 2 drafts older than 7 days (favorites kept)\n"
+    assert [int(line.split()[0]) for line in run_cli("history").stdout.splitlines()] == [recent, kept_favorite]
+    again = run_cli("history", "prune", "--older-than", "0.5")
+    assert again.stdout.startswith("deleted 0 drafts")
+    bad = run_cli("history", "prune", "--older-than", "-1", check_one_line_error=True)
+    assert bad.returncode == 2 and "--older-than" in bad.stderr
+    assert run_cli("history", "prune", check_one_line_error=True).returncode == 2
+
+
+def test_search_finds_every_word_ignoring_case_and_accents(ids):
+    with Store(db_path()) as store:
+        accented = store.add(record(4, "Un café crème"))
+    for search, expected in (("CAFE creme", [accented]), ("coffee plan", [ids[0]]), ("coffee", [ids[2], ids[0]])):
+        found = run_cli("history", "--search", search, "--json").stdout.splitlines()
+        assert [json.loads(line)["id"] for line in found] == expected, search
+
+
+def test_adapters_lists_the_folder_with_facts_and_problems(tmp_path):
+    from cli_helpers import demo_dirs
+
+    model_dir, adapter_dir = demo_dirs()
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    (folder / "zippy").symlink_to(adapter_dir, target_is_directory=True)
+    (folder / "broken").mkdir()
+    (folder / "broken" / "adapter_config.json").write_text("{not json")
+    (folder / "README.md").write_text("not an adapter")
+    missing = run_cli("adapters", check_one_line_error=True)
+    assert missing.returncode == 1 and "no adapters folder: set adapters_dir" in missing.stderr
+    config = config_path()
+    config.parent.mkdir(parents=True)
+    config.write_text(f'adapters_dir = "{folder}"\nmodel = "{model_dir}"\n')
+    result = run_cli("adapters")
+    assert result.returncode == 1  # one has problems
+    broken, zippy = result.stdout.splitlines()
+    assert broken.startswith("broken  problems (1): ") and "adapter_config.json" in broken
+    assert zippy.startswith("zippy   rank 8 · scale 20 · layers 0-3 (4 of 4) · ") and zippy.endswith("problems: none")
+    (folder / "broken" / "adapter_config.json").unlink()
+    (folder / "broken").rmdir()
+    assert run_cli("adapters").returncode == 0
+    assert run_cli("adapters", tmp_path / "empty", check_one_line_error=True).returncode == 1

@@ -71,7 +71,8 @@ def test_a_regenerated_draft_reports_the_users_seed_and_its_attempt_in_output_an
 def test_seeded_drafts_are_reproducible(json_runs):
     first, second = ([json.loads(line) for line in run.stdout.splitlines()] for run in json_runs)
     key = lambda d: d["draft"]  # noqa: E731 - drafts print in finishing order
-    assert [(d["text"], d["seed"]) for d in sorted(first, key=key)] == [(d["text"], d["seed"]) for d in sorted(second, key=key)]
+    texts_and_seeds = [[(d["text"], d["seed"]) for d in sorted(run, key=key)] for run in (first, second)]
+    assert texts_and_seeds[0] == texts_and_seeds[1]
 
 
 @pytest.fixture(scope="module")
@@ -106,18 +107,16 @@ def test_streaming_prints_the_same_text(greedy_raw):
 
 @pytest.fixture(scope="module")
 def qwen3_renderers():
-    """Ours and the two references, each on the real Qwen3 tokenizer files."""
-    from types import SimpleNamespace
-
+    """Ours (the messages compose renders) and the two references, each on the real Qwen3 tokenizer files."""
     from fixtures import QWEN_TOKENIZER_DIR
     from mlx_lm.utils import load_tokenizer
     from transformers import AutoTokenizer
 
-    from inference import Engine
+    from bobby_tui.composer import conversation
     from inference.tokenizer import Tokenizer
 
-    ours = SimpleNamespace(tokenizer=Tokenizer(QWEN_TOKENIZER_DIR))
-    return (lambda user, system: Engine.render_prompt(ours, user, system),
+    ours = Tokenizer(QWEN_TOKENIZER_DIR)
+    return (lambda user, system: ours.render_messages(conversation(user, system)),
             load_tokenizer(QWEN_TOKENIZER_DIR), AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER_DIR)))
 
 
@@ -134,7 +133,8 @@ def test_the_prompt_post_renders_is_mlx_lms_rendering_of_the_same_messages(qwen3
     args = build_parser().parse_args(["post", prompt] + ([] if system is None else ["--system", system]))
     count, user = _count_and_prompt(args.count, args.words, Config())
     ours = render(user, _system_prompt(args, Config()))
-    messages = ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
+    system_message = [] if system is None else [{"role": "system", "content": system}]
+    messages = [*system_message, {"role": "user", "content": prompt}]
     options = dict(tokenize=False, add_generation_prompt=True, enable_thinking=False)
     assert count == 1
     assert ours == mlx_lm_tokenizer.apply_chat_template(messages, **options)
@@ -150,7 +150,8 @@ def test_post_sends_the_prompt_unchanged_to_the_model(system):
                      "--temperature", 0, "--max-tokens", 2, "--no-history")
     assert result.returncode == 0, result.stderr
     (draft,) = [json.loads(line) for line in result.stdout.splitlines()]
-    messages = ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
+    system_message = [] if system is None else [{"role": "system", "content": system}]
+    messages = [*system_message, {"role": "user", "content": prompt}]
     expected_ids = load_tokenizer(demo_dirs()[0]).apply_chat_template(messages, add_generation_prompt=True,
                                                                       enable_thinking=False)
     assert (draft["prompt"], draft["prompt_tokens"]) == (prompt, len(expected_ids))

@@ -21,9 +21,9 @@ class FakeEngine:
         self.requests = []
         self.rendered = []
 
-    def render_prompt(self, user, system=None):
-        self.rendered.append((user, system))
-        return f"<user>{user}</user>"
+    def render_messages(self, messages, prefill=None):
+        self.rendered.append((messages, prefill))
+        return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + (prefill or "")
 
     def generate(self, request, should_cancel=None):
         self.requests.append(request)
@@ -32,7 +32,7 @@ class FakeEngine:
             yield TokenDelta(draft=k, text=text[: len(text) // 2])
         for k, text in enumerate(texts):
             yield TokenDelta(draft=k, text=text[len(text) // 2 :])
-        for k, (params, text) in enumerate(zip(request.drafts, texts)):
+        for k, (params, text) in enumerate(zip(request.drafts, texts, strict=True)):
             stats = GenerationStats(prompt_tokens=7, generated_tokens=len(text), prefill_tok_s=100.0,
                                     decode_tok_s=20.0, peak_memory_bytes=0)
             yield DraftDone(draft=k, text=text, finish_reason="stop", params=params, stats=stats)
@@ -54,7 +54,8 @@ def finals(events):
 def test_drafts_are_postprocessed_and_deltas_stream():
     engine = FakeEngine({1: "<think>hm</think>  " + LONG + "  ", 2: LONG})
     events = run(engine, [1, 2], system="Be brief.")
-    assert engine.rendered == [("Write.", "Be brief.")]
+    assert engine.rendered == [([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write."}],
+                                None)]
     assert len(engine.requests) == 1 and engine.requests[0].max_tokens == 64
     done = finals(events)
     assert done[0].text == LONG and done[0].raw_text == engine.texts[1] and done[0].attempts == 1
@@ -67,7 +68,8 @@ def test_the_system_prompt_reaches_the_template_as_given():
     for system in (None, "", "  Be brief.\n"):
         engine = FakeEngine({1: LONG})
         run(engine, [1], system=system)
-        assert engine.rendered == [("Write.", system)]
+        system_message = [] if system is None else [{"role": "system", "content": system}]
+        assert engine.rendered == [([*system_message, {"role": "user", "content": "Write."}], None)]
 
 
 def test_special_tokens_never_reach_deltas_or_drafts_unless_raw():
@@ -179,3 +181,43 @@ def test_draft_limit_follows_the_kv_cache_and_the_memory():
     with pytest.raises(DraftLimitError, match="8 drafts need 9.0 GB of KV cache .* at most 7 drafts") as err:
         check_draft_count(8, qwen3_8b, 4096, 16 * 2**30)
     assert err.value.limit == 7
+
+
+def test_history_goes_between_the_system_message_and_the_new_prompt_and_the_record_keeps_it():
+    engine = FakeEngine({1: LONG})
+    history = [{"role": "user", "content": "Write."}, {"role": "assistant", "content": "A first draft."}]
+    drafts = [SamplingParams(temperature=0.9, seed=1)]
+    events = list(compose(engine, "Shorter.", "Be brief.", drafts, 64, OPTS, 300, history=history))
+    expected = [{"role": "system", "content": "Be brief."}, *history, {"role": "user", "content": "Shorter."}]
+    assert engine.rendered == [(expected, None)]
+    record = to_record(finals(events)[0], engine, "Shorter.", "Be brief.", history=history, persona="zippy",
+                       parent_id=12)
+    assert (record.prompt, record.messages, record.parent_id, record.persona, record.prefill) == (
+        "Shorter.", expected, 12, "zippy", None)
+    plain = to_record(finals(events)[0], engine, "Shorter.", None)
+    assert (plain.messages, plain.parent_id, plain.persona) == (None, None, None)
+
+
+def test_a_prefilled_reply_starts_with_the_prefill_in_its_deltas_text_and_retries():
+    short_then_long = {1: " short", retry_seed(1, 2): " and then it goes on, " + LONG}
+    engine = FakeEngine(short_then_long, special_tokens={"<|im_end|>"})
+    drafts = [SamplingParams(temperature=0.9, seed=1)]
+    events = list(compose(engine, "Write.", None, drafts, 64, OPTS, 300, prefill="Well,"))
+    assert engine.rendered == [([{"role": "user", "content": "Write."}], "Well,")]
+    done = finals(events)[0]
+    assert done.attempts == 2  # "Well, short" was too short: the retry starts with the prefill again
+    assert done.text == "Well, and then it goes on, " + LONG
+    assert done.raw_text == "Well," + short_then_long[retry_seed(1, 2)]
+    after_retry = events[next(i for i, e in enumerate(events) if isinstance(e, DraftRetry)) + 1:]
+    streamed = "".join(e.text for e in after_retry if isinstance(e, TokenDelta))
+    assert streamed == done.raw_text  # the deltas add up to the text, the prefill first
+    record = to_record(done, engine, "Write.", None, prefill="Well,")
+    assert (record.text, record.prefill, record.messages) == (done.text, "Well,", None)
+    raw = list(compose(FakeEngine({1: " x"}), "Write.", None, drafts, 64, OPTS, 300, raw=True, prefill="Well,"))
+    assert finals(raw)[0].text == "Well, x"
+
+
+def test_adapters_are_one_per_draft():
+    drafts = [SamplingParams(temperature=0.9, seed=s) for s in (1, 2)]
+    with pytest.raises(ValueError, match="1 adapters for 2 drafts"):
+        list(compose(FakeEngine({1: LONG, 2: LONG}), "Write.", None, drafts, 64, OPTS, 300, adapters=("a",)))

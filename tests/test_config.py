@@ -6,7 +6,16 @@ import pytest
 import tomllib
 
 from bobby_tui import paths
-from bobby_tui.config import Config, ConfigError, load_config, resolve_model, save_setting
+from bobby_tui.config import (
+    Config,
+    ConfigError,
+    Persona,
+    adapter_names,
+    load_config,
+    resolve_adapter,
+    resolve_model,
+    save_setting,
+)
 from inference.api import SAMPLING_LIMITS
 
 
@@ -176,7 +185,9 @@ def test_resolve_model_falls_back_to_the_demo():
 def test_sampling_ranges_are_the_engines(tmp_path):
     path = tmp_path / "config.toml"
     too_hot = SAMPLING_LIMITS["temperature"].high + 1
-    path.write_text(f"[sampling]\ntemperature = {too_hot}\ntop_p = 0.0\nrepetition_penalty = 0\nspread = [0.5, {too_hot}]\n")
+    path.write_text(
+        f"[sampling]\ntemperature = {too_hot}\ntop_p = 0.0\nrepetition_penalty = 0\nspread = [0.5, {too_hot}]\n"
+    )
     config, warning = load_config(path)
     assert config.sampling == Config().sampling
     for name in ("sampling.temperature", "sampling.top_p", "sampling.repetition_penalty", "sampling.spread"):
@@ -240,3 +251,106 @@ def test_concurrent_saves_each_use_their_own_temporary_file(tmp_path):
     assert errors == []  # with one shared temporary name, a writer would find its file renamed away by another
     assert tomllib.loads(path.read_text())["sampling"]["top_k"] in range(4)
     assert path.read_text().startswith("# mine\n") and sorted(os.listdir(tmp_path)) == ["config.toml"]
+
+
+# --- personas, adapters_dir, models_dir -----------------------------------------------------------------
+
+
+def _adapter_dirs(root: Path, *names: str) -> Path:
+    for name in names:
+        (root / name).mkdir(parents=True)
+    return root
+
+
+def test_personas_are_read_and_applied_over_the_defaults(tmp_path):
+    _adapter_dirs(tmp_path / "adapters", "v5", "v1")
+    (tmp_path / "elsewhere").mkdir()
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'adapters_dir = "adapters"\nmodels_dir = "~/models"\npersona = "terse"\nsystem_prompt = "Be kind."\n'
+        '[sampling]\ntemperature = 0.5\n'
+        '[personas.terse]\nsystem_prompt = "Be terse."\ntemperature = 0.2\ntop_k = 20\nmax_tokens = 40\n'
+        'adapter = "v5"\npost_limit = 120\n'
+        '[personas.base]\nadapter = ""\n'
+        '[personas.other]\nadapter = "elsewhere"\n'
+        '[personas.pathed]\nadapter = "./elsewhere"\n'
+    )
+    config, warning = load_config(path)
+    assert warning is None
+    assert config.adapters_dir == tmp_path / "adapters" and config.models_dir == Path.home() / "models"
+    assert config.persona == "terse" and set(config.personas) == {"terse", "base", "other", "pathed"}
+    assert config.personas["terse"] == Persona("terse", system_prompt="Be terse.", temperature=0.2, top_k=20,
+                                               max_tokens=40, adapter="v5", post_limit=120)
+    assert config.personas["pathed"].adapter == str(tmp_path / "elsewhere")  # relative to the config file
+
+    terse = config.with_persona(None)  # the configured persona
+    assert terse.persona == "terse"
+    assert (terse.system_prompt, terse.post_limit, terse.adapter, terse.use_adapter) == (
+        "Be terse.", 120, tmp_path / "adapters" / "v5", True)
+    assert (terse.sampling.temperature, terse.sampling.top_k, terse.sampling.max_tokens) == (0.2, 20, 40)
+    assert terse.sampling.top_p == 0.9  # not set by the persona: the config's
+    assert config.system_prompt == "Be kind." and config.sampling.temperature == 0.5  # the original is unchanged
+
+    base = config.with_persona("base")
+    assert (base.persona, base.use_adapter, base.system_prompt, base.sampling.temperature) == (
+        "base", False, "Be kind.", 0.5)
+    assert config.with_persona("pathed").adapter == tmp_path / "elsewhere"
+
+
+def test_an_unknown_persona_is_one_line_listing_the_known_ones(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[personas.zippy]\ntemperature = 1\n[personas.alice]\ntop_p = 0.5\n')
+    config, _ = load_config(path)
+    with pytest.raises(ConfigError, match=r"^unknown persona 'bob' \(known: alice, zippy\)$"):
+        config.with_persona("bob")
+    with pytest.raises(ConfigError, match=r"known: none in the config"):
+        Config().with_persona("bob")
+    assert Config().with_persona(None) == Config()
+
+
+def test_bad_persona_keys_warn_one_each_and_keep_the_default(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'persona = "ghost"\n'
+        '[personas.bad]\ntemperature = -1\ntop_p = "high"\nmax_tokens = 0\nadapter = 3\nname = "x"\ncolour = 1\n'
+        'post_limit = 50\n'
+        '[personas]\nflat = 3\n'
+    )
+    config, warning = load_config(path)
+    assert "\n" not in warning and warning.startswith(str(path))
+    for name in ["personas.bad.temperature", "personas.bad.top_p", "personas.bad.max_tokens", "personas.bad.adapter",
+                 "personas.bad.name", "personas.bad.colour", "personas.flat", "persona"]:
+        assert f"'{name}'" in warning, name
+    assert config.persona is None  # ghost has no table
+    assert config.personas["bad"] == Persona("bad", post_limit=50)
+    applied = config.with_persona("bad")
+    assert applied.sampling == Config().sampling and applied.post_limit == 50
+
+
+def test_temperature_limit_of_personas_is_the_engines(tmp_path):
+    path = tmp_path / "config.toml"
+    high = SAMPLING_LIMITS["temperature"].high
+    path.write_text(f"[personas.hot]\ntemperature = {high}\n[personas.hotter]\ntemperature = {high + 1}\n")
+    config, warning = load_config(path)
+    assert config.personas["hot"].temperature == high
+    assert "'personas.hotter.temperature'" in warning and config.personas["hotter"].temperature is None
+
+
+def test_resolve_adapter_takes_a_name_in_adapters_dir_then_a_path(tmp_path, monkeypatch):
+    root = _adapter_dirs(tmp_path / "adapters", "v1", "v2")
+    (tmp_path / "cwd" / "v2").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "cwd")
+    config = Config(adapters_dir=root)
+    assert resolve_adapter(config, "v1") == root / "v1"
+    assert resolve_adapter(config, "v2") == root / "v2"  # the adapters folder first
+    assert resolve_adapter(config, "./v2") == Path("./v2")
+    assert resolve_adapter(config, tmp_path / "adapters" / "v1") == root / "v1"
+    with pytest.raises(ConfigError, match=rf"^adapter 'v9': not an adapter in {root} and not a directory$"):
+        resolve_adapter(config, "v9")
+    with pytest.raises(ConfigError, match=r"^adapter 'v1': not a directory$"):
+        resolve_adapter(Config(), "v1")
+    with pytest.raises(ConfigError, match="not a directory"):
+        Config(adapters_dir=root, personas={"p": Persona("p", adapter="gone")}).with_persona("p")
+    (root / ".hidden").mkdir()
+    (root / "notes.txt").write_text("not an adapter")
+    assert adapter_names(root) == ["v1", "v2"] and adapter_names(None) == [] and adapter_names(tmp_path / "no") == []

@@ -1,7 +1,7 @@
 import pytest
 
 from bobby_tui.config import PostProcess
-from bobby_tui.postprocess import ELLIPSIS, enforce_limit, postprocess, strip_think
+from bobby_tui.postprocess import ELLIPSIS, enforce_limit, post_length, postprocess, strip_think
 
 ALL_OFF = PostProcess(strip_think=False, trim=False, strip_hashtags=False, strip_emoji=False, enforce_limit=False)
 
@@ -32,7 +32,8 @@ def test_hashtag_stripping_keeps_punctuation_tidy_and_leaves_non_tags():
 
 
 @pytest.mark.parametrize("text, kept", [
-    ("Docs at https://x.y/a#section and https://x.y/#top today", "Docs at https://x.y/a#section and https://x.y/#top today"),
+    ("Docs at https://x.y/a#section and https://x.y/#top today",
+     "Docs at https://x.y/a#section and https://x.y/#top today"),
     ("See example.com/guide#install or www.example.org/#faq", "See example.com/guide#install or www.example.org/#faq"),
     ("#1 #2024 #_1 C# F# &#38; a#b #a#b", "#1 #2024 #_1 C# F# &#38; a#b #a#b"),  # no letter, or no boundary
     ("#1st place #日本語 #हिन्दी ＃全角 #tag's day", "place 's day"),  # letters of any script, the fullwidth sign
@@ -94,3 +95,26 @@ def test_postprocess_applies_the_limit_after_cleaning():
     opts = PostProcess(strip_hashtags=True)
     text = "<think>" + "long reasoning " * 50 + "</think>Done! #a #b #c #d #e #f"
     assert postprocess(text, opts, 10) == "Done!"
+
+
+def test_post_length_counts_graphemes_as_bluesky_does():
+    assert post_length("") == 0
+    assert post_length("hello") == 5
+    assert post_length("🇫🇷") == 1 and len("🇫🇷") == 2  # a flag: two regional indicators
+    assert post_length("👨‍👩‍👧") == 1 and len("👨‍👩‍👧") == 5  # a ZWJ family
+    assert post_length("👍🏽") == 1  # a skin tone
+    assert post_length("e\u0301") == 1  # e + combining acute
+    assert post_length("한국어") == 3 and post_length("\u1100\u1161\u11a8") == 1  # conjoining jamo: one syllable
+    assert post_length("a\r\nb") == 3
+
+
+def test_the_limit_counts_graphemes_and_never_splits_one():
+    flags = "🇫🇷" * 10
+    assert enforce_limit(flags, 10) == flags  # 10 graphemes, 20 code points: within the limit
+    cut = enforce_limit(flags + "🇫🇷", 10)
+    assert post_length(cut) == 10 and cut == "🇫🇷" * 9 + ELLIPSIS  # whole flags, never half of one
+    accented = "Cafe\u0301 " * 20  # each word 5 graphemes + space
+    short = enforce_limit(accented.strip(), 30)
+    assert post_length(short) <= 30 and short.endswith(ELLIPSIS) and "\u0301" + ELLIPSIS in short
+    sentences = "Un café. 👨‍👩‍👧 ok. " + "More words here " * 5
+    assert enforce_limit(sentences, 15) == "Un café. 👨‍👩‍👧 ok."  # 15 graphemes, 19 code points

@@ -210,3 +210,23 @@ def test_the_render_extension_is_the_engines_template_and_checks_its_body(server
     status, _, info = server.request("GET", "/bobby/v1/info")
     assert status == 200 and info["model"] == "model" and info["adapter_default"] is True
     assert set(info["special_tokens"]) == set(engine.tokenizer.special_tokens)
+
+
+def test_a_conversation_with_a_prefill_drafts_as_in_process(server):
+    from inference import Engine
+
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! What shall we post?"}]
+    greedy = [SamplingParams(temperature=0.0)]
+
+    def draft(engine) -> str:
+        events = compose(engine, PROMPT, "Be brief.", greedy, 16, PostProcess(), 300, raw=True, history=history,
+                         prefill="Ahoy")
+        return next(e.text for e in events if isinstance(e, Draft))
+
+    local = Engine.load(*demo_dirs())
+    remote = RemoteEngine(server.url)
+    messages = [{"role": "system", "content": "Be brief."}, *history, {"role": "user", "content": PROMPT}]
+    assert remote.render_messages(messages, prefill="Ahoy") == local.render_messages(messages, prefill="Ahoy")
+    assert draft(remote) == draft(local) and draft(remote).startswith("Ahoy")
+    status, _, body = server.request("POST", "/bobby/v1/render", {"messages": messages, "prefill": 3})
+    assert status == 400 and body["error"]["param"] == "prefill"

@@ -9,9 +9,11 @@ import sys
 import tempfile
 import textwrap
 import threading
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from bobby_tui import storage
 from bobby_tui.storage import MIGRATIONS, SCHEMA_VERSION, GenerationRecord, Store, StoreError
 
 
@@ -45,8 +47,7 @@ def test_history_is_newest_first_with_limit_search_and_favorites(db):
     assert [r.id for r in store.history()] == ids[::-1]
     assert [r.id for r in store.history(limit=2)] == ids[:0:-1]
     assert [r.id for r in store.history(search="COFFEE")] == [ids[2], ids[0]]
-    assert [r.id for r in store.history(search="% off_")] == [ids[1]]  # wildcards are literal
-    assert store.history(search="5_") == []  # "_" would match the "0" of "50" as a wildcard
+    assert [r.id for r in store.history(search="off_sale")] == [ids[1]]
     assert [r.id for r in store.history(search="prompt 1")] == [ids[1]]  # prompts are searched too
     store.set_favorite(ids[0], True)
     assert [r.id for r in store.history(favorites_only=True)] == [ids[0]]
@@ -331,8 +332,161 @@ def test_a_value_sqlite_cannot_store_is_one_line_and_the_store_goes_on(db):
     with Store(db) as store:
         with pytest.raises(StoreError) as info:
             store.add(make_record(1, seed=2**64))
-        assert str(info.value).startswith(f"{db}: a value the history database cannot store") and "\n" not in str(info.value)
+        message = str(info.value)
+        assert message.startswith(f"{db}: a value the history database cannot store") and "\n" not in message
         with pytest.raises(StoreError):
             store.add(make_record(2, text="half a pair \ud800"))
         store.add(make_record(3))
         assert [r.prompt for r in store.history()] == ["prompt 3"]
+
+
+# --- full-text search, delete / restore / prune, conversations ----------------------------------------------
+
+
+def test_search_is_full_text_case_and_accent_insensitive_every_word_required(db):
+    with Store(db) as store:
+        assert store.full_text
+        texts = ["Un café crème à Zürich", "CAFE society", "naïve coffee, naive tea", "Tea NOT coffee (really)"]
+        ids = [store.add(make_record(i, text=t)) for i, t in enumerate(texts)]
+
+        def found(search):
+            return [r.id for r in store.history(search=search)]
+
+        assert found("cafe") == [ids[1], ids[0]]  # accents and case folded both ways
+        assert found("CAFÉ zurich") == [ids[0]]  # several words: all required, in any order
+        assert found("zurich cafe") == [ids[0]]
+        assert found("creme society") == []
+        assert found("naive") == [ids[2]]
+        assert found("coff") == [ids[3], ids[2]]  # a word's start finds it (search as you type)
+        assert found("prompt 3") == [ids[3]]  # prompts too
+    with Store(db) as store:  # the index is in the file: after a restart too
+        assert [r.id for r in store.history(search="zürich")] == [ids[0]]
+
+
+def test_fts_syntax_in_a_search_is_literal(db):
+    with Store(db) as store:
+        tea, coffee = store.add(make_record(0, text="tea NOT coffee")), store.add(make_record(1, text="coffee"))
+        for search in ['"', 'coffee"', "NOT", "coffee OR", "AND coffee", "NEAR(coffee", "text:coffee", "coffee*",
+                       "(coffee", "^coffee", "coffee -tea", "+coffee", "col:", "*"]:
+            got = [r.id for r in store.history(search=search)]  # never an FTS5 syntax error
+            assert isinstance(got, list), search
+        assert [r.id for r in store.history(search="tea NOT")] == [tea]  # NOT is a word here, not the operator
+        assert [r.id for r in store.history(search="coffee OR tea")] == []  # nothing holds "or"
+        assert [r.id for r in store.history(search="coffee*")] == [coffee, tea]
+        assert [r.id for r in store.history(search="not:coffee")] == [tea]  # no column filter: the phrase "not coffee"
+        # no letter or digit at all: a substring search (the index holds no punctuation)
+        store.add(make_record(2, text="what?!"))
+        assert [r.text for r in store.history(search="?!")] == ["what?!"]
+
+
+def test_without_fts5_search_falls_back_to_substrings_and_the_index_is_rebuilt_later(db, monkeypatch):
+    with Store(db) as store:
+        first = store.add(make_record(0, text="Café one"))
+    monkeypatch.setattr(storage, "has_fts5", lambda db: False)
+    with Store(db) as store:
+        assert not store.full_text
+        second = store.add(make_record(1, text="50% off_sale café"))  # writes work: the triggers are gone
+        assert [r.id for r in store.history(search="% off_")] == [second]  # LIKE, wildcards literal
+        assert store.history(search="5_") == []
+        assert [r.id for r in store.history(search="caf")] == [second, first]
+    monkeypatch.undo()
+    with Store(db) as store:  # FTS5 again: rebuilt from every row, those written without it too
+        assert store.full_text
+        assert [r.id for r in store.history(search="cafe")] == [second, first]
+        store.delete([first])
+        assert [r.id for r in store.history(search="cafe")] == [second]
+
+
+def test_delete_returns_the_rows_and_restore_puts_them_back_with_their_ids(db):
+    with Store(db) as store:
+        ids = [store.add(make_record(i, text=f"draft number {i}")) for i in range(4)]
+        store.set_favorite(ids[1], True)
+        before = store.history()
+        deleted = store.delete([ids[2], ids[1], ids[2]])
+        assert [r.id for r in deleted] == [ids[1], ids[2]] and deleted[0].favorite
+        assert [r.id for r in store.history()] == [ids[3], ids[0]]
+        assert store.history(search="number 2") == []  # gone from the index too
+        with pytest.raises(StoreError, match=rf"^{db}: no generation with id {ids[1]}, 99 \(nothing deleted\)$"):
+            store.delete([ids[0], ids[1], 99])
+        assert [r.id for r in store.history()] == [ids[3], ids[0]]  # all or nothing
+        store.restore(deleted)
+    with Store(db) as store:
+        assert store.history() == before  # every field, favorite and time included
+        assert [r.id for r in store.history(search="number 2")] == [ids[2]]
+        new_id = store.add(make_record(9))
+        assert new_id > ids[3]  # ids only grow: a restored id can never clash with a new row
+
+
+def test_prune_deletes_old_unfavorited_rows_only(db):
+    now = datetime.now(timezone.utc)
+
+    def at(days_ago):
+        return (now - timedelta(days=days_ago)).isoformat(timespec="seconds")
+
+    with Store(db) as store:
+        old = store.add(make_record(0, created_at=at(40)))
+        old_favorite = store.add(make_record(1, created_at=at(40), favorite=True))
+        recent = store.add(make_record(2, created_at=at(5)))
+        pruned = store.prune(30)
+        assert [r.id for r in pruned] == [old]
+        assert store.prune(30) == []
+        assert [r.id for r in store.prune(0.5)] == [recent]
+    with Store(db) as store:
+        assert [r.id for r in store.history()] == [old_favorite]
+
+
+def test_conversations_round_trip_and_continue(db):
+    with Store(db) as store:
+        plain = store.add(make_record(0, system_prompt="", text="first draft"))
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "prompt 0"},
+                    {"role": "assistant", "content": "first draft"}, {"role": "user", "content": "shorter, ünïcode"}]
+        reply = store.add(make_record(1, prompt="shorter, ünïcode", text="draft", persona="zippy", parent_id=plain,
+                                      messages=messages, prefill="dra"))
+        with_system = store.add(make_record(2, text="x"))
+    with Store(db) as store:
+        got = store.get(reply)
+        assert (got.persona, got.parent_id, got.messages, got.prefill) == ("zippy", plain, messages, "dra")
+        assert store.get(plain).messages is None
+        assert store.conversation(plain) == [{"role": "user", "content": "prompt 0"},
+                                             {"role": "assistant", "content": "first draft"}]
+        assert store.conversation(with_system) == [{"role": "system", "content": "be brief"},
+                                                   {"role": "user", "content": "prompt 2"},
+                                                   {"role": "assistant", "content": "x"}]
+        assert store.conversation(reply) == [*messages, {"role": "assistant", "content": "draft"}]
+        with pytest.raises(StoreError, match=rf"^{db}: no generation with id 77$"):
+            store.conversation(77)
+
+
+def _schema_3_file(db) -> None:
+    """A history as bobby-tui wrote it at schema version 3 (version 1's SQL, then the released steps 2 and 3)."""
+    db.parent.mkdir(parents=True)
+    con = sqlite3.connect(db, isolation_level=None)
+    con.executescript(SCHEMA_1_SQL)
+    for step in MIGRATIONS[1:3]:
+        step(con)
+    con.execute("PRAGMA user_version = 3")
+    con.close()
+
+
+def test_a_database_at_schema_3_is_upgraded_searchable_and_keeps_its_rows(db):
+    _schema_3_file(db)
+    with Store(db) as store:
+        newer, old = store.history()
+        assert (old.text, old.attempt_seed, old.persona, old.parent_id, old.messages, old.prefill) == (
+            "old text", 7, None, None, None, None)
+        assert [r.id for r in store.history(search="OLD")] == [old.id]  # the index was built from the old rows
+        new_id = store.add(make_record(3, persona="p", messages=[{"role": "user", "content": "hi"}]))
+        assert store.get(new_id).messages == [{"role": "user", "content": "hi"}]
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    con.close()
+
+
+def test_a_read_only_database_at_schema_3_still_lists(db, monkeypatch):
+    _schema_3_file(db)
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: mode != os.W_OK)
+    with Store(db) as store:
+        assert store.read_only
+        assert [r.prompt for r in store.history()] == ["newer prompt", "old prompt"]
+        assert store.get(1).persona is None
+        assert [r.prompt for r in store.history(search="old")] == ["old prompt"]  # no index in it: substrings

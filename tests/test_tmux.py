@@ -56,15 +56,17 @@ class Terminal:
         subprocess.run([TMUX, "-L", self.name, "kill-server"], capture_output=True)
 
 
-def newest_record():
+def records() -> list:
+    """Every stored draft, newest first."""
     if not db_path().exists():
-        return None
-    store = Store(db_path())
-    try:
-        records = store.history(limit=1)
-    finally:
-        store.close()
-    return records[0] if records else None
+        return []
+    with Store(db_path()) as store:
+        return store.history(limit=-1)
+
+
+def newest_record():
+    stored = records()
+    return stored[0] if stored else None
 
 
 def start_app(rc_file: Path, extra_env: dict[str, str] | None = None, size: tuple[int, int] = (120, 40)) -> Terminal:
@@ -120,6 +122,99 @@ def test_an_editor_that_cannot_start_gives_the_terminal_back_to_the_app(tmp_path
         terminal.wait_for(lambda: "cannot run 'editor'" in terminal.screen(), "the editor's error on the screen")
         terminal.type(" survives")
         terminal.wait_for(lambda: "my prompt survives" in terminal.screen(), "typing after the failed editor")
+        terminal.press("C-q")
+        terminal.wait_for(rc_file.exists, "exit")
+        assert rc_file.read_text().strip() == "0"
+    finally:
+        terminal.close()
+
+
+def test_refine_continue_persona_and_delete_with_undo_in_a_real_terminal(tmp_path):
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "bobby-tui" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(
+        "[sampling]\nmax_tokens = 24\n[postprocess]\nmin_length = 0\n"
+        '[personas.terse]\nsystem_prompt = "You are terse."\npost_limit = 120\n'
+    )
+    editor = tmp_path / "editor"  # "edits" the draft: the model is to continue from this text
+    editor.write_text("#!/bin/sh\nprintf 'The sea is' > \"$1\"\n")
+    editor.chmod(0o755)
+    rc_file = tmp_path / "rc"
+    terminal = start_app(rc_file, {"EDITOR": str(editor), "VISUAL": ""})
+    try:
+        terminal.wait_for(lambda: "ready · " in terminal.screen(), "'ready' in the status bar")
+        terminal.press("C-l")
+        terminal.wait_for(lambda: "persona terse" in terminal.screen(), "the persona in the status bar")
+        terminal.type(PROMPT)
+        terminal.press("F5")
+        first = terminal.wait_for(lambda: len(records()) == 1 and records()[0], "the first draft")
+        assert (first.persona, first.system_prompt) == ("terse", "You are terse.")
+
+        terminal.press("C-u")  # the editor's line, deleted
+        terminal.wait_for(lambda: PROMPT not in terminal.screen(), "an empty editor")
+        terminal.type("make it shorter")
+        terminal.press("C-n")
+        refined = terminal.wait_for(lambda: len(records()) == 2 and records()[0], "the refined draft")
+        assert refined.parent_id == first.id and refined.prompt == "make it shorter"
+        assert [m["role"] for m in refined.messages][-3:] == ["user", "assistant", "user"]
+        assert refined.messages[-2]["content"] == first.text
+        terminal.wait_for(lambda: "make it shorter →" in terminal.screen(), "the conversation on the card")
+
+        terminal.press("C-s")  # the editor runs, the app comes back, the model continues "The sea is"
+        continued = terminal.wait_for(lambda: len(records()) == 3 and records()[0], "the continued draft")
+        assert continued.prefill == "The sea is" and continued.text.startswith("The sea is")
+        terminal.wait_for(lambda: "continues your edit" in terminal.screen(), "the continued card")
+
+        terminal.press("F2")
+        terminal.press("Enter")  # from the search box to the list, on the newest row
+        terminal.press("DC")
+        terminal.wait_for(lambda: len(records()) == 2, "the row deleted")
+        assert continued.id not in {r.id for r in records()}
+        terminal.wait_for(lambda: "Deleted 1 row" in " ".join(terminal.screen().split()), "the undo hint")
+        terminal.press("C-z")
+        terminal.wait_for(lambda: len(records()) == 3, "the row restored")
+        assert records()[0].text == continued.text
+        terminal.press("C-q")
+        terminal.wait_for(rc_file.exists, "exit")
+        assert rc_file.read_text().strip() == "0"
+    finally:
+        terminal.close()
+
+
+def test_an_adapter_and_a_model_are_switched_from_the_palette_without_a_restart(tmp_path):
+    from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_MODEL_DIR
+
+    adapters, models = tmp_path / "adapters", tmp_path / "models"
+    adapters.mkdir()
+    models.mkdir()
+    (adapters / "zippy").symlink_to(DEMO_ADAPTER_DIR)
+    (models / "fortunes").symlink_to(DEMO_MODEL_DIR)
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "bobby-tui" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'adapters_dir = "{adapters}"\nmodels_dir = "{models}"\n'
+                      "[sampling]\nmax_tokens = 16\n[postprocess]\nmin_length = 0\n")
+    rc_file = tmp_path / "rc"
+    terminal = start_app(rc_file)
+    try:
+        terminal.wait_for(lambda: "ready · " in terminal.screen(), "'ready' in the status bar")
+        terminal.press("C-p")
+        terminal.type("Adapter: zippy")
+        terminal.wait_for(lambda: "serve with" in terminal.screen(), "the adapter in the palette")
+        terminal.press("Enter")
+        terminal.wait_for(lambda: "adapter zippy (on)" in terminal.screen(), "the adapter in the status bar")
+        terminal.press("F5")
+        terminal.wait_for(lambda: len(records()) == 1, "a draft with the adapter")
+        assert records()[0].adapter == "zippy"
+
+        terminal.press("C-p")
+        terminal.type("Model: fortunes")
+        terminal.wait_for(lambda: "current model is released" in terminal.screen(), "the model in the palette")
+        terminal.press("Enter")
+        terminal.wait_for(lambda: "fortunes" in terminal.screen() and "ready · " in terminal.screen(),
+                          "the new model, loaded")
+        terminal.press("F5")
+        terminal.wait_for(lambda: len(records()) == 2, "a draft of the new model")
+        assert (records()[0].model, records()[0].adapter) == ("fortunes", None)
         terminal.press("C-q")
         terminal.wait_for(rc_file.exists, "exit")
         assert rc_file.read_text().strip() == "0"

@@ -70,10 +70,36 @@ class RemoteEngine:
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Nothing to do: the server warmed up its kernels when it loaded the model."""
 
+    # --- the server's one adapter: the composer's adapter switches, on the server's terms ---------------------
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return (self.adapter_name,) if self.adapter_name is not None else ()
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.adapter_name
+
+    @active_adapter.setter
+    def active_adapter(self, name: str) -> None:
+        if name != self.adapter_name:
+            raise RemoteError(self.url, f"the server has no adapter {name!r} (it serves {self.adapter_name or 'none'})")
+
+    def load_adapter(self, name: str, path: object) -> None:
+        raise RemoteError(self.url, f"adapter {name!r}: the server serves its own adapter "
+                          f"({self.adapter_name or 'none'}); start it with --adapter to serve another")
+
     def render_prompt(self, user: str, system: str | None = None) -> str:
         messages = [{"role": "system", "content": system}] if system is not None else []
         messages.append({"role": "user", "content": user})
-        rendered = self._json("POST", "/bobby/v1/render", {"messages": messages})
+        return self.render_messages(messages)
+
+    def render_messages(self, messages: list[dict], prefill: str | None = None) -> str:
+        """The conversation as the server's chat template renders it (with ``prefill``: inside an assistant turn
+        that starts with it)."""
+        body: dict[str, Any] = {"messages": messages}
+        if prefill is not None:
+            body["prefill"] = prefill
+        rendered = self._json("POST", "/bobby/v1/render", body)
         self._prompt_tokens = {rendered["prompt"]: rendered["prompt_tokens"]}  # for drafts that end without usage
         return rendered["prompt"]
 
@@ -135,7 +161,9 @@ class RemoteEngine:
         events: queue.SimpleQueue = queue.SimpleQueue()
         drafts = [params if params.seed is not None else replace(params, seed=random.randrange(SEED_RANGE))
                   for params in request.drafts]
-        streams = [_DraftStream(self, i, self._body(request, params), events) for i, params in enumerate(drafts)]
+        adapters = request.adapters or [self.adapter_name if self.adapter_enabled else None] * len(drafts)
+        streams = [_DraftStream(self, i, self._body(request, params, adapter), events)
+                   for i, (params, adapter) in enumerate(zip(drafts, adapters, strict=True))]
         texts, chunks = [""] * len(drafts), [0] * len(drafts)  # a streamed chunk carries one token's text
         started = time.perf_counter()
         first_token: dict[int, float] = {}
@@ -176,7 +204,7 @@ class RemoteEngine:
         if failure is not None:
             raise failure
 
-    def _body(self, request: GenerationRequest, params: SamplingParams) -> dict:
+    def _body(self, request: GenerationRequest, params: SamplingParams, adapter: str | None) -> dict:
         body: dict[str, Any] = {
             "model": self.model_name, "prompt": request.prompt, "max_tokens": request.max_tokens,
             "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed, "stream": True,
@@ -185,8 +213,8 @@ class RemoteEngine:
         }
         if request.stop_strings:
             body["stop"] = list(request.stop_strings)
-        if self.has_adapter:
-            body["bobby"]["adapter"] = self.adapter_enabled
+        if self.has_adapter or adapter is not None:  # the server refuses an adapter it does not serve, in one line
+            body["bobby"]["adapter"] = adapter if adapter is not None else False
         return body
 
 

@@ -16,11 +16,17 @@ def _bind(keys: str, action: str, description: str, help: str, priority: bool = 
 COMPOSER_BINDINGS: list[Binding] = [
     # first in the footer: however narrow the terminal, the way to every other key stays on screen
     _bind("f1", "show_keys", "Keys", "Keys: show or hide every key (escape closes the panel)"),
-    _bind("f5,ctrl+enter", "generate", "Generate", "Generate a draft of the prompt (an empty one uses the default prompt)",
-          key_display="F5/^⏎"),
+    _bind("f5,ctrl+enter", "generate", "Generate",
+          "Generate a draft of the prompt (an empty one uses the default prompt)", key_display="F5/^⏎"),
     _bind("f6", "spread", "Spread", "Spread: several drafts at a spread of temperatures, in one batch"),
     _bind("ctrl+r", "regenerate", "Rerun",
           "Rerun the last prompt with the same seeds (to compare a temperature or adapter change)"),
+    _bind("ctrl+n", "refine", "Refine",
+          "Refine the picked draft: the editor's text is the next instruction of its conversation (one draft)"),
+    _bind("ctrl+f", "refine_spread", "Refine spread",
+          "Refine the picked draft as a spread: the editor's instruction at the spread's temperatures", show=False),
+    _bind("ctrl+s", "continue_draft", "Continue",
+          "Continue the picked draft: edit its text in $EDITOR, then the model goes on from there", show=False),
     _bind("escape", "cancel", "Cancel", "Cancel the generation; what was generated is kept", priority=False),
     _bind("f7,left_square_bracket", "temperature_down", "Temp −", "Temperature down by 0.05", show=False),
     # one footer entry for the pair
@@ -31,8 +37,15 @@ COMPOSER_BINDINGS: list[Binding] = [
     _bind("ctrl+down", "next_draft", "Next draft", "Pick the next draft", show=False),
     _bind("f3", "favorite", "Fav", "Favorite / unfavorite the picked draft"),
     _bind("f4", "copy_draft", "Copy", "Copy the picked draft to the clipboard"),
+    _bind("ctrl+l", "next_persona", "Persona", "Persona: switch to the config's next one (ctrl+p Persona lists all)",
+          show=False),
     _bind("ctrl+t", "toggle_adapter", "Adapter", "Adapter: switch the fine-tune on or off"),
     _bind("f2", "toggle_history", "History", "History: show or hide past generations"),
+    # only in the history list (the editor and the search box keep their own delete and ctrl+z)
+    _bind("delete", "delete_history", "Delete", "Delete the highlighted history row (undo brings it back)",
+          priority=False, show=False),
+    _bind("ctrl+z", "undo_delete", "Undo delete", "Undo the last delete or prune of history rows", priority=False,
+          show=False),
     _bind("ctrl+o", "edit_prompt", "Edit", "Edit the prompt in $EDITOR"),
     _bind("f12", "switch_theme", "Theme", "Theme: switch to the next one (ctrl+p Theme lists every theme)", show=False),
 ]

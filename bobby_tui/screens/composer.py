@@ -8,6 +8,7 @@ in a Textual thread worker that answers with a message.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import threading
 from collections import deque
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.message import Message
@@ -25,7 +26,7 @@ from textual.widgets import Footer
 from textual.worker import get_current_worker
 
 from bobby_tui.clipboard import copy_with_system_tool
-from bobby_tui.config import Config
+from bobby_tui.config import Config, ConfigError, adapter_names
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_MODEL_DIR
 from bobby_tui.engines import LOCAL
 from bobby_tui.paths import db_path
@@ -57,7 +58,8 @@ SEED_RANGE = 2**31
 HISTORY_LIMIT = 200
 STORE_WAIT_S = 30.0  # how long a history job waits for the database to open (another instance may be migrating it)
 QUIT_WAIT_S = 10.0  # how long quitting waits for a cancelled generation's drafts to come back and be saved
-_GENERATING_ACTIONS = {"generate", "spread", "regenerate"}
+_GENERATING_ACTIONS = {"generate", "spread", "regenerate", "refine", "refine_spread", "continue_draft"}
+PRUNE_DAYS = (7, 30, 90)  # the palette's "prune history" choices
 
 
 def _shown_name(directory: Path | None, name: str | None) -> str | None:
@@ -78,11 +80,15 @@ def _clamp(name: str, value: float, smallest_open: float) -> float:
 
 @dataclass(frozen=True)
 class _Run:
-    """What regenerate repeats: the prompt, the seeds, and whether it was a spread."""
+    """What regenerate repeats: the prompt (the last user turn), the seeds, whether it was a spread, and the
+    conversation it continued."""
 
     prompt: str
     seeds: tuple[int, ...]
     spread: bool
+    history: tuple[dict[str, str], ...] = ()  # the turns before `prompt`
+    prefill: str | None = None  # the drafts start with this text
+    parent_id: int | None = None  # the stored draft refined or continued
 
 
 # --- answers of the history workers (posted from their threads) ---------------------------------------------
@@ -109,6 +115,19 @@ class DraftSaved(Message):
 
 
 @dataclass
+class HistoryDeleted(Message):
+    records: list[GenerationRecord]  # what was deleted, for undo
+    what: str  # "1 row", "12 rows older than 30 days"
+    error: str | None
+
+
+@dataclass
+class HistoryRestored(Message):
+    count: int
+    error: str | None
+
+
+@dataclass
 class FavoriteSet(Message):
     card: DraftCard
     favorite: bool
@@ -128,6 +147,7 @@ class ComposerScreen(Screen):
     AUTO_FOCUS = "#prompt"  # focused as the screen appears, so no early key press is lost
 
     state: reactive[str] = reactive("loading")  # "loading" | "ready" | "generating" | "failed"
+    persona: reactive[str | None] = reactive(None)
     load_phase: reactive[str] = reactive("reading")
     model_name: reactive[str] = reactive("")
     adapter_name: reactive[str | None] = reactive(None)
@@ -144,12 +164,18 @@ class ComposerScreen(Screen):
     ) -> None:
         super().__init__()
         self.set_reactive(ComposerScreen.location, location)
-        self.config = config
-        sampling = config.sampling
+        self.base_config = config  # as read: each persona applies to it
+        self._persona_warning: str | None = None
+        try:
+            self.config = config.with_persona(None)  # the configured persona, if any
+        except ConfigError as err:
+            self.config, self._persona_warning = config, f"{err}; starting without a persona"
+        self.set_reactive(ComposerScreen.persona, self.config.persona)
+        sampling = self.config.sampling
         # a server's model is named by the server (Loaded): the local directories say nothing about it
         self._dirs = (model_dir, adapter_dir) if location == LOCAL else (None, None)
         self.set_reactive(ComposerScreen.model_name, _shown_name(model_dir, model_dir.name))
-        self.set_reactive(ComposerScreen.adapter_name, _shown_name(adapter_dir, adapter_dir.name if adapter_dir else None))
+        self.set_reactive(ComposerScreen.adapter_name, self._adapter_shown(adapter_dir.name if adapter_dir else None))
         self.set_reactive(ComposerScreen.adapter_enabled, use_adapter and adapter_dir is not None)
         self.set_reactive(ComposerScreen.temperature, sampling.temperature)
         self.set_reactive(ComposerScreen.top_p, sampling.top_p)
@@ -169,6 +195,7 @@ class ComposerScreen(Screen):
         self.saves_done.set()
         self.load_error: str | None = None
         self._last_run: _Run | None = None
+        self._deleted: list[list[GenerationRecord]] = []  # undo stack of history deletes and prunes
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -182,7 +209,8 @@ class ComposerScreen(Screen):
                 yield DraftsPane(hint=self._hint(), id="drafts")
             yield HistoryPane(id="history")
         yield StatusBar(id="status").data_bind(
-            ComposerScreen.state, ComposerScreen.load_phase, ComposerScreen.model_name, ComposerScreen.adapter_name,
+            ComposerScreen.state, ComposerScreen.persona, ComposerScreen.load_phase, ComposerScreen.model_name,
+            ComposerScreen.adapter_name,
             ComposerScreen.adapter_enabled, ComposerScreen.temperature, ComposerScreen.top_p,
             ComposerScreen.max_tokens, ComposerScreen.decode_tok_s, ComposerScreen.location,
         )
@@ -191,6 +219,10 @@ class ComposerScreen(Screen):
     def on_mount(self) -> None:
         self._open_store()
         self.service.start()
+        if self._persona_warning:
+            self.notify(self._persona_warning, title="Persona", severity="warning", timeout=20)
+        elif self.persona is not None:
+            self._use_persona_adapter()
 
     def on_unmount(self) -> None:
         self.service.stop()
@@ -226,6 +258,11 @@ class ComposerScreen(Screen):
     def history_pane(self) -> HistoryPane:
         return self.query_one("#history", HistoryPane)
 
+    def _adapter_shown(self, name: str | None) -> str | None:
+        """The engine's adapter name as shown ("demo adapter" for the demo's, loaded with the model)."""
+        adapter_dir = self._dirs[1]
+        return _shown_name(adapter_dir, name) if adapter_dir is not None and adapter_dir.name == name else name
+
     def _hint(self) -> str:
         keys = self.app.keys_of
         return (f"Type a prompt, then {keys('generate')} for a draft or {keys('spread')} for a spread. "
@@ -238,6 +275,12 @@ class ComposerScreen(Screen):
             return None
         if action == "cancel" and (self.job is None or self._keys_shown()):
             return False
+        # dimmed (listed in the keys panel all the same) where they have nothing to act on: delete works on the row
+        # under the history list's cursor only, undo once something was deleted
+        if action == "delete_history" and self.focused is not self.history_pane.options:
+            return None
+        if action == "undo_delete" and not self._deleted:
+            return None
         return True
 
     def _keys_shown(self) -> bool:
@@ -267,7 +310,7 @@ class ComposerScreen(Screen):
             self.notify("A generation is running: wait for it or cancel it (escape).")
             return
         temperatures = self._spread_temperatures() if run.spread else [self.temperature]
-        drafts = [self._sampling(t, seed) for t, seed in zip(temperatures, run.seeds)]
+        drafts = [self._sampling(t, seed) for t, seed in zip(temperatures, run.seeds, strict=False)]
         job = ComposeJob(
             prompt=run.prompt,
             system_prompt=self.config.system_prompt,
@@ -275,20 +318,51 @@ class ComposerScreen(Screen):
             max_tokens=self.config.sampling.max_tokens,
             postprocess=self.config.postprocess,
             post_limit=self.config.post_limit,
+            history=list(run.history),
+            prefill=run.prefill,
+            persona=self.persona,
+            parent_id=run.parent_id,
         )
         self.job, self._last_run = job, run
         self._job_done.clear()
-        limit = self.config.post_limit
-        await self.drafts.show_cards([DraftCard(i + 1, p.temperature, p.seed, limit) for i, p in enumerate(drafts)])
+        messages = [*run.history, {"role": "user", "content": run.prompt}]
+        await self.drafts.show_cards([
+            DraftCard(i + 1, p.temperature, p.seed, self.config.post_limit, messages=messages, prefill=run.prefill)
+            for i, p in enumerate(drafts)
+        ])
         self.service.submit(job)
         if self.state != "loading":
             self.state = "generating"
         self.refresh_bindings()
 
+    def _seeds(self, spread: bool) -> tuple[int, ...]:
+        return tuple(random.randrange(SEED_RANGE) for _ in range(len(self.config.sampling.spread) if spread else 1))
+
     def _new_run(self, spread: bool) -> _Run:
-        count = len(self.config.sampling.spread) if spread else 1
         prompt = self.editor.text.strip() or self.config.default_prompt
-        return _Run(prompt, tuple(random.randrange(SEED_RANGE) for _ in range(count)), spread)
+        return _Run(prompt, self._seeds(spread), spread)
+
+    def _picked_draft(self, verb: str) -> DraftCard | None:
+        card = self.drafts.selected
+        if card is None or card.finish_reason is None or not card.text:
+            keys = self.app.keys_of
+            self.notify(f"Pick a finished draft to {verb} ({keys('previous_draft')} / {keys('next_draft')}, or a "
+                        f"history row).")
+            return None
+        return card
+
+    def _refine_run(self, spread: bool) -> _Run | None:
+        """The picked draft's conversation, its text as the assistant's turn, the editor's text as the next
+        user turn."""
+        card = self._picked_draft("refine")
+        if card is None:
+            return None
+        instruction = self.editor.text.strip()
+        if not instruction:
+            self.notify("Type an instruction for the picked draft first (e.g. \"make it shorter\").")
+            return None
+        history = (*card.messages, {"role": "assistant", "content": card.text})
+        return _Run(instruction, self._seeds(spread), spread, history=history, parent_id=card.gen_id)
 
     def _card_of(self, message: DraftDelta | DraftRestarted | DraftFinished) -> DraftCard | None:
         """The card a message is about, unless it belongs to an older generation."""
@@ -371,6 +445,61 @@ class ComposerScreen(Screen):
             self.post_message(DraftSaved(job_id, card, None, str(err)))
 
     @work(thread=True, group="store")
+    def _delete(self, ids: list[int]) -> None:
+        store = self._opened_store()
+        try:
+            if store is None:
+                raise StoreError("the history database is not open")
+            deleted = store.delete(ids)
+            self.post_message(HistoryDeleted(deleted, _rows(len(deleted)), None))
+        except StoreError as err:
+            self.post_message(HistoryDeleted([], "", str(err)))
+
+    @work(thread=True, group="store")
+    def _prune(self, days: int) -> None:
+        store = self._opened_store()
+        try:
+            if store is None:
+                raise StoreError("the history database is not open")
+            pruned = store.prune(days)
+            what = f"{_rows(len(pruned))} (unfavorited, older than {days} days)"
+            self.post_message(HistoryDeleted(pruned, what, None))
+        except StoreError as err:
+            self.post_message(HistoryDeleted([], "", str(err)))
+
+    @work(thread=True, group="store")
+    def _restore(self, records: list[GenerationRecord]) -> None:
+        store = self._opened_store()
+        try:
+            if store is None:
+                raise StoreError("the history database is not open")
+            store.restore(records)
+            self.post_message(HistoryRestored(len(records), None))
+        except StoreError as err:
+            self.post_message(HistoryRestored(0, str(err)))
+
+    def on_history_deleted(self, message: HistoryDeleted) -> None:
+        if message.error:
+            self.notify(f"Nothing deleted: {message.error}", severity="error")
+            return
+        if message.records:
+            self._deleted.append(message.records)
+            self.notify(f"Deleted {message.what}; {self.app.keys_of('undo_delete')} in the history list (or ctrl+p "
+                        "Undo) brings it back.")
+        else:
+            self.notify(f"Nothing to delete: {message.what}.")
+        self.refresh_bindings()
+        self.refresh_history()
+
+    def on_history_restored(self, message: HistoryRestored) -> None:
+        if message.error:
+            self.notify(f"Not restored: {message.error}", severity="error")
+        else:
+            self.notify(f"Restored {_rows(message.count)}.")
+        self.refresh_bindings()
+        self.refresh_history()
+
+    @work(thread=True, group="store")
     def _set_favorite(self, card: DraftCard, favorite: bool) -> None:
         store = self._opened_store()
         try:
@@ -430,6 +559,31 @@ class ComposerScreen(Screen):
             self.notify(f"Nothing to rerun yet: generate first ({self.app.keys_of('generate')}).")
             return
         await self._start(self._last_run)
+
+    async def action_refine(self) -> None:
+        if (run := self._refine_run(spread=False)) is not None:
+            await self._start(run)
+
+    async def action_refine_spread(self) -> None:
+        if (run := self._refine_run(spread=True)) is not None:
+            await self._start(run)
+
+    async def action_continue_draft(self) -> None:
+        """Edit the picked draft in $EDITOR; the model then continues the edited text (its reply starts with it)."""
+        card = self._picked_draft("continue")
+        if card is None:
+            return
+        try:
+            edited = edit_in_editor(self.app, card.text, what="draft")
+        except EditorError as err:
+            self.notify(str(err), severity="error")
+            return
+        if not edited.strip():
+            self.notify("The edited draft is empty: nothing to continue.")
+            return
+        *history, last = card.messages
+        await self._start(_Run(last["content"], self._seeds(False), False, history=tuple(history), prefill=edited,
+                               parent_id=card.gen_id))
 
     def action_cancel(self) -> None:
         if self.job is not None:
@@ -493,6 +647,97 @@ class ComposerScreen(Screen):
             return
         self.service.set_adapter(not self.adapter_enabled)
 
+    def action_next_persona(self) -> None:
+        names = [None, *self.base_config.personas]
+        if len(names) == 1:
+            self.notify("No personas in the config: add [personas.NAME] tables (see the README).")
+            return
+        self.set_persona(names[(names.index(self.persona) + 1) % len(names)] if self.persona in names else None)
+
+    def set_persona(self, name: str | None) -> None:
+        """Apply persona `name` (None: the config as written): system prompt, sampling, adapter, post limit."""
+        try:
+            config = self.base_config.with_persona(name) if name is not None else self._without_persona()
+        except ConfigError as err:
+            self.notify(str(err), title="Persona", severity="error")
+            return
+        adapter_changes = (config.adapter, config.use_adapter) != (self.config.adapter, self.config.use_adapter)
+        self.config, self.persona = config, name
+        self.temperature, self.top_p = config.sampling.temperature, config.sampling.top_p
+        self.max_tokens = config.sampling.max_tokens
+        if adapter_changes:
+            self._use_persona_adapter()
+        self.notify(f"Persona {name}" if name else "No persona: the config's own settings")
+
+    def _without_persona(self) -> Config:
+        config = self.base_config.with_persona(None)
+        if config.persona is None:
+            return config
+        plain = dataclasses.replace(self.base_config, persona=None)  # the config's default persona set aside
+        return plain.with_persona(None)
+
+    def _use_persona_adapter(self) -> None:
+        config = self.config
+        if not config.use_adapter:
+            self.service.use_adapter(None, None)
+        elif config.adapter is not None and config.adapter != self._dirs[1]:
+            self.service.use_adapter(config.adapter.name, config.adapter)
+        elif config.adapter is not None:
+            self.service.set_adapter(True)
+
+    def choose_adapter(self, name: str | None) -> None:
+        """Serve with adapter `name` of the config's adapters folder, or (None) with the base model alone."""
+        path = self.config.adapters_dir / name if name is not None and self.config.adapters_dir else None
+        self.service.use_adapter(name, path)
+
+    def choose_model(self, model_dir: Path) -> None:
+        """Switch to the model in `model_dir` without restarting: it loads on the engine thread, the old one is
+        released first."""
+        if self.job is not None:
+            self.notify("A generation is running: wait for it or cancel it (escape) before switching models.")
+            return
+        old = self.model_name
+        self._dirs = (model_dir, None)
+        self.load_error = None
+        self.model_name, self.adapter_name, self.adapter_enabled = model_dir.name, None, False
+        self.load_phase, self.state = "reading", "loading"
+        self.query_one("#status", StatusBar).progress(0, 1)
+        self.service.reload(model_dir, None)
+        self.notify(f"Loading {model_dir.name}; {old} is unloaded meanwhile (a draft asked for now waits for it).")
+
+    def palette_commands(self) -> list[SystemCommand]:
+        """The command palette's persona, adapter, model and history-pruning entries."""
+        commands = [SystemCommand(f"Persona: {name}", "apply its system prompt, sampling, adapter and post limit",
+                                  lambda name=name: self.set_persona(name))
+                    for name in self.base_config.personas]
+        if self.base_config.personas:
+            commands.append(SystemCommand("Persona: none", "the config's own settings", lambda: self.set_persona(None)))
+        folder = self.config.adapters_dir
+        commands += [SystemCommand(f"Adapter: {name}", f"serve with {folder / name}",
+                                   lambda name=name: self.choose_adapter(name))
+                     for name in adapter_names(folder)]
+        commands.append(SystemCommand("Adapter: none", "the base model alone", lambda: self.choose_adapter(None)))
+        commands += [SystemCommand(f"Model: {path.name}", f"load {path} (the current model is released)",
+                                   lambda path=path: self.choose_model(path))
+                     for path in _model_dirs(self.config.models_dir)]
+        commands += [SystemCommand(f"Prune history: unfavorited rows older than {days} days",
+                                   f"undo with {self.app.keys_of('undo_delete')}", lambda days=days: self._prune(days))
+                     for days in PRUNE_DAYS]
+        return commands
+
+    def action_delete_history(self) -> None:
+        record = self.history_pane.highlighted
+        if record is None or record.id is None:
+            self.notify("No history row to delete.")
+            return
+        self._delete([record.id])
+
+    def action_undo_delete(self) -> None:
+        if not self._deleted:
+            self.notify("Nothing to undo.")
+            return
+        self._restore(self._deleted.pop())
+
     def action_toggle_history(self) -> None:
         history = self.history_pane
         history.display = not history.display
@@ -520,9 +765,8 @@ class ComposerScreen(Screen):
         self.query_one("#status", StatusBar).progress(message.done, message.total)
 
     def on_loaded(self, message: Loaded) -> None:
-        model_dir, adapter_dir = self._dirs
-        self.model_name = _shown_name(model_dir, message.model_name)
-        self.adapter_name = _shown_name(adapter_dir, message.adapter_name)
+        self.model_name = _shown_name(self._dirs[0], message.model_name)
+        self.adapter_name = self._adapter_shown(message.adapter_name)
         self.adapter_enabled = message.adapter_enabled
         self.state = "generating" if self.job is not None else "ready"
 
@@ -533,8 +777,14 @@ class ComposerScreen(Screen):
         self.notify(message.error, title="The model did not load", severity="error", timeout=60)
 
     def on_adapter_changed(self, message: AdapterChanged) -> None:
+        self.adapter_name = self._adapter_shown(message.name)
         self.adapter_enabled = message.enabled
-        self.notify(f"Adapter {'on' if message.enabled else 'off'}")
+        if message.error:
+            self.notify(message.error, title="Adapter not switched", severity="error")
+        elif message.name is None:
+            self.notify("No adapter: the base model alone")
+        else:
+            self.notify(f"Adapter {message.name} {'on' if message.enabled else 'off'}")
 
     def on_draft_delta(self, message: DraftDelta) -> None:
         if card := self._card_of(message):
@@ -574,11 +824,26 @@ class ComposerScreen(Screen):
             self.notify("A generation is running: cancel it (escape) to look at past ones.")
             return
         record = message.record
-        card = DraftCard(1, record.temperature, record.seed, self.config.post_limit)
+        # the conversation the draft answered, without the system message: the persona in use gives that
+        messages = [m for m in record.messages or [{"role": "user", "content": record.prompt}] if m["role"] != "system"]
+        card = DraftCard(1, record.temperature, record.seed, self.config.post_limit, messages=messages,
+                         prefill=record.prefill)
         await self.drafts.show_cards([card])
         card.finish(record.text, record.seed, record.decode_tok_s, record.finish_reason)
         card.saved(record.id)
         card.set_favorite(record.favorite)
         self.editor.text = record.prompt
-        # a rerun now repeats this draft: its prompt and seed, at the current temperature and adapter
-        self._last_run = _Run(record.prompt, (record.seed,), spread=False)
+        # a rerun now repeats this draft: its conversation and seed, at the current temperature and adapter
+        self._last_run = _Run(record.prompt, (record.seed,), spread=False, history=tuple(messages[:-1]),
+                              prefill=record.prefill, parent_id=record.parent_id)
+
+
+def _rows(count: int) -> str:
+    return f"{count} row{'s' if count != 1 else ''}"
+
+
+def _model_dirs(models_dir: Path | None) -> list[Path]:
+    """The models in the config's models folder: its subdirectories with a config.json."""
+    if models_dir is None or not models_dir.is_dir():
+        return []
+    return sorted(p for p in models_dir.iterdir() if (p / "config.json").is_file())

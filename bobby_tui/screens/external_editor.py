@@ -1,4 +1,4 @@
-"""Editing the prompt in the user's $VISUAL / $EDITOR while the app is suspended.
+"""Editing the prompt (or a draft) in the user's $VISUAL / $EDITOR while the app is suspended.
 
 Textual's `App.suspend()` resumes the terminal only when its block ends normally: an exception inside it leaves a
 blank screen that no key brings back. So the command is checked before suspending, and everything inside the
@@ -21,7 +21,7 @@ class EditorError(Exception):
     """The external editor could not be used; the message is one line."""
 
 
-def editor_command() -> tuple[list[str], str]:
+def editor_command(what: str = "prompt") -> tuple[list[str], str]:
     """The editor's command line from $VISUAL or $EDITOR (vi when neither is set), resolved to a program that
     exists and can be run, and the variable it came from; EditorError naming the variable otherwise."""
     variable = "VISUAL" if os.environ.get("VISUAL") else "EDITOR"
@@ -37,15 +37,16 @@ def editor_command() -> tuple[list[str], str]:
         where = "no such file" if os.sep in command[0] else "not found on PATH"
         if os.sep in command[0] and os.path.exists(command[0]):
             where = "not an executable file"
-        raise EditorError(f"cannot run {command[0]!r} (${variable}): {where}; the prompt is unchanged")
+        raise EditorError(f"cannot run {command[0]!r} (${variable}): {where}; the {what} is unchanged")
     return [program, *command[1:]], f"${variable}"
 
 
-def edit_in_editor(app: App, text: str) -> str:
-    """`text` as the user left it in their editor; EditorError if that did not work out."""
-    command, variable = editor_command()
+def edit_in_editor(app: App, text: str, what: str = "prompt") -> str:
+    """`text` (the `what`: "prompt", "draft") as the user left it in their editor; EditorError if that did not
+    work out."""
+    command, variable = editor_command(what)
     with tempfile.TemporaryDirectory(prefix="bobby-tui-") as tmp:
-        path = Path(tmp) / "prompt.txt"
+        path = Path(tmp) / f"{what}.txt"
         path.write_text(text, encoding="utf-8")
         failure: BaseException | None = None
         returncode = 0
@@ -59,15 +60,16 @@ def edit_in_editor(app: App, text: str) -> str:
             raise EditorError(f"cannot hand the terminal over to {variable} here (it works without --inline)") from None
         name = Path(command[0]).name
         if isinstance(failure, OSError):
-            raise EditorError(f"cannot run {name!r} ({variable}): {failure.strerror or failure}; the prompt is unchanged")
+            reason = failure.strerror or failure
+            raise EditorError(f"cannot run {name!r} ({variable}): {reason}; the {what} is unchanged")
         if isinstance(failure, Exception):
-            raise EditorError(f"{name} ({variable}) failed: {failure}; the prompt is unchanged")
+            raise EditorError(f"{name} ({variable}) failed: {failure}; the {what} is unchanged")
         if failure is not None:  # KeyboardInterrupt and the like: the app is back, let them through
             raise failure
         if returncode != 0:
-            raise EditorError(f"{name} exited with status {returncode}; the prompt is unchanged")
+            raise EditorError(f"{name} exited with status {returncode}; the {what} is unchanged")
         try:
-            # Editors add a final newline; the prompt never ends in one.
+            # Editors add a final newline; the text never ends in one.
             return path.read_text(encoding="utf-8").rstrip("\n")
         except (OSError, UnicodeDecodeError) as err:
             raise EditorError(f"cannot read what {name} saved: {getattr(err, 'strerror', None) or err}") from None

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from inference.api import DraftDone, TokenDelta
+from inference.api import DraftDone, ParameterError, TokenDelta
 from inference.errors import InferenceError
 
 from .protocol import (
@@ -158,19 +158,24 @@ class ApiServer:
         """The chat template applied to `messages` (as /v1/chat/completions renders them), and its token count: the
         composer sends the prompt to /v1/completions once per draft, each with its own sampling."""
         body = parse_json(await request.read())
-        unknown = sorted(set(body) - {"messages"})
+        unknown = sorted(set(body) - {"messages", "prefill"})
         if unknown:
             raise ApiError(400, f"unrecognized request argument: {unknown[0]}", unknown[0], "unknown_parameter")
         messages = parse_messages(body.get("messages"))
+        prefill = body.get("prefill")
+        if prefill is not None and not isinstance(prefill, str):
+            raise ApiError(400, "prefill must be a string", "prefill")
         try:  # on a pool thread: the template is bounded in time, but the loop serves streams meanwhile
-            prompt, tokens = await asyncio.get_running_loop().run_in_executor(None, self._render, messages)
+            prompt, tokens = await asyncio.get_running_loop().run_in_executor(None, self._render, messages, prefill)
         except InferenceError as err:
             raise ApiError(400, err.problem, "messages") from None
+        except ParameterError as err:  # a conversation the template cannot take (order of roles, no text)
+            raise ApiError(400, _one_line(err), "messages") from None
         return web.json_response({"prompt": prompt, "prompt_tokens": tokens})
 
-    def _render(self, messages: list[dict]) -> tuple[str, int]:
+    def _render(self, messages: list[dict], prefill: str | None) -> tuple[str, int]:
         tokenizer = self.info.tokenizer
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False)
+        prompt = tokenizer.render_messages(messages, prefill)
         return prompt, len(tokenizer.encode(prompt))
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:

@@ -1,4 +1,5 @@
-"""One draft on screen: its text as it streams, its length against the post limit, and how it was made."""
+"""One draft on screen: its text as it streams, its length against the post limit, how it was made, and the
+conversation it continues."""
 
 from __future__ import annotations
 
@@ -8,17 +9,33 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, Static
 
+from bobby_tui.postprocess import post_length
+
+CHAIN_PART_CHARS = 24  # each turn of the conversation line is cut to this many characters
+
 
 class DraftCard(Vertical, can_focus=True):
     """Streams text in through `append` (buffered) and `flush` (redraw); `finish` shows the final draft."""
 
-    def __init__(self, number: int, temperature: float, seed: int | None, post_limit: int, **kwargs) -> None:
+    def __init__(
+        self,
+        number: int,
+        temperature: float,
+        seed: int | None,
+        post_limit: int,
+        messages: list[dict[str, str]] | None = None,
+        prefill: str | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
+        # the conversation the draft answers, oldest first, ending with the user turn; a refinement has several
+        self.messages = messages or []
+        self.prefill = prefill  # the text the draft was continued from (edit and continue)
         self.number = number  # 1-based, as shown
         self.temperature = temperature
         self.seed = seed
         self.post_limit = post_limit
-        self.text = ""
+        self.text = ""  # a continued draft's deltas start with the edited text
         self.tok_s: float | None = None
         self.finish_reason: str | None = None
         self.attempt = 1
@@ -31,6 +48,9 @@ class DraftCard(Vertical, can_focus=True):
 
     def compose(self) -> ComposeResult:
         yield Static(classes="draft-header", markup=False)
+        chain = Static(self._chain(), classes="draft-chain", markup=False)
+        chain.display = bool(chain.content)
+        yield chain
         yield Static("", markup=False, classes="draft-body")
         yield Label(classes="draft-meter")
 
@@ -73,8 +93,13 @@ class DraftCard(Vertical, can_focus=True):
         self.flush()
 
     @property
+    def length(self) -> int:
+        """The post's length as Bluesky counts it: graphemes (an emoji with its modifiers is one)."""
+        return post_length(self.text)
+
+    @property
     def over_limit(self) -> bool:
-        return len(self.text) > self.post_limit
+        return self.length > self.post_limit
 
     def flush(self) -> None:
         """Redraw if anything changed since the last flush."""
@@ -83,7 +108,7 @@ class DraftCard(Vertical, can_focus=True):
         self._dirty = False
         self.query_one(".draft-header", Static).update(self._header())
         self.query_one(".draft-body", Static).update(self.text or "…")
-        self.query_one(".draft-meter", Label).update(f"{len(self.text)} / {self.post_limit}")
+        self.query_one(".draft-meter", Label).update(f"{self.length} / {self.post_limit}")
         self.set_class(self.over_limit, "-over")
         self.set_class(self.finish_reason is None, "-streaming")
 
@@ -102,6 +127,14 @@ class DraftCard(Vertical, can_focus=True):
             parts.append("★")
         return " · ".join(parts)
 
+    def _chain(self) -> str:
+        """The conversation in one compact line, "prompt → draft → instruction →", for a refinement; where the
+        draft continues an edit, says so. Empty for a draft of a plain prompt."""
+        parts = [_cut(m["content"]) for m in self.messages] if len(self.messages) > 1 else []
+        if self.prefill:
+            parts.append(f"continues your edit ({post_length(self.prefill)} chars)")
+        return " → ".join(parts) + " →" if parts else ""
+
     def _speed(self) -> str:
         if self.tok_s is not None:
             return f"{self.tok_s:.1f} tok/s"
@@ -109,3 +142,8 @@ class DraftCard(Vertical, can_focus=True):
             return "waiting…"
         # Live estimate while streaming: one text delta is about one token.
         return f"~{(self._deltas - 1) / max(time.monotonic() - self._started, 1e-6):.1f} tok/s"
+
+
+def _cut(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= CHAIN_PART_CHARS else text[: CHAIN_PART_CHARS - 1] + "…"

@@ -36,15 +36,28 @@ class HistoryPane(Vertical):
         yield OptionList(id="history-list")
 
     @property
+    def options(self) -> OptionList:
+        return self.query_one("#history-list", OptionList)
+
+    @property
+    def highlighted(self) -> GenerationRecord | None:
+        """The record under the list's cursor."""
+        options = self.options
+        if options.highlighted is None or options.option_count == 0:
+            return None
+        return self._records.get(options.get_option_at_index(options.highlighted).id or "")
+
+    @property
     def query_text(self) -> str:
         return self.query_one("#history-search", Input).value.strip()
 
     def show(self, records: list[GenerationRecord]) -> None:
         self._records = {str(rec.id): rec for rec in records}
-        options = self.query_one("#history-list", OptionList)
+        options = self.options
+        keep = options.highlighted  # a delete leaves the cursor where it was, on the next row
         options.clear_options()
         options.add_options(Option(_label(rec), id=str(rec.id)) for rec in records)
-        options.highlighted = 0 if records else None
+        options.highlighted = min(keep or 0, len(records) - 1) if records else None
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
@@ -66,6 +79,8 @@ def _label(rec: GenerationRecord) -> Content:
     return Content.assemble(
         (star, "$accent"),
         (f"{rec.temperature:.2f} ", "dim"),
+        (f"[{rec.persona}] " if rec.persona else "", "$secondary"),
+        ("↳ " if rec.parent_id is not None else "", "dim"),
         _one_line(rec.text) or "(empty)",
         ("\n  " + _one_line(rec.prompt), "dim italic"),
     )

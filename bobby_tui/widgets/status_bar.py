@@ -1,4 +1,4 @@
-"""The status bar: state, last decode speed, sampling settings, adapter, model, and the load progress bar.
+"""The status bar: state, last decode speed, persona, sampling settings, adapter, model, and the load progress bar.
 
 Its values are reactives bound to the composer screen's (`data_bind`): the screen owns the state, the bar shows it.
 The most useful values come first, so a narrow terminal cuts the model's name, never the speed.
@@ -14,6 +14,7 @@ from textual.widgets import Label, ProgressBar
 
 class StatusBar(Horizontal):
     state: reactive[str] = reactive("loading")
+    persona: reactive[str | None] = reactive(None)
     load_phase: reactive[str] = reactive("reading")  # inference.api.LOAD_PHASES, while loading
     model_name: reactive[str] = reactive("")
     adapter_name: reactive[str | None] = reactive(None)
@@ -29,8 +30,8 @@ class StatusBar(Horizontal):
         yield ProgressBar(id="load-progress", show_eta=False)
 
     def on_mount(self) -> None:
-        for name in ("state", "load_phase", "model_name", "adapter_name", "adapter_enabled", "temperature", "top_p",
-                     "max_tokens", "decode_tok_s", "location"):
+        for name in ("state", "persona", "load_phase", "model_name", "adapter_name", "adapter_enabled", "temperature",
+                     "top_p", "max_tokens", "decode_tok_s", "location"):
             self.watch(self, name, self._redraw, init=False)
         self._redraw()
 
@@ -38,8 +39,9 @@ class StatusBar(Horizontal):
         state = f"loading: {self.load_phase}…" if self.state == "loading" else self.state
         speed = f"{self.decode_tok_s:.1f} tok/s" if self.decode_tok_s is not None else "– tok/s"
         adapter = f"{self.adapter_name} ({'on' if self.adapter_enabled else 'off'})" if self.adapter_name else "none"
+        persona = f" · persona {self.persona}" if self.persona else ""
         return (
-            f"{state} · {speed} · temp {self.temperature:.2f} · top_p {self.top_p:.2f} · max {self.max_tokens}"
+            f"{state} · {speed}{persona} · temp {self.temperature:.2f} · top_p {self.top_p:.2f} · max {self.max_tokens}"
             f" · adapter {adapter} · {self.model_name} · {self.location}"
         )
 

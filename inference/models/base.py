@@ -194,14 +194,20 @@ class Linear:
             x, self.weight, self.scales, self.biases, transpose=True, group_size=self.spec.group_size, bits=self.spec.bits
         )
 
-    def apply(self, x: mx.array, lora: LoRA | None, residual: mx.array | None, kernel: bool) -> mx.array:
-        """``residual + x @ W.T + lora(x)``; with ``kernel``, as one CUDA kernel where it covers the shapes."""
-        if kernel and self.spec is not None and gemv.covers(x, self.weight, self.spec.group_size, self.spec.bits):
+    def apply(self, x: mx.array, lora: LoRA | list[tuple[LoRA, mx.array]] | None, residual: mx.array | None,
+              kernel: bool) -> mx.array:
+        """``residual + x @ W.T + lora(x)``; with ``kernel``, as one CUDA kernel where it covers the shapes. ``lora``
+        as a list: (update, row mask) pairs, rows of a batch running with different adapters (``RowAdapters``)."""
+        one = lora is None or isinstance(lora, LoRA)
+        if kernel and one and self.spec is not None and gemv.covers(x, self.weight, self.spec.group_size, self.spec.bits):
             return gemv.quantized_gemv(x, self.weight, self.scales, self.biases, self.spec.group_size,
                                        lora=None if lora is None else (lora.a, lora.b), residual=residual)
         y = self(x)
-        if lora is not None:
-            y = lora.add_to(y, x)
+        if isinstance(lora, LoRA):
+            y = y + lora.update(x)
+        elif lora is not None:
+            for update, mask in lora:
+                y = y + mask * update.update(x)
         return y if residual is None else residual + y
 
     def embed(self, tokens: mx.array) -> mx.array:
@@ -241,8 +247,29 @@ class LoRA:
         """From the adapter's ``a`` (in, rank) and scaled ``b`` (rank, out)."""
         return cls(mx.contiguous(a.T.astype(dtype)), mx.contiguous(b.T.astype(dtype)))
 
-    def add_to(self, y: mx.array, x: mx.array) -> mx.array:
-        return y + (x @ self.a.T) @ self.b.T
+    def update(self, x: mx.array) -> mx.array:
+        return (x @ self.a.T) @ self.b.T
+
+
+@dataclass(frozen=True)
+class RowAdapters:
+    """Rows of one batch running with different adapters: for each adapter some row uses, a (B, 1, 1) mask of the
+    rows that use it (1.0) and the others (0.0). Each adapter's update is computed for the whole batch and masked,
+    so the cost is one low-rank product per adapter in use; rows that agree take the plain path (no mask)."""
+
+    masks: tuple[tuple[str, mx.array], ...]
+
+    @classmethod
+    def of(cls, names: tuple[str | None, ...], dtype: mx.Dtype) -> str | RowAdapters | None:
+        """Per-row adapter names (None: the base model) -> the one name all rows share, or the masks."""
+        if len(set(names)) == 1:
+            return names[0]
+        return cls(tuple((name, mx.array([name == n for n in names], dtype=dtype)[:, None, None])
+                         for name in dict.fromkeys(names) if name is not None))
+
+
+Adapter = str | RowAdapters | None  # what a forward pass runs with: the base model, one adapter, or one per row
+AdapterChoice = bool | str | tuple[str | None, ...] | None  # what a caller passes (``Model.adapter_for``)
 
 
 class Projection:
@@ -257,21 +284,23 @@ class Projection:
         self.sizes = [m.out_features for m in members]
         fused = (concatenate_linears(members) if fuse else None) if len(members) > 1 else members[0]
         self.linears = [fused] if fused is not None else members
-        self.loras: list[LoRA | None] = [None] * len(self.linears)
+        self.loras: dict[str, list[LoRA | None]] = {}  # adapter name -> one update (or None) per linear
 
     @property
     def fused(self) -> bool:
         return len(self.linears) == 1
 
-    def set_lora(self, pairs: list[tuple[mx.array, mx.array] | None], scale: float, dtype: mx.Dtype) -> None:
-        """``pairs[i]`` is member i's (a, b) or None; ``scale`` multiplies the update, as mlx_lm's LoRALinear does.
-        It is folded into ``b`` in float32 and only then cast to ``dtype``: an adapter stored in bf16 or fp16 keeps
-        the product's precision instead of rounding it twice."""
+    def set_lora(self, name: str, pairs: list[tuple[mx.array, mx.array] | None], scale: float, dtype: mx.Dtype
+                 ) -> None:
+        """Adapter ``name``'s update: ``pairs[i]`` is member i's (a, b) or None; ``scale`` multiplies the update, as
+        mlx_lm's LoRALinear does. It is folded into ``b`` in float32 and only then cast to ``dtype``: an adapter
+        stored in bf16 or fp16 keeps the product's precision instead of rounding it twice."""
         if all(p is None for p in pairs):
-            self.loras = [None] * len(self.linears)
+            self.loras[name] = [None] * len(self.linears)
             return
         if not self.fused:
-            self.loras = [None if p is None else LoRA.build(p[0], scale * p[1].astype(mx.float32), dtype) for p in pairs]
+            self.loras[name] = [None if p is None else LoRA.build(p[0], scale * p[1].astype(mx.float32), dtype)
+                                for p in pairs]
             return
         in_features = next(p[0].shape[0] for p in pairs if p is not None)
         a_blocks, b_blocks, total_out = [], [], sum(self.sizes)
@@ -283,14 +312,21 @@ class Projection:
                 b_blocks.append(mx.pad(scale * b.astype(mx.float32), [(0, 0), (col, total_out - col - size)]))
             col += size
         a = mx.concatenate(a_blocks, axis=1) if a_blocks else mx.zeros((in_features, 0))
-        self.loras = [LoRA.build(a, mx.concatenate(b_blocks, axis=0), dtype)]
+        self.loras[name] = [LoRA.build(a, mx.concatenate(b_blocks, axis=0), dtype)]
 
-    def __call__(self, x: mx.array, use_lora: bool, residual: mx.array | None = None, split: bool = True) -> list[mx.array]:
+    def _updates(self, member: int, adapter: Adapter) -> LoRA | list[tuple[LoRA, mx.array]] | None:
+        if adapter is None:
+            return None
+        if isinstance(adapter, str):
+            return self.loras[adapter][member]
+        return [(lora, mask) for name, mask in adapter.masks if (lora := self.loras[name][member]) is not None]
+
+    def __call__(self, x: mx.array, adapter: Adapter, residual: mx.array | None = None, split: bool = True
+                 ) -> list[mx.array]:
         """One output per member (``split=False``: a fused projection's single output, members side by side);
         ``residual`` (single-member projections only) is added to the output."""
         assert residual is None or len(self.sizes) == 1
-        outs = [linear.apply(x, lora if use_lora else None, residual, self.kernel)
-                for linear, lora in zip(self.linears, self.loras)]
+        outs = [linear.apply(x, self._updates(i, adapter), residual, self.kernel) for i, linear in enumerate(self.linears)]
         if not self.fused or len(self.sizes) == 1 or not split:
             return outs
         return mx.split(outs[0], list(accumulate(self.sizes[:-1])), axis=-1)

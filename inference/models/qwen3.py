@@ -17,11 +17,14 @@ from ..cache import KVCache
 from ..errors import ConfigError
 from ..options import EngineOptions
 from .base import (
+    Adapter,
+    AdapterChoice,
     BaseModelArgs,
     ConfigFields,
     Linear,
     Projection,
     QuantSpec,
+    RowAdapters,
     TensorSpec,
     eos_ids,
     matrix_tensors,
@@ -153,23 +156,23 @@ class Block:
         self.scale = config.head_dim**-0.5
         self.kernel = kernel  # our CUDA kernels: q/k norms and RoPE in one (backends/cuda/qk_rope.py)
         self.compile_halves = options.compile_block_halves
-        self._compiled: dict[bool, tuple] = {}  # use_lora -> (queries_keys_values, finish), traced on first use
+        self._compiled: dict[str | None, tuple] = {}  # adapter -> (queries_keys_values, finish), traced on first use
 
     def forget_traces(self) -> None:
         """Compiled halves hold the weights they traced (LoRA included): call after changing them."""
         self._compiled.clear()
 
-    def queries_keys_values(self, x: mx.array, offset: int | mx.array, use_lora: bool):
+    def queries_keys_values(self, x: mx.array, offset: int | mx.array, adapter: Adapter):
         """The block input (B, L, hidden) -> q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim)."""
         B, L, _ = x.shape
         qkv_projection, normed = self.projections["qkv"], mx.fast.rms_norm(x, self.input_norm, self.eps)
         # the kernel takes one offset for all rows: rows at different positions go through MLX's ops
         one_offset = isinstance(offset, mx.array) and offset.ndim == 0
         if self.kernel and one_offset and qkv_projection.fused and qk_rope.covers(x, self.head_dim):
-            (qkv,) = qkv_projection(normed, use_lora, split=False)
+            (qkv,) = qkv_projection(normed, adapter, split=False)
             return qk_rope.queries_keys_values(qkv, self.q_norm, self.k_norm, offset, self.n_heads, self.n_kv_heads,
                                                self.head_dim, self.eps, self.rope_theta)
-        q, k, v = qkv_projection(normed, use_lora)
+        q, k, v = qkv_projection(normed, adapter)
         q = mx.fast.rms_norm(q.reshape(B, L, self.n_heads, -1), self.q_norm, self.eps).transpose(0, 2, 1, 3)
         k = mx.fast.rms_norm(k.reshape(B, L, self.n_kv_heads, -1), self.k_norm, self.eps).transpose(0, 2, 1, 3)
         v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
@@ -177,27 +180,28 @@ class Block:
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
         return q, k, v
 
-    def finish(self, attention: mx.array, x: mx.array, use_lora: bool) -> mx.array:
+    def finish(self, attention: mx.array, x: mx.array, adapter: Adapter) -> mx.array:
         """Attention output (B, heads, L, head_dim) and the block input x -> the block output (B, L, hidden)."""
         B, L, _ = x.shape
-        h = self.projections["o"](attention.transpose(0, 2, 1, 3).reshape(B, L, -1), use_lora, residual=x)[0]
-        gate, up = self.projections["gate_up"](mx.fast.rms_norm(h, self.post_attention_norm, self.eps), use_lora)
-        return self.projections["down"](nn.silu(gate) * up, use_lora, residual=h)[0]
+        h = self.projections["o"](attention.transpose(0, 2, 1, 3).reshape(B, L, -1), adapter, residual=x)[0]
+        gate, up = self.projections["gate_up"](mx.fast.rms_norm(h, self.post_attention_norm, self.eps), adapter)
+        return self.projections["down"](nn.silu(gate) * up, adapter, residual=h)[0]
 
-    def __call__(self, x: mx.array, cache: KVCache, use_lora: bool, positions: int | mx.array,
+    def __call__(self, x: mx.array, cache: KVCache, adapter: Adapter, positions: int | mx.array,
                  step_offset: mx.array | None, mask: str | mx.array | None) -> mx.array:
         """``positions``: where the new tokens sit (one number, or one per row); ``step_offset``: for one-token
         steps, the positions as an array (the compiled halves take it as an input, so one trace serves every step)."""
         L = x.shape[1]
-        if L == 1 and self.compile_halves and step_offset is not None:
-            if use_lora not in self._compiled:
-                self._compiled[use_lora] = (mx.compile(partial(self.queries_keys_values, use_lora=use_lora)),
-                                            mx.compile(partial(self.finish, use_lora=use_lora)))
-            queries_keys_values, finish = self._compiled[use_lora]
+        # rows with different adapters run uncompiled: their masks change with the batch (RowAdapters)
+        if L == 1 and self.compile_halves and step_offset is not None and not isinstance(adapter, RowAdapters):
+            if adapter not in self._compiled:
+                self._compiled[adapter] = (mx.compile(partial(self.queries_keys_values, adapter=adapter)),
+                                            mx.compile(partial(self.finish, adapter=adapter)))
+            queries_keys_values, finish = self._compiled[adapter]
             offset = step_offset
         else:
-            queries_keys_values = partial(self.queries_keys_values, use_lora=use_lora)
-            finish = partial(self.finish, use_lora=use_lora)
+            queries_keys_values = partial(self.queries_keys_values, adapter=adapter)
+            finish = partial(self.finish, adapter=adapter)
             offset = positions
         q, k, v = queries_keys_values(x, offset)
         k, v = cache.update_and_fetch(k, v)  # (B, kv_heads, offset + L, head_dim)
@@ -223,18 +227,42 @@ class Model:
             else Linear.from_weights(weights, "lm_head", quant["lm_head"])
         )
         self.lm_head = Projection([head], kernel=kernel)
+        self.adapter_names: list[str] = []  # in the order they were loaded (lora.apply_adapter)
 
     def new_cache(self, batch: int = 1) -> list[KVCache]:
         c = self.config
         return [KVCache(batch, c.num_key_value_heads, c.head_dim, self.dtype) for _ in self.layers]
 
-    def decode(self, tokens: mx.array, cache: list[KVCache], use_lora: bool = False) -> mx.array:
-        """One token per row, tokens (B, 1) -> logits (B, V); advances the cache by 1."""
-        return self(tokens, cache, use_lora)
+    def adapter_for(self, adapter: AdapterChoice, rows: int) -> Adapter:
+        """What a forward pass of ``rows`` rows runs with: None or False (the base model), an adapter's name, True
+        (the one adapter loaded), or one name-or-None per row."""
+        if adapter is True:
+            if len(self.adapter_names) != 1:
+                raise ValueError(f"adapter=True needs exactly one adapter loaded (loaded: {self.adapter_names})")
+            return self.adapter_names[0]
+        if adapter is False:
+            return None
+        if adapter is None or isinstance(adapter, RowAdapters):
+            return adapter
+        names = (adapter,) if isinstance(adapter, str) else tuple(adapter)
+        unknown = [n for n in names if n is not None and n not in self.adapter_names]
+        if unknown:
+            raise ValueError(f"no adapter named {unknown[0]!r} is loaded")
+        if isinstance(adapter, str):
+            return adapter
+        if len(names) != rows:
+            raise ValueError(f"{len(names)} adapters given for {rows} rows")
+        return RowAdapters.of(names, self.dtype)
 
-    def __call__(self, tokens: mx.array, cache: list[KVCache], use_lora: bool = False, last_only: bool = True
+    def decode(self, tokens: mx.array, cache: list[KVCache], adapter: AdapterChoice = None) -> mx.array:
+        """One token per row, tokens (B, 1) -> logits (B, V); advances the cache by 1."""
+        return self(tokens, cache, adapter)
+
+    def __call__(self, tokens: mx.array, cache: list[KVCache], adapter: AdapterChoice = None, last_only: bool = True
                  ) -> mx.array:
-        """tokens (B, L) -> logits (B, V) for the last position, or (B, L, V) for all; advances the cache by L."""
+        """tokens (B, L) -> logits (B, V) for the last position, or (B, L, V) for all; advances the cache by L.
+        ``adapter``: see ``adapter_for``."""
+        adapter = self.adapter_for(adapter, tokens.shape[0])
         h = self.embed_tokens.embed(tokens)
         L = tokens.shape[1]
         positions, mask = cache[0].positions(), cache[0].make_mask(L)
@@ -242,7 +270,7 @@ class Model:
         if L == 1:
             step_offset = positions if isinstance(positions, mx.array) else mx.array(positions, dtype=mx.int32)
         for layer, layer_cache in zip(self.layers, cache):
-            h = layer(h, layer_cache, use_lora, positions, step_offset, mask)
+            h = layer(h, layer_cache, adapter, positions, step_offset, mask)
         if last_only:
             h = h[:, -1, :]
-        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), use_lora)[0].astype(mx.float32)
+        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), adapter)[0].astype(mx.float32)
