@@ -71,18 +71,22 @@ async def test_the_composer_on_a_server_drafts_spreads_and_toggles_the_adapter(t
 
 
 @run_async
-async def test_the_server_going_away_mid_draft_is_one_message_and_the_text_is_saved_then_it_reconnects(tmp_path):
+async def test_the_server_going_away_mid_draft_is_one_message_and_the_text_is_saved_then_it_reconnects(
+        tmp_path, monkeypatch):
+    body = long_stream_body()
+    monkeypatch.setattr(random, "randrange", lambda stop: body["seed"])  # the seed of its long draft
     port = free_port()
     server = ServerProcess("--port", port, user_dirs=tmp_path / "serve")
-    body = long_stream_body()
-    config = Config(sampling=Sampling(temperature=body["temperature"], max_tokens=body["max_tokens"]),
-                    postprocess=PostProcess(min_length=0))
+    # near-uniform sampling over the whole vocabulary: a draft of hundreds of tokens, that rarely meets an eos; a
+    # post limit it does not reach either (the composer ends a draft past the limit)
+    config = Config(sampling=Sampling(temperature=body["temperature"], top_p=1.0, max_tokens=body["max_tokens"]),
+                    postprocess=PostProcess(min_length=0), post_limit=100_000)
     app = remote_app(server.url, config)
     try:
         async with app.run_test(size=SIZE, notifications=True) as pilot:
             screen = app.screen
             await wait_until(pilot, lambda: screen.state == "ready", timeout=30)
-            await pilot.press(*PROMPT, "f5")
+            await pilot.press(*body["messages"][0]["content"], "f5")
             await wait_until(pilot, lambda: len(screen.drafts.cards[0].text) > 20, timeout=30)
             server.kill()
             await wait_until(pilot, lambda: screen.job is None, timeout=30)
