@@ -40,9 +40,11 @@ class StatusBar(Horizontal):
         speed = f"{self.decode_tok_s:.1f} tok/s" if self.decode_tok_s is not None else "– tok/s"
         adapter = f"{self.adapter_name} ({'on' if self.adapter_enabled else 'off'})" if self.adapter_name else "none"
         persona = f" · persona {self.persona}" if self.persona else ""
+        # on a server, its URL; in-process ("local") says nothing, so a small terminal keeps its one status line
+        server = f" · {self.location}" if self.location != "local" else ""
         return (
             f"{state} · {speed}{persona} · temp {self.temperature:.2f} · top_p {self.top_p:.2f} · max {self.max_tokens}"
-            f" · adapter {adapter} · {self.model_name} · {self.location}"
+            f" · adapter {adapter} · {self.model_name}{server}"
         )
 
     def _redraw(self) -> None:
