@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.theme import Theme
 
 from bobby_tui.config import Config, ConfigError, load_config, resolve_model, save_setting
+from bobby_tui.engines import LOCAL, EngineChoice
 from bobby_tui.keymap import plan_keys
 from bobby_tui.screens.bindings import ACTION_NAMES, COMPOSER_BINDINGS, RESERVED_KEYS
 from bobby_tui.screens.composer import ComposerScreen
@@ -42,10 +43,11 @@ class BobbyApp(App):
         use_adapter: bool = True,
         config_warning: str | None = None,
         loader: EngineLoader = load_engine,
+        location: str = LOCAL,
     ) -> None:
         super().__init__()
         self.config = config
-        self._screen_args = (config, model_dir, adapter_dir, use_adapter, loader)
+        self._screen_args = (config, model_dir, adapter_dir, use_adapter, loader, location)
         self._warnings = [w for w in (config_warning, *self._apply_config(config)) if w]
 
     def _apply_config(self, config: Config) -> Iterable[str]:
@@ -131,12 +133,17 @@ class BobbyApp(App):
         return " / ".join(self.get_key_display(binding.with_key(key)) for key in self._action_keys[action])
 
 
-def run_app(model: Path | None, adapter: Path | None, no_adapter: bool, inline: bool) -> int:
-    """Open the composer (the `bobby-tui` command); returns the exit status."""
+def run_app(model: Path | None, adapter: Path | None, no_adapter: bool, inline: bool,
+            engine: EngineChoice | None = None) -> int:
+    """Open the composer (the `bobby-tui` command) on `engine` (default: in this process); returns the exit status."""
+    engine = engine or EngineChoice()
     config, warning = load_config()
     # Load the configured adapter even when use_adapter is off, so it can be switched on in the app.
     model_dir, adapter_dir, _ = resolve_model(dataclasses.replace(config, use_adapter=True), model, adapter, no_adapter)
     use_adapter = config.use_adapter or adapter is not None
-    app = BobbyApp(config, model_dir, adapter_dir, use_adapter, config_warning=warning)
+    if engine.server is not None:  # the server's adapter is on unless the user says otherwise
+        use_adapter = not no_adapter
+    app = BobbyApp(config, model_dir, adapter_dir, use_adapter, config_warning=warning, loader=engine.loader(),
+                   location=engine.location)
     app.run(inline=inline)
     return app.return_code or 0

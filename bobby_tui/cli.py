@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(/v1/chat/completions, /v1/completions, /v1/models, /health), batching their requests. "
                     "SIGTERM or ctrl+c stops it.",
     )
-    _add_model_options(serve)
+    _add_model_options(serve, server=False)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1; any other needs --api-key)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
@@ -194,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens", type=int, default=2048, metavar="N",
                        help="tokens per choice at most, and the default (default 2048)")
     serve.add_argument("--max-n", type=int, default=8, metavar="N", help="choices per request at most (default 8)")
+
+    web = commands.add_parser(
+        "web", help="serve the composer in a web browser",
+        description="Serve the composer at http://HOST:PORT with textual-serve: one composer per browser tab, all on "
+                    "one `bobby-tui serve` (started here, and stopped on exit, when none answers at --server).",
+    )
+    _add_model_options(web)
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1; any other needs --api-key)")
+    web.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    web.add_argument("--api-key", metavar="KEY", default=os.environ.get(API_KEY_ENV),
+                     help=f"the browser must open the page with ?key=KEY (default: ${API_KEY_ENV})")
 
     adapters = commands.add_parser(
         "adapters", help="list the adapters folder: rank, scale, layers, problems",
@@ -238,7 +250,7 @@ def _bounded(limit: Limit) -> Callable[[str], int | float]:
     return parse
 
 
-def _add_model_options(parser: argparse.ArgumentParser, dest_prefix: str = "") -> None:
+def _add_model_options(parser: argparse.ArgumentParser, dest_prefix: str = "", server: bool = True) -> None:
     parser.add_argument("--model", type=Path, dest=dest_prefix + "model", metavar="DIR",
                         help="model directory (default: the configured model, else the demo)")
     adapter = parser.add_mutually_exclusive_group()
@@ -247,6 +259,11 @@ def _add_model_options(parser: argparse.ArgumentParser, dest_prefix: str = "") -
                               "configured adapter)")
     adapter.add_argument("--no-adapter", action="store_true", dest=dest_prefix + "no_adapter",
                          help="run the base model without any adapter")
+    if server:  # not for serve itself
+        parser.add_argument("--server", dest=dest_prefix + "server", metavar="URL",
+                            help="use the model of a running `bobby-tui serve` (e.g. http://127.0.0.1:8765; \"auto\": "
+                                 "one answering there, else load it here; \"local\": load it here; default: the "
+                                 f"config's server key); its API key from ${API_KEY_ENV}")
 
 
 # --- entry point ---------------------------------------------------------------------------------------
@@ -256,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_compiled_kernels()
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command and (args.tui_model or args.tui_adapter or args.tui_no_adapter or args.inline):
-        parser.error(f"--model/--adapter/--no-adapter/--inline before a command open the composer; "
+    if args.command and (args.tui_model or args.tui_adapter or args.tui_no_adapter or args.inline or args.tui_server):
+        parser.error(f"--model/--adapter/--no-adapter/--server/--inline before a command open the composer; "
                      f"put them after '{args.command}'")
     command = COMMANDS.get(args.command, run_tui)
     try:
@@ -312,13 +329,15 @@ def run_tui(args: argparse.Namespace) -> int:
     # a mistyped path is a command-line error: say so here rather than in a full-screen app
     if args.tui_model is not None:
         _require_dir(args.tui_model)
-    # the app shows the config's warnings itself
-    adapter = resolve_adapter(load_config()[0], args.tui_adapter) if args.tui_adapter is not None else None
+    config = load_config()[0]  # the app shows the config's warnings itself
+    choice = _engine_choice(args.tui_server, config)
+    _check_no_model_flags(choice, args.tui_model, args.tui_adapter)
+    adapter = resolve_adapter(config, args.tui_adapter) if args.tui_adapter is not None else None
     try:
         from bobby_tui.app import run_app
     except ImportError as err:
         raise CliError(f"the composer cannot start: {err}") from None
-    return run_app(args.tui_model, adapter, args.tui_no_adapter, args.inline)
+    return run_app(args.tui_model, adapter, args.tui_no_adapter, args.inline, choice)
 
 
 # --- post ----------------------------------------------------------------------------------------------
@@ -358,26 +377,51 @@ def cmd_post(args: argparse.Namespace) -> int:
     if args.seed is not None and args.seed + count - 1 >= SEED_LIMIT:
         raise UsageError(f"--seed: draft i gets S+i, so S + COUNT - 1 must be below 2**63 "
                          f"(got {args.seed + count - 1})")
-    adapter = resolve_adapter(config, args.adapter) if args.adapter is not None else None
-    model_dir, adapter_dir, _ = resolve_model(config, args.model, adapter, args.no_adapter)
+    choice = _engine_choice(args.server, config)
+    _check_no_model_flags(choice, args.model, args.adapter)
+    if choice.server is None:
+        adapter = resolve_adapter(config, args.adapter) if args.adapter is not None else None
+        model_dir, adapter_dir, _ = resolve_model(config, args.model, adapter, args.no_adapter)
     # a broken history fails before the slow load; --reply-to reads it even with --no-history
     store = None if args.no_history and args.reply_to is None else Store(db_path())
     try:
         talk = _conversation(args, config, prompt, store)
         _check_prompt_length(talk)
-        model_config = _check_fits_model(model_dir, count, talk, max_tokens, args)
+        model_config = _check_fits_model(model_dir, count, talk, max_tokens, args) if choice.server is None else None
         history = HistoryWriter(None if args.no_history else store)
         from inference import SamplingParams
 
         # with --seed S, draft i gets seed S+i; without, the engine picks each draft's seed
         drafts = [SamplingParams(**sampling, seed=None if args.seed is None else args.seed + i) for i in range(count)]
-        engine = _load_engine(model_dir, adapter_dir)
-        _check_context(engine, model_config, talk, max_tokens, args)
+        if choice.server is None:
+            engine = _load_engine(model_dir, adapter_dir)
+            _check_context(engine, model_config, talk, max_tokens, args)
+        else:  # the server checks the context (a one-line 400) and queues drafts past its rows
+            from bobby_tui.engines.remote import RemoteEngine
+
+            engine = RemoteEngine(choice.server, choice.api_key)
+            engine.adapter_enabled = engine.has_adapter and not args.no_adapter
         _print_drafts(engine, talk, drafts, max_tokens, args, config, history)
     finally:
         if store is not None:
             store.close()
     return EXIT_NOT_SAVED if history.failed else 0
+
+
+def _engine_choice(flag: str | None, config: Config):
+    """In-process or on a server (bobby_tui.engines): --server, else the config's server key."""
+    from bobby_tui.engines import choose_engine
+
+    try:
+        return choose_engine(flag, config.server, f"server in {config_path()}")
+    except ValueError as err:
+        raise (UsageError if flag is not None else CliError)(str(err)) from None
+
+
+def _check_no_model_flags(choice, model: Path | None, adapter: Path | None) -> None:
+    if choice.server is not None and (model is not None or adapter is not None):
+        raise UsageError(f"--model and --adapter choose what this process loads: the server at {choice.server} "
+                         "serves its own model (--no-adapter switches its adapter off; --server local loads here)")
 
 
 def _conversation(args: argparse.Namespace, config: Config, prompt: str, store: Store | None) -> Conversation:
@@ -837,6 +881,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
 
 
+# --- web -----------------------------------------------------------------------------------------------
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from bobby_tui.engines import DEFAULT_SERVER, EngineChoice, server_answers
+    from bobby_tui.server import bind_problem
+    from bobby_tui.web import WebError, is_loopback_url, serve_web, start_server, stop_server
+
+    problem = bind_problem(args.host, args.api_key)
+    if problem:
+        raise UsageError(problem)
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be in [1, 65535] (got {args.port})")
+    choice = _engine_choice(args.server, _load_config())
+    url = choice.server or DEFAULT_SERVER  # the composers always use a server: that is what spares the model copies
+    server = None
+    if server_answers(url):
+        _check_no_model_flags(EngineChoice(url), args.model, args.adapter)
+    elif not is_loopback_url(url):
+        raise CliError(f"{url}: no bobby-tui server answers there (only a loopback one is started here)")
+    else:  # the model options are the started server's
+        model_args = ["--model", str(args.model)] if args.model else []
+        model_args += ["--adapter", str(args.adapter)] if args.adapter else []
+        model_args += ["--no-adapter"] if args.no_adapter else []
+        try:
+            server = start_server(url, model_args, lambda line: print(f"{PROG}: {line}", file=sys.stderr))
+        except WebError as err:
+            raise CliError(str(err)) from None
+    try:
+        serve_web(args.host, args.port, url, args.api_key)
+    finally:
+        if server is not None:
+            stop_server(server)
+    return 0
+
+
 # --- inspect -------------------------------------------------------------------------------------------
 
 
@@ -895,4 +975,5 @@ COMMANDS: dict[str | None, Callable[[argparse.Namespace], int]] = {
     "inspect": cmd_inspect,
     "adapters": cmd_adapters,
     "serve": cmd_serve,
+    "web": cmd_web,
 }

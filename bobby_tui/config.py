@@ -84,6 +84,9 @@ class Config:
     postprocess: PostProcess = field(default_factory=PostProcess)
     keys: dict[str, str] = field(default_factory=dict)  # action name -> key, overrides the app's default bindings
     personas: dict[str, Persona] = field(default_factory=dict)
+    # Where the engine runs (bobby_tui.engines): "" in this process, "auto" on a server answering at the default
+    # address if one does, or a `bobby-tui serve` URL such as "http://127.0.0.1:8765".
+    server: str = ""
 
     def with_persona(self, name: str | None) -> Config:
         """A copy with persona `name`'s settings applied (None: the configured `persona`, if any; else a plain copy).

@@ -28,6 +28,7 @@ from textual.worker import get_current_worker
 from bobby_tui.clipboard import copy_with_system_tool
 from bobby_tui.config import Config, ConfigError, adapter_names
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_MODEL_DIR
+from bobby_tui.engines import LOCAL
 from bobby_tui.paths import db_path
 from bobby_tui.screens.bindings import COMPOSER_BINDINGS
 from bobby_tui.screens.external_editor import EditorError, edit_in_editor
@@ -155,11 +156,14 @@ class ComposerScreen(Screen):
     top_p: reactive[float] = reactive(1.0)
     max_tokens: reactive[int] = reactive(0)
     decode_tok_s: reactive[float | None] = reactive(None)
+    location: reactive[str] = reactive(LOCAL)  # where the engine runs: "local" or the server's URL
 
     def __init__(
-        self, config: Config, model_dir: Path, adapter_dir: Path | None, use_adapter: bool, loader: EngineLoader
+        self, config: Config, model_dir: Path, adapter_dir: Path | None, use_adapter: bool, loader: EngineLoader,
+        location: str = LOCAL,
     ) -> None:
         super().__init__()
+        self.set_reactive(ComposerScreen.location, location)
         self.base_config = config  # as read: each persona applies to it
         self._persona_warning: str | None = None
         try:
@@ -168,7 +172,8 @@ class ComposerScreen(Screen):
             self.config, self._persona_warning = config, f"{err}; starting without a persona"
         self.set_reactive(ComposerScreen.persona, self.config.persona)
         sampling = self.config.sampling
-        self._dirs = (model_dir, adapter_dir)
+        # a server's model is named by the server (Loaded): the local directories say nothing about it
+        self._dirs = (model_dir, adapter_dir) if location == LOCAL else (None, None)
         self.set_reactive(ComposerScreen.model_name, _shown_name(model_dir, model_dir.name))
         self.set_reactive(ComposerScreen.adapter_name, self._adapter_shown(adapter_dir.name if adapter_dir else None))
         self.set_reactive(ComposerScreen.adapter_enabled, use_adapter and adapter_dir is not None)
@@ -207,7 +212,7 @@ class ComposerScreen(Screen):
             ComposerScreen.state, ComposerScreen.persona, ComposerScreen.load_phase, ComposerScreen.model_name,
             ComposerScreen.adapter_name,
             ComposerScreen.adapter_enabled, ComposerScreen.temperature, ComposerScreen.top_p,
-            ComposerScreen.max_tokens, ComposerScreen.decode_tok_s,
+            ComposerScreen.max_tokens, ComposerScreen.decode_tok_s, ComposerScreen.location,
         )
         yield Footer(compact=True)
 

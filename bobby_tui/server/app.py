@@ -20,7 +20,8 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from inference.api import DraftDone, TokenDelta
+from inference.api import DraftDone, ParameterError, TokenDelta
+from inference.errors import InferenceError
 
 from .protocol import (
     EXTENSION,
@@ -32,6 +33,7 @@ from .protocol import (
     parse_chat,
     parse_completion,
     parse_json,
+    parse_messages,
     shutting_down_error,
 )
 from .worker import Aborted, BatchFactory, EngineInfo, EngineWorker, Job, Rejected, abort_all, batch_generator
@@ -82,6 +84,9 @@ class ApiServer:
             web.get("/v1/models", self.models),
             web.post("/v1/chat/completions", self.chat_completions),
             web.post("/v1/completions", self.completions),
+            # the composer's extensions (bobby_tui.engines.remote): what the OpenAI API does not carry
+            web.get(f"/{EXTENSION}/v1/info", self.engine_info),
+            web.post(f"/{EXTENSION}/v1/render", self.render),
         ])
 
     # --- every request: auth, errors as JSON, one log line ---------------------------------------------------
@@ -138,6 +143,39 @@ class ApiServer:
         model = {"id": self.info.model_name, "object": "model", "created": self.created, "owned_by": "bobby-tui",
                  EXTENSION: {"adapter": self.info.adapter_name, "adapter_default": self.info.adapter_default}}
         return web.json_response({"object": "list", "data": [model]})
+
+    async def engine_info(self, request: web.Request) -> web.Response:
+        """What a composer needs besides completions: the names, the adapter default, the context, and the special
+        tokens' texts it removes from drafts."""
+        info = self.info
+        return web.json_response({
+            "model": info.model_name, "adapter": info.adapter_name, "adapter_default": info.adapter_default,
+            "context_length": info.context_length, "special_tokens": sorted(info.tokenizer.special_tokens),
+        })
+
+    async def render(self, request: web.Request) -> web.Response:
+        """The chat template applied to `messages` (as /v1/chat/completions renders them), and its token count: the
+        composer sends the prompt to /v1/completions once per draft, each with its own sampling."""
+        body = parse_json(await request.read())
+        unknown = sorted(set(body) - {"messages", "prefill"})
+        if unknown:
+            raise ApiError(400, f"unrecognized request argument: {unknown[0]}", unknown[0], "unknown_parameter")
+        messages = parse_messages(body.get("messages"))
+        prefill = body.get("prefill")
+        if prefill is not None and not isinstance(prefill, str):
+            raise ApiError(400, "prefill must be a string", "prefill")
+        try:  # on a pool thread: the template is bounded in time, but the loop serves streams meanwhile
+            prompt, tokens = await asyncio.get_running_loop().run_in_executor(None, self._render, messages, prefill)
+        except InferenceError as err:
+            raise ApiError(400, err.problem, "messages") from None
+        except ParameterError as err:  # a conversation the template cannot take (order of roles, no text)
+            raise ApiError(400, _one_line(err), "messages") from None
+        return web.json_response({"prompt": prompt, "prompt_tokens": tokens})
+
+    def _render(self, messages: list[dict], prefill: str | None) -> tuple[str, int]:
+        tokenizer = self.info.tokenizer
+        prompt = tokenizer.render_messages(messages, prefill)
+        return prompt, len(tokenizer.encode(prompt))
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = parse_json(await request.read())

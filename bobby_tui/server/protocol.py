@@ -97,7 +97,7 @@ def parse_json(raw: bytes) -> dict:
 
 def parse_chat(body: dict, limits: ServerLimits, adapter_name: str | None) -> CompletionSpec:
     _check_fields(body, CHAT_FIELDS)
-    messages = _messages(_required(body, "messages"))
+    messages = parse_messages(_required(body, "messages"))
     max_tokens = _max_tokens(body, limits, "max_completion_tokens", "max_tokens")
     return _spec(body, limits, adapter_name, max_tokens, messages=messages)
 
@@ -186,7 +186,8 @@ def _sampling_value(name: str, value: Any, param: str) -> Any:
     return value
 
 
-def _messages(messages: Any) -> list[dict]:
+def parse_messages(messages: Any) -> list[dict]:
+    """Chat messages checked and normalized (roles mapped, content parts joined), as the template takes them."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty array", "messages")
     rendered = []

@@ -16,7 +16,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bobby_tui.engine_thread import release_mlx_streams
@@ -76,6 +76,8 @@ class EngineInfo:
     adapter_name: str | None
     adapter_default: bool
     context_length: int
+    # for the composer's extensions (/bobby/v1/...): the template renders off the engine thread (no MLX in it)
+    tokenizer: Any = field(default=None, compare=False, repr=False)
 
 
 # (engine, max_rows) -> an object with inference.batching.BatchGenerator's submit / cancel / step / has_work /
@@ -153,7 +155,7 @@ class EngineWorker:
             engine = self._load()
             engine.warmup()
             self.info = EngineInfo(engine.model_name, engine.adapter_name, engine.adapter_enabled,
-                                   engine.model.config.max_position_embeddings)
+                                   engine.model.config.max_position_embeddings, engine.tokenizer)
         except BaseException as err:  # re-raised by start() on the caller's thread
             self._load_error = err
             return

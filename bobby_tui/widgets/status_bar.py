@@ -23,6 +23,7 @@ class StatusBar(Horizontal):
     top_p: reactive[float] = reactive(1.0)
     max_tokens: reactive[int] = reactive(0)
     decode_tok_s: reactive[float | None] = reactive(None)
+    location: reactive[str] = reactive("local")  # where the engine runs: "local" or the server's URL
 
     def compose(self) -> ComposeResult:
         yield Label(id="status-text", markup=False)
@@ -30,7 +31,7 @@ class StatusBar(Horizontal):
 
     def on_mount(self) -> None:
         for name in ("state", "persona", "load_phase", "model_name", "adapter_name", "adapter_enabled", "temperature",
-                     "top_p", "max_tokens", "decode_tok_s"):
+                     "top_p", "max_tokens", "decode_tok_s", "location"):
             self.watch(self, name, self._redraw, init=False)
         self._redraw()
 
@@ -39,9 +40,11 @@ class StatusBar(Horizontal):
         speed = f"{self.decode_tok_s:.1f} tok/s" if self.decode_tok_s is not None else "– tok/s"
         adapter = f"{self.adapter_name} ({'on' if self.adapter_enabled else 'off'})" if self.adapter_name else "none"
         persona = f" · persona {self.persona}" if self.persona else ""
+        # on a server, its URL; in-process ("local") says nothing, so a small terminal keeps its one status line
+        server = f" · {self.location}" if self.location != "local" else ""
         return (
             f"{state} · {speed}{persona} · temp {self.temperature:.2f} · top_p {self.top_p:.2f} · max {self.max_tokens}"
-            f" · adapter {adapter} · {self.model_name}"
+            f" · adapter {adapter} · {self.model_name}{server}"
         )
 
     def _redraw(self) -> None:
