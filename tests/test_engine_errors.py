@@ -386,6 +386,17 @@ def test_non_finite_norms_and_scales_are_refused_at_load(model_copy, tensor, val
                         "is broken")
 
 
+def test_a_non_finite_dense_matrix_is_refused_at_load(tiny_models, tmp_path):
+    """Issue 13 item 29: a bf16 checkpoint's matrices are checked too, not only its norms."""
+    model_dir = shutil.copytree(tiny_models["bf16-2shards"][0], tmp_path / "bf16")
+    tensor = "model.layers.1.mlp.down_proj.weight"
+    index = json.loads((model_dir / "model.safetensors.index.json").read_text())["weight_map"]
+    _poison(model_dir / index[tensor], tensor, float("nan"))
+    err = load_error(model_dir)
+    assert isinstance(err, CheckpointError)
+    assert str(err) == f"{model_dir / index[tensor]}: tensor {tensor!r} holds NaN or infinity: the checkpoint is broken"
+
+
 def test_a_non_finite_adapter_is_refused_and_leaves_the_engine_as_it_was(model_copy):
     model_dir, adapter_dir = model_copy
     engine = Engine.load(model_dir, adapter_dir)

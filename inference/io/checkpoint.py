@@ -214,9 +214,10 @@ def load_weights(
 
 
 def _checked_for_finite(name: str, array: mx.array) -> bool:
-    """Norms and quantization scales and biases: a NaN or an infinity there spoils every token, and they are a
-    small part of the bytes (a dense matrix is left to the generation's check of its logits)."""
-    return mx.issubdtype(array.dtype, mx.floating) and (array.ndim == 1 or name.endswith((".scales", ".biases")))
+    """Every floating tensor (norms, quantization scales and biases, dense matrices): a NaN or an infinity in any of
+    them spoils the tokens that read it. The check is one reduction over an array that is in memory already;
+    packed 4-bit words are integers and cannot hold one."""
+    return mx.issubdtype(array.dtype, mx.floating)
 
 
 def _refuse_not_finite(plan: CheckpointPlan, names: list[str], finite: list[mx.array]) -> None:
