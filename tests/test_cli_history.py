@@ -296,7 +296,11 @@ def test_adapters_lists_the_folder_with_facts_and_problems(tmp_path):
     assert result.returncode == 1  # one has problems
     broken, zippy = result.stdout.splitlines()
     assert broken.startswith("broken  problems (1): ") and "adapter_config.json" in broken
-    assert zippy.startswith("zippy   rank 8 · scale 20 · layers 0-3 (4 of 4) · ") and zippy.endswith("problems: none")
+    adapted = json.loads((adapter_dir / "adapter_config.json").read_text())["num_layers"]
+    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    first = layers - adapted
+    assert zippy.startswith(f"zippy   rank 8 · scale 20 · layers {first}-{layers - 1} ({adapted} of {layers}) · ")
+    assert zippy.endswith("problems: none")
     (folder / "broken" / "adapter_config.json").unlink()
     (folder / "broken").rmdir()
     assert run_cli("adapters").returncode == 0
