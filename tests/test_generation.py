@@ -168,8 +168,8 @@ def test_prompt_and_max_tokens_beyond_the_context_are_refused(engine):
 
 
 def test_logits_that_are_not_finite_stop_the_generation_with_one_line(tiny_models, tmp_path):
-    """A NaN in the weights used to decode as '!!!!' (token 0) and be saved; now the generation stops with a clear
-    error."""
+    """Logits that are not finite used to decode as '!!!!' (token 0) and be saved; now the generation stops with a
+    clear error. The weights are finite (NaN in them is refused at load) but so large that the activations overflow."""
     import shutil
 
     from inference import InferenceError
@@ -178,7 +178,7 @@ def test_logits_that_are_not_finite_stop_the_generation_with_one_line(tiny_model
     shard = next(model_dir.glob("model-*.safetensors"))
     weights = mx.load(str(shard))
     name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
-    weights[name] = mx.full(weights[name].shape, float("nan"), dtype=weights[name].dtype)
+    weights[name] = mx.full(weights[name].shape, 3e38, dtype=weights[name].dtype)
     mx.save_safetensors(str(shard), weights, metadata={"format": "mlx"})
     broken = Engine.load(model_dir)
     with pytest.raises(InferenceError, match="not finite") as info:
