@@ -1,17 +1,23 @@
 #!/bin/bash
-# The GPU part of the recipe, on the lent GPU machine after `source .gpu-b/setup.sh` (MLX for CUDA): the base
-# runs in parallel (torch, bf16), the best one quantized by mlx_lm.convert, and the LoRA adapter on the last 2
-# blocks with mlx_lm's trainer. Run from a copy of the repository that holds build/demo/{data,tokenizer};
-# writes demo-base.tgz and demo-lora.tgz (and the logs) to $1.
+# The GPU part of the recipe, on the lent GPU machine after `source .gpu-b/setup.sh` (MLX for CUDA): the BASE_RUNS
+# in parallel (torch, bf16), then each run quantized by mlx_lm.convert and given its LoRA adapter on the last 2
+# blocks by mlx_lm's trainer (in parallel too). Run from a copy of the repository that holds build/demo/{data,tokenizer};
+# writes demo-runs.tgz (every run's 4-bit model, adapter, summary and logs) and the logs to $1. The targets on the
+# CPU then pick the run that ships (MODEL_CARD.md, Rebuilding).
 out=${1:?usage: gpu_recipe.sh OUT_DIR}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-for run in short long long-dropout; do
-  python3 -m tools.train_demo base --device cuda --run "$run" --threads 4 > "$out/base-$run.log" 2>&1 &
+runs=$(python3 -c "from tools.train_demo.__main__ import BASE_RUNS; print(' '.join(BASE_RUNS))")
+for run in $runs; do
+  timeout 360 python3 -m tools.train_demo base --device cuda --run "$run" --threads 3 > "$out/base-$run.log" 2>&1 &
 done
 wait
-tail -n 3 "$out"/base-*.log
-python3 -m tools.train_demo quantize 2>&1 | tail -n 3
-tar czf "$out/demo-base.tgz" bobby_tui/demo/model build/demo/runs/*/summary.json build/demo/runs/*/train_base.log
-python3 -m tools.train_demo lora > "$out/lora.log" 2>&1
-tail -n 2 "$out/lora.log"
-tar czf "$out/demo-lora.tgz" bobby_tui/demo/adapter build/demo/lora_log-*.json
+tail -n 2 "$out"/base-*.log
+for run in $runs; do
+  dir=build/demo/runs/$run
+  (python3 -m tools.train_demo quantize --run "$run" --out "$dir/model-4bit" > "$out/quantize-$run.log" 2>&1 &&
+   timeout 240 python3 -m tools.train_demo lora --model "$dir/model-4bit" --out "$dir/adapter" > "$out/lora-$run.log" 2>&1) &
+done
+wait
+tail -n 1 "$out"/lora-*.log
+tar czf "$out/demo-runs.tgz" build/demo/runs/*/model-4bit build/demo/runs/*/adapter build/demo/runs/*/summary.json \
+  build/demo/runs/*/*.log build/demo/runs/*/lora_log-*.json
