@@ -12,14 +12,13 @@ here; the first run of each kind is a warm-up (file cache, the server's first re
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tools.bench.server_load import REPO, Server
+from tools.bench.server_load import REPO, Server, repo_env
 
 PROMPT = "Write a post about the sea."
 RUN_TIMEOUT_S = 600
@@ -55,7 +54,7 @@ def main() -> None:
         parser.error("--runs must be in [1, 50]")
     adapter = args.adapter or (DEMO_ADAPTER_DIR if args.model == DEMO_MODEL_DIR else None)
     model_args = ["--model", str(args.model)] + (["--adapter", str(adapter)] if adapter else ["--no-adapter"])
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = repo_env()
     env.pop("BOBBY_TUI_API_KEY", None)
     post_args = ["--temperature", "0", "--max-tokens", str(args.max_tokens), "--no-history", PROMPT]
     rows = [measure("in-process", model_args + post_args, env, args.runs)]

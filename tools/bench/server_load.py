@@ -3,7 +3,8 @@
 K concurrent streaming clients (K = 1, 4, 8, 16, 32 by default), each asking a different prompt for M tokens, on
 loopback only: aggregate tok/s, time to first token p50 / p95, per-client tok/s (median), errors, and for ours the
 CPU time its asyncio thread (the whole HTTP layer) spent per token. The engine's own decode tok/s for one draft is
-measured in this process too, so the HTTP layer's cost to a single client shows.
+measured in this process too, so the HTTP layer's cost to a single client shows. And a client joining 7 running
+streams: its time to first token against the same request on an idle server, in decode steps of the running batch.
 
     python -m tools.bench.server_load                       # the demo model, ours only
     python -m tools.bench.server_load --mlx-lm --seeds      # also mlx_lm.server; ours also with a seed per request
@@ -72,7 +73,8 @@ def _percentile(values: list[float], q: float) -> float:
     return values[index]
 
 
-async def _client(session: aiohttp.ClientSession, url: str, body: dict) -> ClientResult:
+async def _client(session: aiohttp.ClientSession, url: str, body: dict,
+                  first_token: asyncio.Event | None = None) -> ClientResult:
     result, started = ClientResult(), time.perf_counter()
     last, chunks = started, 0
     try:
@@ -96,6 +98,8 @@ async def _client(session: aiohttp.ClientSession, url: str, body: dict) -> Clien
                         now = time.perf_counter()
                         if result.ttft_s is None:
                             result.ttft_s = now - started
+                            if first_token is not None:
+                                first_token.set()
                         last = now
         if result.ttft_s is None:
             result.error = "no tokens"
@@ -106,13 +110,16 @@ async def _client(session: aiohttp.ClientSession, url: str, body: dict) -> Clien
     return result
 
 
+def _body(client: int, max_tokens: int, temperature: float, seeds: bool) -> dict:
+    return {"model": "default_model",  # mlx_lm.server's name for the model it was started with; ours takes any
+            "max_tokens": max_tokens, "temperature": temperature, "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": _prompt(client)}], **({"seed": _seed(client)} if seeds else {})}
+
+
 async def run_level(url: str, clients: int, max_tokens: int, temperature: float, seeds: bool,
                     timeout_s: float) -> Level:
-    bodies = [{"model": "default_model",  # mlx_lm.server's name for the model it was started with; ours takes any
-               "max_tokens": max_tokens, "temperature": temperature, "stream": True,
-               "stream_options": {"include_usage": True},
-               "messages": [{"role": "user", "content": _prompt(i)}], **({"seed": _seed(i)} if seeds else {})}
-              for i in range(clients)]
+    bodies = [_body(i, max_tokens, temperature, seeds) for i in range(clients)]
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.perf_counter()
@@ -123,6 +130,57 @@ async def run_level(url: str, clients: int, max_tokens: int, temperature: float,
         wall = time.perf_counter() - started
         results = [t.result() if t in done else ClientResult(error="timed out") for t in tasks]
     return Level(clients, wall, results)
+
+
+JOIN_TOKENS = 8  # the joining client's own request: its first token is what is timed
+JOIN_RUNNING = 7  # streams already decoding when it joins (8 rows with it)
+
+
+async def join_running(url: str, running: int, max_tokens: int, temperature: float, timeout_s: float
+                       ) -> tuple[ClientResult, Level]:
+    """`running` clients stream `max_tokens` each; once every one has its first token (the batch is decoding), one
+    more client asks: its time to first token is what joining a running batch costs. Returns it and the running
+    clients' level (their per-client rate gives the decode step time with the joiner in the batch)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        started = time.perf_counter()
+        firsts = [asyncio.Event() for _ in range(running)]
+        tasks = [asyncio.ensure_future(_client(session, url, _body(i, max_tokens, temperature, False), first))
+                 for i, first in enumerate(firsts)]
+        await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), timeout_s)
+        joiner = await asyncio.wait_for(
+            _client(session, url, _body(running, JOIN_TOKENS, temperature, False)), timeout_s)
+        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        results = [t.result() if t in done else ClientResult(error="timed out") for t in tasks]
+    return joiner, Level(running, time.perf_counter() - started, results)
+
+
+def _print_join(url: str, running: int, args: argparse.Namespace, repeats: int = 3) -> None:
+    """A client joining `running` streams, against the same request on an idle server (its own prefill and first
+    step): the difference in decode steps of the running batch."""
+    alone, joined, steps_ms = [], [], []
+    for _ in range(repeats):
+        single = asyncio.run(_join_alone(url, running, args))
+        if single.ttft_s is None:
+            print(f"a client alone: failed ({single.error})\n")
+            return
+        alone.append(1000 * single.ttft_s)
+        joiner, level = asyncio.run(join_running(url, running, args.max_tokens, args.temperature, args.level_timeout))
+        rates = [r.tokens / r.decode_s for r in level.results if r.error is None and r.decode_s > 0]
+        if joiner.ttft_s is None or not rates:
+            print(f"joining {running} running streams: failed ({joiner.error})\n")
+            return
+        joined.append(1000 * joiner.ttft_s)
+        steps_ms.append(1000 / statistics.median(rates))
+    a, j, step = statistics.median(alone), statistics.median(joined), statistics.median(steps_ms)
+    print(f"a client joining {running} running streams: first token in {j:.0f} ms; the same request alone {a:.0f} ms; "
+          f"a decode step of the running batch {step:.1f} ms: {(j - a) / step:.1f} steps more (medians of {repeats})\n")
+
+
+async def _join_alone(url: str, running: int, args: argparse.Namespace) -> ClientResult:
+    async with aiohttp.ClientSession() as session:
+        return await _client(session, url, _body(running, JOIN_TOKENS, args.temperature, False))
 
 
 # --- the servers -------------------------------------------------------------------------------------------
@@ -198,11 +256,15 @@ def _free_port() -> int:
 
 def ours(model: Path, adapter: Path | None, max_rows: int) -> Server:
     adapter_args = ["--adapter", str(adapter)] if adapter else ["--no-adapter"]
-    # the repository first, then whatever the caller's path holds (e.g. MLX for CUDA installed beside the system's)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return Server([sys.executable, "-m", "bobby_tui", "serve", "--host", "127.0.0.1", "--port", "0", "--model",
                    str(model), *adapter_args, "--max-rows", str(max_rows), "--max-queue", str(MAX_CLIENTS)],
-                  env=env)
+                  env=repo_env())
+
+
+def repo_env() -> dict:
+    """The environment for a child process run from the repository: the repository first on its path, then
+    whatever the caller's path holds (e.g. MLX for CUDA installed beside the system's)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def mlx_lm_server(model: Path, adapter: Path | None, concurrency: int) -> Server:
@@ -272,6 +334,8 @@ def main() -> None:
         try:
             asyncio.run(run_level(server.url, 1, 4, args.temperature, seeds, args.level_timeout))  # warm
             table = [measured_level(server, k, args, seeds) for k in levels]
+            if not seeds:
+                _print_join(server.url, JOIN_RUNNING, args)
             if seeds or not args.seeds:
                 _print_http_cost(server.url, args, adapter)
         finally:
