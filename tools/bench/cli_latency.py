@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, help="default: the demo adapter with the demo model, else none")
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each kind (after one warm-up)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens of the post at most")
+    parser.add_argument("--server-only", action="store_true", help="time only the runs on a server")
     args = parser.parse_args()
     if not 1 <= args.runs <= 50:
         parser.error("--runs must be in [1, 50]")
@@ -57,7 +58,7 @@ def main() -> None:
     env = repo_env()
     env.pop("BOBBY_TUI_API_KEY", None)
     post_args = ["--temperature", "0", "--max-tokens", str(args.max_tokens), "--no-history", PROMPT]
-    rows = [measure("in-process", model_args + post_args, env, args.runs)]
+    rows = [] if args.server_only else [measure("in-process", model_args + post_args, env, args.runs)]
     server = Server([sys.executable, "-m", "bobby_tui", "serve", "--port", "0", *model_args], env=env)
     try:
         rows.append(measure("on a server", ["--server", server.url] + post_args, env, args.runs))
