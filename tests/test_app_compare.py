@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fake_engine import FakeEngine, fake_loader
 from fixtures import write_adapter
-from test_app_support import generate, notes, run_async, wait_until
+from test_app_support import generate, generate_new, notes, run_async, wait_until
 
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import MAX_SPREAD, Config, PostProcess, Sampling
@@ -51,20 +51,6 @@ def header(card) -> str:
     return str(card.query_one(".draft-header").render())
 
 
-async def compare(pilot, key: str = "ctrl+g") -> list:
-    """Press `key` and let the comparison it starts run to the end; -> its cards."""
-    screen = pilot.app.screen
-    before = set(map(id, screen.drafts.cards))
-    await pilot.press(key)
-    await wait_until(pilot, lambda: screen.drafts.cards and id(screen.drafts.cards[0]) not in before)
-    await wait_until(pilot, lambda: screen.job is None and all(card.finish_reason for card in screen.drafts.cards))
-    await screen.saves_done.wait()
-    await screen.workers.wait_for_complete()
-    screen.drafts.flush()
-    await pilot.pause()
-    return screen.drafts.cards
-
-
 async def single_draft(pilot) -> str:
     await generate(pilot)
     (card,) = pilot.app.screen.drafts.cards
@@ -77,7 +63,7 @@ async def test_compare_drafts_base_and_each_adapter_on_one_seed_each_as_its_sing
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
         await pilot.press(*PROMPT)
-        cards = await compare(pilot)
+        cards = await generate_new(pilot, "ctrl+g")
         labels = ["base", "adapter demo adapter", "adapter v1", "adapter v2"]
         assert [card.adapter for card in cards] == labels
         assert all(label in header(card) for label, card in zip(labels, cards, strict=True))
@@ -88,7 +74,7 @@ async def test_compare_drafts_base_and_each_adapter_on_one_seed_each_as_its_sing
         assert {r.seed for r in stored()} == {SEED}
         assert screen.adapter_name == "demo adapter" and screen.adapter_enabled  # comparing switched nothing
 
-        rerun = await compare(pilot, "ctrl+r")  # a rerun of a comparison compares again
+        rerun = await generate_new(pilot, "ctrl+r")  # a rerun of a comparison compares again
         assert [card.adapter for card in rerun] == labels and [card.text for card in rerun] == texts
 
         # the same seed, one draft at a time, as the adapter switch and the palette's adapters pick them
@@ -115,7 +101,7 @@ async def test_compare_is_one_batch_and_a_folder_that_does_not_load_is_left_out_
                    loader=fake_loader(engine))
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await pilot.press(*PROMPT)
-        cards = await compare(pilot)
+        cards = await generate_new(pilot, "ctrl+g")
         assert [card.adapter for card in cards] == ["base", "adapter fake-lora", "adapter lora-sea"]
         (request,) = engine.requests
         assert request.adapters == (None, "fake-lora", "lora-sea")
@@ -151,7 +137,7 @@ async def test_compare_takes_the_base_model_and_as_many_adapters_as_a_spread_hol
     app = BobbyApp(quick_config(adapters_dir=folder), Path("/models/demo"), None, loader=fake_loader(engine))
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await pilot.press(*PROMPT)
-        cards = await compare(pilot)
+        cards = await generate_new(pilot, "ctrl+g")
         assert len(cards) == MAX_SPREAD
         assert engine.requests[0].adapters == (None, *names[: MAX_SPREAD - 1])
         (warning,) = notes(app, "warning")
