@@ -31,10 +31,11 @@ def one_seed(monkeypatch):
 
 @pytest.fixture(scope="module")
 def adapters_folder(tmp_path_factory) -> Path:
-    """Two more adapters for the demo model, as mlx_lm saves them."""
+    """Two more adapters for the demo model, as mlx_lm saves them, and a subfolder that is no adapter."""
     folder = tmp_path_factory.mktemp("adapters")
     for seed, name in enumerate(("v1", "v2"), start=2):
         write_adapter(folder / name, DEMO_MODEL_DIR, seed=seed)
+    (folder / "notes").mkdir()
     return folder
 
 
@@ -60,12 +61,14 @@ async def single_draft(pilot) -> str:
 @run_async
 async def test_compare_drafts_base_and_each_adapter_on_one_seed_each_as_its_single_draft(adapters_folder):
     app = BobbyApp(quick_config(adapters_dir=adapters_folder), DEMO_MODEL_DIR, DEMO_ADAPTER_DIR)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         screen = app.screen
         await pilot.press(*PROMPT)
         cards = await generate_new(pilot, "ctrl+g")
         labels = ["base", "adapter demo adapter", "adapter v1", "adapter v2"]
         assert [card.adapter for card in cards] == labels
+        (warning,) = notes(app, "warning")  # the folder that is no adapter, in one line
+        assert str(adapters_folder / "notes") in warning and "\n" not in warning
         assert all(label in header(card) for label, card in zip(labels, cards, strict=True))
         assert {card.seed for card in cards} == {SEED} and {card.temperature for card in cards} == {screen.temperature}
         texts = [card.text for card in cards]

@@ -592,8 +592,9 @@ class ComposerScreen(Screen):
             return
         if not message.names:
             if self.load_error is None:
-                self.notify("Nothing to compare: only the base model (no adapter is loaded, and the config's "
-                            "adapters_dir has none that loads).")
+                why = ("the server serves no adapter (start it with --adapter)" if self.location != LOCAL
+                       else "no adapter is loaded, and the config's adapters_dir has none that loads")
+                self.notify(f"Nothing to compare: only the base model ({why}).")
             else:
                 self.notify(f"No model is loaded: {self.load_error}", severity="error")
             return
