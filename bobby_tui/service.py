@@ -49,6 +49,8 @@ class ComposeJob:
     prefill: str | None = None  # every draft starts with this text, and the model continues it
     persona: str | None = None  # recorded with each draft
     parent_id: int | None = None  # the stored draft this job refines or continues
+    # per draft, the adapter it runs with (None: the base model); None: every draft runs as the adapter is switched
+    adapters: tuple[str | None, ...] | None = None
     id: int = field(default_factory=lambda: next(_job_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -88,6 +90,17 @@ class AdapterChanged(Message):
     name: str | None
     enabled: bool
     error: str | None = None
+
+
+@dataclass
+class AdaptersReady(Message):
+    """The answer to `prepare_adapters`: every adapter the engine has loaded now (in the order loaded), the one the
+    adapter switch uses and whether it is on, and one line for each adapter folder that did not load."""
+
+    names: tuple[str, ...]
+    active: str | None
+    enabled: bool
+    failed: tuple[str, ...] = ()
 
 
 @dataclass
@@ -140,6 +153,11 @@ class _SetAdapter:
 class _UseAdapter:
     name: str | None  # None: the base model alone
     path: Path | None
+
+
+@dataclass(frozen=True)
+class _LoadAdapters:
+    paths: dict[str, Path]  # name -> folder
 
 
 @dataclass(frozen=True)
@@ -197,6 +215,11 @@ class EngineService:
         answered by AdapterChanged."""
         self._requests.put(_UseAdapter(name, path))
 
+    def prepare_adapters(self, paths: dict[str, Path]) -> None:
+        """Load each adapter of `paths` (name -> folder) that the engine has no adapter of that name for, beside the
+        others, without switching to it; answered by AdaptersReady, with every adapter loaded then."""
+        self._requests.put(_LoadAdapters(paths))
+
     def reload(self, model_dir: Path, adapter_dir: Path | None) -> None:
         """Load another model after the jobs queued so far: the current one is released first (two models need not
         fit in memory at once), so jobs queued meanwhile wait for the new one. Answered like the first load
@@ -230,6 +253,8 @@ class EngineService:
                 self._set_adapter(engine, request.enabled)
             elif isinstance(request, _UseAdapter):
                 self._switch_adapter(engine, request.name, request.path)
+            elif isinstance(request, _LoadAdapters):
+                self._load_adapters(engine, request.paths)
             elif engine is None:
                 self._post(GenerationFinished(request.id, cancelled=False, error="no model is loaded"))
             else:
@@ -289,12 +314,25 @@ class EngineService:
                 engine.active_adapter = name
                 engine.adapter_enabled = True
         except Exception as err:  # a bad adapter folder: one line; the engine keeps the adapter it had
-            from inference import InferenceError
-
-            self._post(self._adapter_state(engine, _one_line(err) if isinstance(err, InferenceError)
-                                           else f"{path}: {_one_line(err)}"))
+            self._post(self._adapter_state(engine, _adapter_error(err, path)))
             return
         self._post(self._adapter_state(engine))
+
+    def _load_adapters(self, engine: Any, paths: dict[str, Path]) -> None:
+        if engine is None:
+            self._post(AdaptersReady((), None, False))
+            return
+        failed = []
+        for name, path in paths.items():
+            if name in engine.adapter_names:  # the one loaded under that name stays
+                continue
+            try:
+                engine.load_adapter(name, path)
+            except Exception as err:  # one folder that does not load leaves the others to compare
+                failed.append(_adapter_error(err, path))
+        active = engine.adapter_name if engine.has_adapter else None
+        self._post(AdaptersReady(tuple(engine.adapter_names), active, bool(active) and engine.adapter_enabled,
+                                 tuple(failed)))
 
     def _compose(self, engine: Any, job: ComposeJob) -> None:
         from bobby_tui.composer import DraftRetry, compose
@@ -306,6 +344,7 @@ class EngineService:
             events = compose(
                 engine, job.prompt, system, job.drafts, job.max_tokens, job.postprocess, job.post_limit,
                 should_cancel=job.cancelled.is_set, history=job.history or None, prefill=job.prefill,
+                adapters=job.adapters,
             )
             for event in events:
                 if isinstance(event, TokenDelta):
@@ -317,6 +356,14 @@ class EngineService:
         except Exception as err:  # one line in the app; the engine thread keeps serving
             error = _one_line(err)
         self._post(GenerationFinished(job.id, cancelled=job.cancelled.is_set(), error=error))
+
+
+def _adapter_error(err: BaseException, path: Path | None) -> str:
+    """An adapter folder that did not load, in one line: InferenceError's message names the file, any other gets
+    the folder."""
+    from inference import InferenceError
+
+    return _one_line(err) if isinstance(err, InferenceError) else f"{path}: {_one_line(err)}"
 
 
 def _record(job: ComposeJob, draft: Any, engine: Any) -> Any:

@@ -55,15 +55,15 @@ async def test_unknown_theme_and_key_actions_in_the_config_are_warnings():
 
 @run_async
 async def test_keys_remapped_in_the_config_replace_the_defaults():
-    app = fake_app(Config(keys={"generate": "ctrl+g"}, postprocess=PostProcess(min_length=0)))
+    app = fake_app(Config(keys={"generate": "ctrl+b"}, postprocess=PostProcess(min_length=0)))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f5")
         await pilot.pause()
         assert app.screen.drafts.cards == []  # F5 no longer generates
-        await generate(pilot, "ctrl+g")
+        await generate(pilot, "ctrl+b")
         assert app.screen.drafts.cards[0].text
         commands = {command.help for command in app.get_system_commands(app.screen) if "Generate a" in command.title}
-        assert commands == {"key: ^g"}
+        assert commands == {"key: ^b"}
 
 
 @run_async

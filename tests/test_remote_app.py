@@ -7,8 +7,9 @@ import random
 import socket
 
 import pytest
+from fixtures import write_adapter
 from server_helpers import ServerProcess, long_stream_body
-from test_app_support import generate, notes, run_async, wait_until
+from test_app_support import generate, generate_new, notes, run_async, wait_until
 
 from bobby_tui.app import BobbyApp
 from bobby_tui.config import Config, PostProcess, Sampling
@@ -114,3 +115,35 @@ async def test_a_wrong_server_url_is_a_message_in_the_app(tmp_path):
         await wait_until(pilot, lambda: app.screen.state == "failed", timeout=30)
         (error,) = notes(app, "error")
         assert error == f"{url}: cannot connect: nothing listens there (start it with `bobby-tui serve`)"
+
+
+@run_async
+async def test_compare_adapters_on_a_server_drafts_base_and_its_adapter_each_as_its_single_draft(tmp_path, monkeypatch):
+    monkeypatch.setattr(random, "randrange", lambda stop: 4321)  # the comparison's seed and the single drafts'
+    folder = tmp_path / "adapters"
+    write_adapter(folder / "v1", DEMO_MODEL_DIR)  # ours, not the server's: the server compares its own adapter only
+    server = ServerProcess(user_dirs=tmp_path / "serve")
+    try:
+        app = remote_app(server.url, Config(sampling=Sampling(max_tokens=32), postprocess=PostProcess(min_length=0),
+                                            adapters_dir=folder))
+        async with app.run_test(size=SIZE, notifications=True) as pilot:
+            screen = app.screen
+            await wait_until(pilot, lambda: screen.state == "ready", timeout=30)
+            await pilot.press(*PROMPT)
+            cards = await generate_new(pilot, "ctrl+g")
+            assert [card.adapter for card in cards] == ["base", "adapter adapter"]
+            assert {card.seed for card in cards} == {4321}
+            base, tuned = (card.text for card in cards)
+            assert base.strip() and tuned.strip() and base != tuned
+            assert notes(app, "warning") == []
+            await generate(pilot)  # the server's adapter is on
+            assert screen.drafts.cards[0].text == tuned
+            await pilot.press("ctrl+t")
+            await wait_until(pilot, lambda: not screen.adapter_enabled)
+            await generate(pilot)
+            assert screen.drafts.cards[0].text == base
+        rows = stored()  # newest first
+        assert [(r.adapter, r.text) for r in rows[:2]] == [(None, base), ("adapter", tuned)]
+        assert sorted((r.adapter or "", r.text) for r in rows[2:]) == [("", base), ("adapter", tuned)]
+    finally:
+        server.kill()

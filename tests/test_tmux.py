@@ -223,6 +223,12 @@ def test_an_adapter_and_a_model_are_switched_from_the_palette_without_a_restart(
         terminal.press("F5")
         terminal.wait_for(lambda: len(records()) == 1, "a draft with the adapter")
         assert records()[0].adapter == "zippy"
+        terminal.press("C-g")  # compare: the base model, the demo's adapter and zippy (the same weights), one seed
+        terminal.wait_for(lambda: len(records()) == 4, "the compared drafts")
+        compared = {r.adapter: r for r in records()[:3]}
+        assert set(compared) == {None, "adapter", "zippy"} and len({r.seed for r in compared.values()}) == 1
+        assert compared["zippy"].text == compared["adapter"].text
+        terminal.wait_for(lambda: "#1 · base · temp" in terminal.screen(), "the adapter named on each card")
 
         terminal.press("C-p")
         terminal.type("Model: fortunes")
@@ -231,7 +237,7 @@ def test_an_adapter_and_a_model_are_switched_from_the_palette_without_a_restart(
         terminal.wait_for(lambda: "fortunes" in terminal.screen() and "ready · " in terminal.screen(),
                           "the new model, loaded")
         terminal.press("F5")
-        terminal.wait_for(lambda: len(records()) == 2, "a draft of the new model")
+        terminal.wait_for(lambda: len(records()) == 5, "a draft of the new model")
         assert (records()[0].model, records()[0].adapter) == ("fortunes", None)
         terminal.press("C-q")
         terminal.wait_for(rc_file.exists, "exit")

@@ -26,7 +26,7 @@ from textual.widgets import Footer
 from textual.worker import get_current_worker
 
 from bobby_tui.clipboard import copy_with_system_tool
-from bobby_tui.config import Config, ConfigError, adapter_names
+from bobby_tui.config import MAX_SPREAD, Config, ConfigError, adapter_names
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_MODEL_DIR
 from bobby_tui.engines import LOCAL
 from bobby_tui.paths import db_path
@@ -34,6 +34,7 @@ from bobby_tui.screens.bindings import COMPOSER_BINDINGS
 from bobby_tui.screens.external_editor import EditorError, edit_in_editor
 from bobby_tui.service import (
     AdapterChanged,
+    AdaptersReady,
     ComposeJob,
     DraftDelta,
     DraftFinished,
@@ -58,7 +59,8 @@ SEED_RANGE = 2**31
 HISTORY_LIMIT = 200
 STORE_WAIT_S = 30.0  # how long a history job waits for the database to open (another instance may be migrating it)
 QUIT_WAIT_S = 10.0  # how long quitting waits for a cancelled generation's drafts to come back and be saved
-_GENERATING_ACTIONS = {"generate", "spread", "regenerate", "refine", "refine_spread", "continue_draft"}
+_GENERATING_ACTIONS = {"generate", "spread", "regenerate", "refine", "refine_spread", "continue_draft",
+                       "compare_adapters"}
 PRUNE_DAYS = (7, 30, 90)  # the palette's "prune history" choices
 
 
@@ -80,8 +82,8 @@ def _clamp(name: str, value: float, smallest_open: float) -> float:
 
 @dataclass(frozen=True)
 class _Run:
-    """What regenerate repeats: the prompt (the last user turn), the seeds, whether it was a spread, and the
-    conversation it continued."""
+    """What regenerate repeats: the prompt (the last user turn), the seeds, whether it was a spread or a comparison
+    of adapters, and the conversation it continued."""
 
     prompt: str
     seeds: tuple[int, ...]
@@ -89,6 +91,8 @@ class _Run:
     history: tuple[dict[str, str], ...] = ()  # the turns before `prompt`
     prefill: str | None = None  # the drafts start with this text
     parent_id: int | None = None  # the stored draft refined or continued
+    # a comparison: per draft, the adapter it runs with (None: the base model), all at one temperature and seed
+    adapters: tuple[str | None, ...] | None = None
 
 
 # --- answers of the history workers (posted from their threads) ---------------------------------------------
@@ -195,6 +199,7 @@ class ComposerScreen(Screen):
         self.saves_done.set()
         self.load_error: str | None = None
         self._last_run: _Run | None = None
+        self._compare_prompt: str | None = None  # a comparison waiting for the engine's adapters (AdaptersReady)
         self._deleted: list[list[GenerationRecord]] = []  # undo stack of history deletes and prunes
 
     def compose(self) -> ComposeResult:
@@ -263,6 +268,10 @@ class ComposerScreen(Screen):
         adapter_dir = self._dirs[1]
         return _shown_name(adapter_dir, name) if adapter_dir is not None and adapter_dir.name == name else name
 
+    def _adapter_label(self, name: str | None) -> str:
+        """Which adapter a compared draft ran with, as the status bar names it."""
+        return "base" if name is None else f"adapter {self._adapter_shown(name)}"
+
     def _hint(self) -> str:
         keys = self.app.keys_of
         return (f"Type a prompt, then {keys('generate')} for a draft or {keys('spread')} for a spread. "
@@ -309,7 +318,10 @@ class ComposerScreen(Screen):
         if self.job is not None:
             self.notify("A generation is running: wait for it or cancel it (escape).")
             return
-        temperatures = self._spread_temperatures() if run.spread else [self.temperature]
+        if run.adapters is not None:
+            temperatures = [self.temperature] * len(run.adapters)
+        else:
+            temperatures = self._spread_temperatures() if run.spread else [self.temperature]
         drafts = [self._sampling(t, seed) for t, seed in zip(temperatures, run.seeds, strict=False)]
         job = ComposeJob(
             prompt=run.prompt,
@@ -322,12 +334,15 @@ class ComposerScreen(Screen):
             prefill=run.prefill,
             persona=self.persona,
             parent_id=run.parent_id,
+            adapters=run.adapters,
         )
         self.job, self._last_run = job, run
         self._job_done.clear()
         messages = [*run.history, {"role": "user", "content": run.prompt}]
+        labels = [self._adapter_label(name) for name in run.adapters] if run.adapters is not None else []
         await self.drafts.show_cards([
-            DraftCard(i + 1, p.temperature, p.seed, self.config.post_limit, messages=messages, prefill=run.prefill)
+            DraftCard(i + 1, p.temperature, p.seed, self.config.post_limit, messages=messages, prefill=run.prefill,
+                      adapter=labels[i] if labels else None)
             for i, p in enumerate(drafts)
         ])
         self.service.submit(job)
@@ -553,6 +568,43 @@ class ComposerScreen(Screen):
 
     async def action_spread(self) -> None:
         await self._start(self._new_run(spread=True))
+
+    def action_compare_adapters(self) -> None:
+        """The prompt on the base model and on each adapter the app can use, at one seed and temperature, in one
+        batch. The adapters folder's adapters load first, beside the others (on a server: its adapter only); the
+        engine's answer, AdaptersReady, starts the drafts."""
+        if self.load_error is not None:
+            self.notify(f"No model is loaded: {self.load_error}", severity="error")
+            return
+        if self.job is not None:
+            self.notify("A generation is running: wait for it or cancel it (escape).")
+            return
+        self._compare_prompt = self.editor.text.strip() or self.config.default_prompt
+        folder = self.config.adapters_dir if self.location == LOCAL else None  # a server loads no adapter of ours
+        self.service.prepare_adapters({name: folder / name for name in adapter_names(folder)})
+
+    async def on_adapters_ready(self, message: AdaptersReady) -> None:
+        self.adapter_name, self.adapter_enabled = self._adapter_shown(message.active), message.enabled
+        for problem in message.failed:
+            self.notify(problem, title="Adapter not compared", severity="warning", timeout=20)
+        prompt, self._compare_prompt = self._compare_prompt, None
+        if prompt is None:
+            return
+        if not message.names:
+            if self.load_error is None:
+                why = ("the server serves no adapter (start it with --adapter)" if self.location != LOCAL
+                       else "no adapter is loaded, and the config's adapters_dir has none that loads")
+                self.notify(f"Nothing to compare: only the base model ({why}).")
+            else:
+                self.notify(f"No model is loaded: {self.load_error}", severity="error")
+            return
+        choices: tuple[str | None, ...] = (None, *message.names)
+        if len(choices) > MAX_SPREAD:
+            self.notify(f"{len(message.names)} adapters: comparing the first {MAX_SPREAD - 1} with the base model "
+                        f"({MAX_SPREAD} drafts at most)", severity="warning")
+            choices = choices[:MAX_SPREAD]
+        seed = random.randrange(SEED_RANGE)
+        await self._start(_Run(prompt, (seed,) * len(choices), spread=False, adapters=choices))
 
     async def action_regenerate(self) -> None:
         if self._last_run is None:

@@ -26,12 +26,14 @@ class DraftCard(Vertical, can_focus=True):
         post_limit: int,
         messages: list[dict[str, str]] | None = None,
         prefill: str | None = None,
+        adapter: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         # the conversation the draft answers, oldest first, ending with the user turn; a refinement has several
         self.messages = messages or []
         self.prefill = prefill  # the text the draft was continued from (edit and continue)
+        self.adapter = adapter  # in a comparison of adapters: which one ("base", "adapter v2") made the draft
         self.number = number  # 1-based, as shown
         self.temperature = temperature
         self.seed = seed
@@ -114,7 +116,7 @@ class DraftCard(Vertical, can_focus=True):
         self.set_class(self.finish_reason is None, "-streaming")
 
     def _header(self) -> str:
-        parts = [f"#{self.number}", f"temp {self.temperature:.2f}"]
+        parts = [f"#{self.number}", *([self.adapter] if self.adapter else []), f"temp {self.temperature:.2f}"]
         if self.seed is not None:
             parts.append(f"seed {self.seed}")
         parts.append(self._speed())
