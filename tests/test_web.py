@@ -1,13 +1,16 @@
 """`bobby-tui web` in a real browser: headless Chromium (Debian's) through Playwright opens the page, types a prompt,
-presses F5, and the draft lands in the history; the server that `web` started stops with it.
+presses F5, and the draft lands in the history; two tabs draft at once on the one server that `web` started, which
+stops with it.
 
-textual-serve draws the terminal on a canvas (no DOM text), so the test reads the draft from the history database
-and takes a screenshot. Runs where /usr/bin/chromium and Playwright are installed; skipped elsewhere.
+textual-serve draws the terminal on a canvas (no DOM text), so the test reads the drafts from the history database
+and the server's request log, and takes a screenshot. Runs where /usr/bin/chromium and Playwright are installed;
+skipped elsewhere.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +36,8 @@ DRAFT_TIMEOUT_S = 90
 BROWSER_TIMEOUT_MS = 30_000
 SCREENSHOT_ENV = "BOBBY_TUI_WEB_SCREENSHOT"  # where to keep the screenshot (the README's is made so)
 CONNECT_LOG = f"GET /{EXTENSION}/v1/info 200"  # each composer asks once, when it connects to the server
+# one streamed request per draft; the server logs its prompt+completion tokens
+COMPLETION_LOG = re.compile(r"POST /v1/completions 200 tokens=(\d+)\+(\d+) ")
 
 
 def history() -> list[GenerationRecord]:
@@ -100,3 +105,26 @@ def test_the_composer_in_a_browser_drafts_into_the_history_on_the_server_web_sta
     (record,) = drafts_of(PROMPT)
     assert record.text.strip() and record.model == "model" and record.generated_tokens > 0
 
+
+def test_two_tabs_draft_at_once_on_the_one_server_and_each_keeps_its_row_once(tmp_path):
+    prompts = ["Write a post about the sea", "Write a post about the mountains"]
+    with web_composer(tmp_path) as web:
+        with chromium(tmp_path) as browser:
+            pages = [open_composer(browser, web) for _ in prompts]
+            for page, prompt in zip(pages, prompts, strict=True):
+                page.keyboard.type(prompt, delay=20)
+            for page in pages:  # both drafts asked for at once
+                page.keyboard.press("F5")
+            wait_for(lambda: all(drafts_of(p) for p in prompts), DRAFT_TIMEOUT_S, "both drafts in the history")
+        assert web.stop() == 0  # every tab's composer quits with it: a draft saved twice on the way out shows below
+        assert not server_answers(web.server_url)
+    rows = history()
+    assert sorted(r.prompt for r in rows) == sorted(prompts)  # one row per tab, each with its own tab's prompt
+    assert all(r.text.strip() and r.model == "model" for r in rows)
+    # both composers drafted on the one server, which loaded the model: it served both drafts (a tab with an
+    # in-process engine would send it nothing), and its two completions are the two rows
+    assert len(web.log_lines("listening on http://127.0.0.1:")) == 1
+    assert len(web.log_lines(CONNECT_LOG)) == len(prompts)
+    served = [tuple(map(int, m.groups())) for line in web.log_lines("POST /v1/completions")
+              if (m := COMPLETION_LOG.search(line))]
+    assert sorted(served) == sorted((r.prompt_tokens, r.generated_tokens) for r in rows)
