@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,3 +26,24 @@ def tiny_models(tmp_path_factory):
         name: (model := write_model(root / name, spec, seed=i), write_adapter(root / f"{name}-adapter", model))
         for i, (name, spec) in enumerate(FIXTURES.items())
     }
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory):
+    """The real Qwen3 tokenizer as a checkpoint holds it: tokenizer.json and tokenizer_config.json only (the package
+    also ships vocab.json and merges.txt, which the oracles would otherwise load instead). Read-only: a test that
+    changes a file copies it first."""
+    from fixtures import QWEN_TOKENIZER_DIR
+
+    target = tmp_path_factory.mktemp("qwen3-tokenizer")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(QWEN_TOKENIZER_DIR / name, target / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def qwen(qwen_dir):
+    """Our Tokenizer on the real Qwen3 files."""
+    from inference.tokenizer import Tokenizer
+
+    return Tokenizer(qwen_dir)

@@ -5,7 +5,6 @@ import shutil
 
 import mlx.core as mx
 import pytest
-from fixtures import QWEN_TOKENIZER_DIR
 
 from inference import ParameterError
 from inference.tokenizer import Tokenizer
@@ -19,19 +18,6 @@ def conversation(system: str | None) -> list[dict]:
     head = [{"role": "system", "content": system}] if system is not None else []
     return [*head, {"role": "user", "content": USER_A}, {"role": "assistant", "content": DRAFT},
             {"role": "user", "content": USER_B}]
-
-
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    target = tmp_path_factory.mktemp("qwen3-tokenizer")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(QWEN_TOKENIZER_DIR / name, target / name)
-    return target
-
-
-@pytest.fixture(scope="module")
-def qwen(qwen_dir):
-    return Tokenizer(qwen_dir)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import shutil
 
 import pytest
-from fixtures import QWEN_TOKENIZER_DIR
 
 from inference.tokenizer import StreamingDetokenizer, Tokenizer
 
@@ -11,19 +10,6 @@ CONVERSATION = [
     {"role": "system", "content": "You write short, warm posts."},
     {"role": "user", "content": "Write a post about autumn in Kyoto 🍁"},
 ]
-
-
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    target = tmp_path_factory.mktemp("qwen3-tokenizer")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(QWEN_TOKENIZER_DIR / name, target / name)
-    return target
-
-
-@pytest.fixture(scope="module")
-def qwen(qwen_dir):
-    return Tokenizer(qwen_dir)
 
 
 @pytest.mark.parametrize("messages", [CONVERSATION, CONVERSATION[1:]], ids=["system+user", "user"])

@@ -18,12 +18,9 @@ QWEN_CONFIG = json.loads((QWEN_TOKENIZER_DIR / "tokenizer_config.json").read_tex
 
 
 @pytest.fixture
-def qwen_dir(tmp_path):
-    target = tmp_path / "tok"
-    target.mkdir()
-    shutil.copy(QWEN_TOKENIZER_DIR / "tokenizer.json", target / "tokenizer.json")
-    shutil.copy(QWEN_TOKENIZER_DIR / "tokenizer_config.json", target / "tokenizer_config.json")
-    return target
+def qwen_dir(qwen_dir, tmp_path):
+    """conftest's real Qwen3 tokenizer, copied for each test: these tests rewrite its files."""
+    return shutil.copytree(qwen_dir, tmp_path / "tok")
 
 
 def write_config(directory, **changes):
