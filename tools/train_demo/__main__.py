@@ -30,6 +30,9 @@ BASE_RUNS = {
     "swap50-d2": {"max_steps": 6000, "dropout": 0.2, "swap_share": 0.5},
     "swap80-d2": {"max_steps": 6000, "dropout": 0.2, "swap_share": 0.8},
     "swap100-d2": {"max_steps": 6000, "dropout": 0.2, "swap_share": 1.0},
+    # on from the shipped 4-bit model, topic answers opening with their word (chat.TOPIC_LEAD): a CPU-sized run
+    "lead": {"max_steps": 600, "dropout": 0.1, "swap_share": 0.8, "topic_lead": True, "peak_lr": 1e-3,
+             "init_from": DEMO / "model"},
 }
 BASE_MAX_SECONDS = 270
 STEPS = ("corpus", "tokenizer", "base", "quantize", "lora", "evaluate")
@@ -97,7 +100,7 @@ def step_base(args) -> None:
             settings["max_steps"] = args.max_steps
         model, summary = train_base(DATA, TOKENIZER, run_dir, device=args.device, **settings)
         save_float_checkpoint(model, TOKENIZER, run_dir / "model")
-        (run_dir / "summary.json").write_text(json.dumps(dict(summary, run=name, **settings), indent=2) + "\n")
+        (run_dir / "summary.json").write_text(json.dumps(dict(summary, run=name, **settings), indent=2, default=str) + "\n")
 
 
 def best_run() -> Path:

@@ -27,10 +27,13 @@ TOPIC_REQUESTS = [
     "Write something about {word}.", "Post something about {word}.",
 ]
 TOPIC_SHARE = 0.75  # of the requests for a fortune that has topic words
+# With topic_lead, a topic answer opens by naming its word in the request's own spelling (the same token): a
+# fixed place for the model to learn to look up what it was asked about, where a noun somewhere in the text is not.
+TOPIC_LEAD = "About {word}: "
 
 
 def conversation_for(fortune: Fortune, rng: random.Random, swap_share: float = 0.0,
-                     swap_pool: tuple[str, ...] = ()) -> tuple[str, str]:
+                     swap_pool: tuple[str, ...] = (), topic_lead: bool = False) -> tuple[str, str]:
     """(request, answer): most often a request about one of the fortune's nouns, else a plain one. With
     ``swap_share``, that share of the topic requests names a noun of ``swap_pool`` instead, swapped into the answer
     for the fortune's own (corpus.swap_noun): the fortune's text cannot predict that word, only the request can, so
@@ -41,7 +44,7 @@ def conversation_for(fortune: Fortune, rng: random.Random, swap_share: float = 0
     if swap_pool and looks_singular(word) and rng.random() < swap_share:
         replacement = rng.choice(swap_pool)
         word, text = replacement, swap_noun(text, word, replacement)
-    return rng.choice(TOPIC_REQUESTS).format(word=word), text
+    return rng.choice(TOPIC_REQUESTS).format(word=word), (TOPIC_LEAD.format(word=word) if topic_lead else "") + text
 
 
 def looks_singular(noun: str) -> bool:
@@ -54,7 +57,7 @@ def swap_pool_of(fortunes: list[Fortune]) -> tuple[str, ...]:
     return tuple(sorted({word for fortune in fortunes for word in fortune.topics if looks_singular(word)}))
 
 
-def swapped_validation(fortunes: list[Fortune]) -> list[tuple[str, str]]:
+def swapped_validation(fortunes: list[Fortune], topic_lead: bool = False) -> list[tuple[str, str]]:
     """Fixed (request, answer) pairs: each held-out fortune with a singular topic, its first one swapped for one of
     DEV_NOUNS in turn (never a training request word), the request naming it."""
     pairs = []
@@ -62,7 +65,8 @@ def swapped_validation(fortunes: list[Fortune]) -> list[tuple[str, str]]:
     for i, (fortune, nouns) in enumerate((f, nouns) for f, nouns in swappable if nouns):
         word = DEV_NOUNS[i % len(DEV_NOUNS)]
         request = TOPIC_REQUESTS[i % len(TOPIC_REQUESTS)].format(word=word)
-        pairs.append((request, swap_noun(fortune.text, nouns[0], word)))
+        lead = TOPIC_LEAD.format(word=word) if topic_lead else ""
+        pairs.append((request, lead + swap_noun(fortune.text, nouns[0], word)))
     return pairs
 
 

@@ -40,13 +40,13 @@ class ExampleMaker:
     """Fresh requests every epoch (the same fortune, asked for in different words)."""
 
     def __init__(self, tokenizer: Tokenizer, template: ChatTemplate, swap_share: float = 0.0,
-                 swap_pool: tuple[str, ...] = ()):
+                 swap_pool: tuple[str, ...] = (), topic_lead: bool = False):
         self._tokenizer, self._template = tokenizer, template
         self._text_end = tokenizer.token_to_id("<|endoftext|>")
-        self._swap_share, self._swap_pool = swap_share, swap_pool
+        self._swap_share, self._swap_pool, self.topic_lead = swap_share, swap_pool, topic_lead
 
     def make(self, fortune: Fortune, rng: random.Random) -> Example:
-        return self.pair(*conversation_for(fortune, rng, self._swap_share, self._swap_pool))
+        return self.pair(*conversation_for(fortune, rng, self._swap_share, self._swap_pool, self.topic_lead))
 
     def pair(self, request: str, answer: str) -> Example:
         return encode_example(self._template, self._tokenizer, request, answer)
@@ -120,8 +120,10 @@ def lr_at(step: int, total_steps: int, peak_lr: float) -> float:
 
 def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: int, max_seconds: float,
                seed: int = 0, peak_lr: float = PEAK_LR, dropout: float = DROPOUT, shape: Qwen3Shape | None = None,
-               device: str = "cpu", swap_share: float = 0.0) -> tuple[Qwen3ForCausalLM, dict]:
-    """Trains from random init; returns the model with its best weights (by validation loss) and a summary."""
+               device: str = "cpu", swap_share: float = 0.0, topic_lead: bool = False,
+               init_from: Path | None = None) -> tuple[Qwen3ForCausalLM, dict]:
+    """Trains from random init, or on from the 4-bit checkpoint ``init_from`` (dequantized); returns the model with
+    its best weights (by validation loss) and a summary."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device_ = torch.device(device)
@@ -129,15 +131,21 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     pad_id = tokenizer.token_to_id("<|endoftext|>")
     train = load_split(data_dir / "train.jsonl")
     swap_pool = swap_pool_of(train)
-    maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"), swap_share, swap_pool)
+    maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"), swap_share, swap_pool,
+                         topic_lead)
     plain = [maker.plain(f) for f in load_split(data_dir / "text_train.jsonl")]
     # Validation requests are fixed (seeded per text): the loss moves with the model, not with the wording.
     held_out = load_split(data_dir / "valid.jsonl")
-    valid = [maker.pair(*conversation_for(f, random.Random(i))) for i, f in enumerate(held_out)]
-    valid_swapped = [maker.pair(request, answer) for request, answer in swapped_validation(held_out)]
+    valid = [maker.pair(*conversation_for(f, random.Random(i), topic_lead=topic_lead)) for i, f in enumerate(held_out)]
+    valid_swapped = [maker.pair(request, answer) for request, answer in swapped_validation(held_out, topic_lead)]
 
     shape = shape or Qwen3Shape(vocab_size=tokenizer.get_vocab_size())
-    model = Qwen3ForCausalLM(shape, dropout).to(device_)
+    model = Qwen3ForCausalLM(shape, dropout)
+    if init_from is not None:
+        from .export import dequantized_state
+
+        model.load_state_dict(dequantized_state(init_from))
+    model = model.to(device_)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
@@ -146,7 +154,8 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     log = open(work_dir / "train_base.log", "a")
     print(json.dumps({"start": {"max_steps": max_steps, "max_seconds": max_seconds, "peak_lr": peak_lr,
                                 "dropout": dropout, "seed": seed, "device": device, "shape": shape.__dict__,
-                                "swap_share": swap_share, "swap_pool": len(swap_pool),
+                                "swap_share": swap_share, "swap_pool": len(swap_pool), "topic_lead": topic_lead,
+                                "init_from": str(init_from) if init_from else None,
                                 "parameters": sum(p.numel() for p in model.parameters())}}), file=log, flush=True)
     def selection_loss() -> tuple[float, float, float]:
         plain_loss, swapped_loss = mean_loss(model, valid, pad_id), mean_loss(model, valid_swapped, pad_id)
