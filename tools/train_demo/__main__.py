@@ -100,7 +100,8 @@ def step_base(args) -> None:
             settings["max_steps"] = args.max_steps
         model, summary = train_base(DATA, TOKENIZER, run_dir, device=args.device, **settings)
         save_float_checkpoint(model, TOKENIZER, run_dir / "model")
-        (run_dir / "summary.json").write_text(json.dumps(dict(summary, run=name, **settings), indent=2, default=str) + "\n")
+        record = dict(summary, run=name, **settings)
+        (run_dir / "summary.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def best_run() -> Path:
