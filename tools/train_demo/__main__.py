@@ -21,18 +21,12 @@ FLOAT_MODEL = WORK / "base-f32"
 DEMO = REPO / "bobby_tui" / "demo"
 RUNS = WORK / "runs"
 EVAL_TEXTS = 200
-# The base recipe: runs that differ in the share of swapped-noun topic requests (chat.conversation_for) and in
-# dropout, trained on the GPU in parallel, each early-stopped on the validation losses; every run is quantized and
-# gets its adapter, and the targets (tools/train_demo/targets.py) on the CPU pick the one that ships.
+# The base recipe: runs with their own schedule lengths and dropout (on the GPU, in parallel), each early-stopped
+# on the validation split; `quantize` ships the one with the lowest validation loss.
 BASE_RUNS = {
-    "swap50": {"max_steps": 6000, "dropout": 0.1, "swap_share": 0.5},
-    "swap80": {"max_steps": 6000, "dropout": 0.1, "swap_share": 0.8},
-    "swap50-d2": {"max_steps": 6000, "dropout": 0.2, "swap_share": 0.5},
-    "swap80-d2": {"max_steps": 6000, "dropout": 0.2, "swap_share": 0.8},
-    "swap100-d2": {"max_steps": 6000, "dropout": 0.2, "swap_share": 1.0},
-    # on from the shipped 4-bit model, topic answers opening with their word (chat.TOPIC_LEAD): a CPU-sized run
-    "lead": {"max_steps": 600, "dropout": 0.1, "swap_share": 0.8, "topic_lead": True, "peak_lr": 1e-3,
-             "init_from": DEMO / "model"},
+    "short": {"max_steps": 4000, "dropout": 0.1},
+    "long": {"max_steps": 9000, "dropout": 0.1},
+    "long-dropout": {"max_steps": 9000, "dropout": 0.2},
 }
 BASE_MAX_SECONDS = 270
 STEPS = ("corpus", "tokenizer", "base", "quantize", "lora", "evaluate")
@@ -71,14 +65,14 @@ def step_tokenizer(args) -> None:
     import random
 
     from .bpe import save_tokenizer, train_tokenizer
-    from .chat import conversation_for
+    from .chat import request_for
     from .corpus import load_split
 
     fortunes = [f for name in ("train", "adapter_train") for f in load_split(DATA / f"{name}.jsonl")]
     texts = [f.text for f in load_split(DATA / "text_train.jsonl")]
     # Every training example has a request: a few rounds of them weigh the requests' words as training does.
     rng = random.Random(0)
-    requests = [conversation_for(f, rng)[0] for _ in range(5) for f in fortunes]
+    requests = [request_for(f, rng) for _ in range(5) for f in fortunes]
     save_tokenizer(train_tokenizer([f.text for f in fortunes] + texts + requests), TOKENIZER)
 
 
@@ -100,8 +94,7 @@ def step_base(args) -> None:
             settings["max_steps"] = args.max_steps
         model, summary = train_base(DATA, TOKENIZER, run_dir, device=args.device, **settings)
         save_float_checkpoint(model, TOKENIZER, run_dir / "model")
-        record = dict(summary, run=name, **settings)
-        (run_dir / "summary.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (run_dir / "summary.json").write_text(json.dumps(dict(summary, run=name, **settings), indent=2) + "\n")
 
 
 def best_run() -> Path:
@@ -117,16 +110,15 @@ def step_quantize(args) -> None:
     from .export import quantize_checkpoint
 
     run_dir = RUNS / args.run if args.run else best_run()
-    print("quantizing base run", run_dir.name, "into", args.out or DEMO / "model")
-    quantize_checkpoint(run_dir / "model", args.out or DEMO / "model")
+    print("shipping base run", run_dir.name)
+    quantize_checkpoint(run_dir / "model", DEMO / "model")
 
 
 def step_lora(args) -> None:
     from .lora import NUM_LAYERS, train_lora
 
     num_layers = args.num_layers or NUM_LAYERS
-    log = train_lora(args.model or DEMO / "model", DATA, args.out or DEMO / "adapter", args.out.parent if args.out
-                     else WORK, num_layers=num_layers,
+    log = train_lora(DEMO / "model", DATA, args.out or DEMO / "adapter", WORK, num_layers=num_layers,
                      shipped_paths={"model": "bobby_tui/demo/model", "adapter_path": "bobby_tui/demo/adapter",
                                     "data": f"build/demo/lora-data-{num_layers}"})
     print({k: v for k, v in log.items() if k not in ("train", "valid")})
@@ -162,9 +154,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="base: seed (init, shuffling, requests)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--num-layers", type=int, help="lora: adapt this many last blocks")
-    parser.add_argument("--out", type=Path, help="quantize, lora: write the model or adapter here instead of "
-                        "bobby_tui/demo/model or bobby_tui/demo/adapter")
-    parser.add_argument("--model", type=Path, help="lora: adapt this 4-bit model instead of bobby_tui/demo/model")
+    parser.add_argument("--out", type=Path, help="lora: write the adapter here instead of bobby_tui/demo/adapter")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     for name in STEPS if args.step == "all" else (args.step,):

@@ -52,13 +52,6 @@ EVAL_NOUNS = (
     "coffee", "river", "window", "bicycle", "winter", "mountain", "teacher", "bread", "music", "ocean",
     "doctor", "train", "letter", "forest", "city", "horse", "rain", "house", "weather", "phone",
 )
-# Common nouns for model selection: never a training request's word either, they are swapped into the held-out
-# fortunes (swap_noun) so that the validation loss measures following a request word the model was not drilled on,
-# without touching EVAL_NOUNS, which stay for the final measure alone.
-DEV_NOUNS = (
-    "garden", "table", "kitchen", "dog", "car", "book", "school", "money", "computer", "friend",
-    "church", "game", "road", "tree", "wine", "ship", "office", "radio", "baby", "island",
-)
 
 
 # Words before a noun, and words that commonly follow one: a word seen between the two is taken for a noun.
@@ -210,13 +203,12 @@ def plural(noun: str) -> str:
 
 
 def excluded_topics() -> set[str]:
-    nouns = EVAL_NOUNS + DEV_NOUNS
-    return set(nouns) | {plural(n) for n in nouns}
+    return set(EVAL_NOUNS) | {plural(n) for n in EVAL_NOUNS}
 
 
 def swap_noun(text: str, noun: str, replacement: str) -> str:
-    """``text`` with every ``noun`` (and its plural) replaced by ``replacement`` (and its plural), case kept:
-    a fortune about a word it was not written about, which only a request naming that word can predict."""
+    """``text`` with every ``noun`` (and its plural) replaced by ``replacement`` (and its plural), case kept: a
+    fortune about a word it was not written about, which only a request naming that word can predict."""
     forms = {noun: replacement, plural(noun): plural(replacement)}
 
     def replace(match: re.Match) -> str:

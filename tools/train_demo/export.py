@@ -75,23 +75,3 @@ def quantize_checkpoint(float_dir: Path, out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
     for name in TOKENIZER_FILES:
         shutil.copy(float_dir / name, out_dir / name)
-
-
-def dequantized_state(model_dir: Path) -> dict:
-    """A 4-bit mlx-community checkpoint's weights as float32 torch tensors, for training on from it."""
-    import mlx.core as mx  # the pipeline's dependency, never the package's
-    import numpy as np
-    import torch
-
-    config = json.loads((model_dir / "config.json").read_text())["quantization"]
-    weights = mx.load(str(model_dir / "model.safetensors"))
-    state = {}
-    for name, value in weights.items():
-        if name.endswith((".scales", ".biases")):
-            continue
-        stem = name.removesuffix(".weight")
-        if f"{stem}.scales" in weights:
-            value = mx.dequantize(value, weights[f"{stem}.scales"], weights[f"{stem}.biases"],
-                                  group_size=config["group_size"], bits=config["bits"])
-        state[name] = torch.from_numpy(np.array(value.astype(mx.float32)))
-    return state

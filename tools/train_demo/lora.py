@@ -22,7 +22,7 @@ import time
 import types
 from pathlib import Path
 
-from .chat import ChatTemplate, Example, conversation_for, encode_example
+from .chat import ChatTemplate, Example, encode_example, request_for
 from .corpus import load_split
 
 RANK = 8
@@ -43,7 +43,7 @@ def conversations(data_dir: Path) -> dict[str, list[tuple[str, str]]]:
     out = {}
     for split, copies in (("train", COPIES), ("valid", 1)):
         fortunes = load_split(data_dir / f"adapter_{split}.jsonl")
-        pairs = [conversation_for(f, rng) for _ in range(copies) for f in fortunes]
+        pairs = [(request_for(f, rng), f.text) for _ in range(copies) for f in fortunes]
         if split == "train":
             rng.shuffle(pairs)
         out[split] = pairs

@@ -10,7 +10,10 @@ post-processing and retries of bobby_tui.config). Printed:
 - the share of drafts that were retried for being under min_length;
 - the adapter's perplexity on its held-out category against the base model's (answers to "Write a post.");
 - a blind check: a word-frequency score, fitted on the other 39 pairs, picks the adapter's draft of each pair;
-- CPU decode tok/s of single drafts, without and with the adapter.
+- CPU decode tok/s of single drafts, without and with the adapter;
+- whether the model reads the request's word at all: the log-probability gain of a held-out fortune, one of its nouns
+  swapped for X, asked for with X rather than with another noun (needs the corpus step's build/demo/data/).
+`--no-adapter` measures the base model's rows alone (to compare base runs before their adapters are trained).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from bobby_tui.config import Config
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_ADAPTER_VALIDATION, DEMO_MODEL_DIR
 from inference import Engine, GenerationRequest, SamplingParams
 
-from .corpus import EVAL_NOUNS, english_words, is_english, plural, words_of
+from .corpus import EVAL_NOUNS, english_words, is_english, load_split, plural, swap_noun, words_of
 
 SEEDS = (1, 2)
 PERPLEXITY_REQUEST = "Write a post."
 SPEED_REQUESTS = ("Write a post.", "Write a post about coffee.", "Write something funny.")
 SPEED_ROUNDS = 2
+# The base model's held-out fortunes with their nouns, as `python -m tools.train_demo corpus` writes them (not shipped)
+HELD_OUT = Path(__file__).resolve().parents[2] / "build" / "demo" / "data" / "valid.jsonl"
 
 
 def mentions(text: str, noun: str) -> bool:
@@ -53,6 +58,28 @@ def drafts_for(engine: Engine, config: Config) -> list[dict]:
         for draft in sorted((e for e in events if isinstance(e, Draft)), key=lambda d: d.draft):
             out.append({"noun": noun, "seed": SEEDS[draft.draft], "attempts": draft.attempts, "text": draft.text})
     return out
+
+
+def request_word_gain(engine: Engine, fortunes: list[str], nouns: list[list[str]], texts: int = 30) -> float:
+    """Does the model read the request's word? Held-out fortunes with one of their nouns swapped for an EVAL_NOUN
+    (corpus.swap_noun): the log-probability of the text asked for with that noun, minus asked for with another
+    EVAL_NOUN, in nats per text. A model that follows its request scores well above 0; one that ignores it, 0."""
+    pairs = [(text, [n for n in candidates if not n.endswith("s") or n.endswith("ss")])
+             for text, candidates in zip(fortunes, nouns, strict=True)]
+    pairs = [(text, candidates[0]) for text, candidates in pairs if candidates][:texts]
+    prompt_ids = {noun: engine.tokenizer.encode(engine.render_prompt(f"Write a post about {noun}."))
+                  for noun in EVAL_NOUNS}
+
+    def logprob(noun: str, text: str) -> float:
+        answer = engine.tokenizer.encode(text + "<|im_end|>")
+        return sum(engine.token_logprobs(prompt_ids[noun] + answer)[len(prompt_ids[noun]) - 1:])
+
+    gains = []
+    for i, (text, own_noun) in enumerate(pairs):
+        asked, other = EVAL_NOUNS[i % len(EVAL_NOUNS)], EVAL_NOUNS[(i + 7) % len(EVAL_NOUNS)]
+        swapped = swap_noun(text, own_noun, asked)
+        gains.append(logprob(asked, swapped) - logprob(other, swapped))
+    return statistics.mean(gains)
 
 
 def answer_perplexity(engine: Engine, texts: list[str]) -> float:
@@ -119,7 +146,11 @@ def measure(model_dir: Path, adapter_dir: Path | None) -> dict:
     engine.adapter_enabled = False
     speed_base = decode_speed(engine)
     base = drafts_for(engine, config)
-    report = dict(base_report(base, config), decode_tok_s_base=speed_base)
+    report = dict(base_report(base, config), decode_tok_s_base=speed_base, request_word_gain=None)
+    if HELD_OUT.exists():
+        held_out = load_split(HELD_OUT)
+        report["request_word_gain"] = request_word_gain(engine, [f.text for f in held_out],
+                                                        [list(f.topics) for f in held_out])
     if adapter_dir is not None:
         report.update(adapter_report(engine, config, base))
     report["seconds"] = time.time() - started
@@ -172,17 +203,21 @@ def print_table(report: dict) -> None:
         ("drafts retried (under min_length)", pct(report["retry_share"]), "<= 10%"),
         ("drafts still under min_length", pct(report["short_share"]), ""),
         ("mean draft length (chars)", f"{report['mean_chars']:.0f}", "80-300"),
+        ("log-prob gain of naming the text's noun in the request",
+         "skipped (run the corpus step)" if report["request_word_gain"] is None
+         else f"{report['request_word_gain']:+.2f} nats per text", "> 0: it reads the request"),
     ]
     if "adapter_ppl_ratio" not in report:  # --no-adapter
         rows.append(("CPU decode tok/s, base", f"{report['decode_tok_s_base']:.0f}", ">= 100"))
     else:
         rows += [
-        ("adapter perplexity ratio on its held-out category",
-         f"{report['adapter_ppl_ratio']:.2f} ({report['adapter_category_ppl_adapter']:.1f} / "
-         f"{report['adapter_category_ppl_base']:.1f})", "<= 0.6"),
-        ("word-frequency classifier, adapter vs base pairs", pct(report["adapter_vs_base_pair_accuracy"]), ">= 80%"),
-        ("CPU decode tok/s, base / adapter",
-         f"{report['decode_tok_s_base']:.0f} / {report['decode_tok_s_adapter']:.0f}", ">= 100"),
+            ("adapter perplexity ratio on its held-out category",
+             f"{report['adapter_ppl_ratio']:.2f} ({report['adapter_category_ppl_adapter']:.1f} / "
+             f"{report['adapter_category_ppl_base']:.1f})", "<= 0.6"),
+            ("word-frequency classifier, adapter vs base pairs", pct(report["adapter_vs_base_pair_accuracy"]),
+             ">= 80%"),
+            ("CPU decode tok/s, base / adapter",
+             f"{report['decode_tok_s_base']:.0f} / {report['decode_tok_s_adapter']:.0f}", ">= 100"),
         ]
     width = max(len(r[0]) for r in rows)
     for name, value, target in rows:

@@ -1,11 +1,10 @@
 """Step 3: the base model, trained from random init with torch (on the GPU machine; the CPU for a smoke test).
 
-Each epoch: every answer-length fortune as a ChatML conversation with a fresh request (chat.conversation_for, a
-share of the topic requests with a swapped noun), plus every other-length fortune as plain text (the model reads
-more English than it answers with). Mixed precision (bf16) on CUDA. Early stopping: every EVAL_EVERY steps, two
-validation losses: the held-out fortunes as answers, and the same fortunes with a noun swapped for one of
-DEV_NOUNS that the request names (chat.swapped_validation: following an unseen request word). Their mean picks the
-best weights; training stops after PATIENCE evaluations without a new best, or at max_steps or max_seconds.
+Each epoch: every answer-length fortune as a ChatML conversation with a fresh request (chat.request_for), plus
+every other-length fortune as plain text (the model reads more English than it answers with). Mixed precision
+(bf16) on CUDA. Early stopping: the validation loss (held-out fortunes as answers) is measured every
+EVAL_EVERY steps, the best weights are kept, and training stops after PATIENCE evaluations without a new best,
+or at max_steps or max_seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from .chat import ChatTemplate, Example, conversation_for, encode_example, swap_pool_of, swapped_validation
+from .chat import ChatTemplate, Example, encode_example, request_for
 from .corpus import Fortune, load_split
 from .qwen3 import Qwen3ForCausalLM, Qwen3Shape
 
@@ -39,17 +38,12 @@ PATIENCE = 5  # evaluations without a new best validation loss
 class ExampleMaker:
     """Fresh requests every epoch (the same fortune, asked for in different words)."""
 
-    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate, swap_share: float = 0.0,
-                 swap_pool: tuple[str, ...] = (), topic_lead: bool = False):
+    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate):
         self._tokenizer, self._template = tokenizer, template
         self._text_end = tokenizer.token_to_id("<|endoftext|>")
-        self._swap_share, self._swap_pool, self.topic_lead = swap_share, swap_pool, topic_lead
 
     def make(self, fortune: Fortune, rng: random.Random) -> Example:
-        return self.pair(*conversation_for(fortune, rng, self._swap_share, self._swap_pool, self.topic_lead))
-
-    def pair(self, request: str, answer: str) -> Example:
-        return encode_example(self._template, self._tokenizer, request, answer)
+        return encode_example(self._template, self._tokenizer, request_for(fortune, rng), fortune.text)
 
     def plain(self, fortune: Fortune) -> Example:
         """The text alone, closed by <|endoftext|>: every token after the first is scored."""
@@ -120,32 +114,21 @@ def lr_at(step: int, total_steps: int, peak_lr: float) -> float:
 
 def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: int, max_seconds: float,
                seed: int = 0, peak_lr: float = PEAK_LR, dropout: float = DROPOUT, shape: Qwen3Shape | None = None,
-               device: str = "cpu", swap_share: float = 0.0, topic_lead: bool = False,
-               init_from: Path | None = None) -> tuple[Qwen3ForCausalLM, dict]:
-    """Trains from random init, or on from the 4-bit checkpoint ``init_from`` (dequantized); returns the model with
-    its best weights (by validation loss) and a summary."""
+               device: str = "cpu") -> tuple[Qwen3ForCausalLM, dict]:
+    """Trains from random init; returns the model with its best weights (by validation loss) and a summary."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device_ = torch.device(device)
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     pad_id = tokenizer.token_to_id("<|endoftext|>")
+    maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"))
     train = load_split(data_dir / "train.jsonl")
-    swap_pool = swap_pool_of(train)
-    maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"), swap_share, swap_pool,
-                         topic_lead)
     plain = [maker.plain(f) for f in load_split(data_dir / "text_train.jsonl")]
     # Validation requests are fixed (seeded per text): the loss moves with the model, not with the wording.
-    held_out = load_split(data_dir / "valid.jsonl")
-    valid = [maker.pair(*conversation_for(f, random.Random(i), topic_lead=topic_lead)) for i, f in enumerate(held_out)]
-    valid_swapped = [maker.pair(request, answer) for request, answer in swapped_validation(held_out, topic_lead)]
+    valid = [maker.make(f, random.Random(i)) for i, f in enumerate(load_split(data_dir / "valid.jsonl"))]
 
     shape = shape or Qwen3Shape(vocab_size=tokenizer.get_vocab_size())
-    model = Qwen3ForCausalLM(shape, dropout)
-    if init_from is not None:
-        from .export import dequantized_state
-
-        model.load_state_dict(dequantized_state(init_from))
-    model = model.to(device_)
+    model = Qwen3ForCausalLM(shape, dropout).to(device_)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
@@ -154,14 +137,8 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     log = open(work_dir / "train_base.log", "a")
     print(json.dumps({"start": {"max_steps": max_steps, "max_seconds": max_seconds, "peak_lr": peak_lr,
                                 "dropout": dropout, "seed": seed, "device": device, "shape": shape.__dict__,
-                                "swap_share": swap_share, "swap_pool": len(swap_pool), "topic_lead": topic_lead,
-                                "init_from": str(init_from) if init_from else None,
                                 "parameters": sum(p.numel() for p in model.parameters())}}), file=log, flush=True)
-    def selection_loss() -> tuple[float, float, float]:
-        plain_loss, swapped_loss = mean_loss(model, valid, pad_id), mean_loss(model, valid_swapped, pad_id)
-        return (plain_loss + swapped_loss) / 2, plain_loss, swapped_loss
-
-    best = {"valid_loss": selection_loss()[0], "step": 0, "state": None}
+    best = {"valid_loss": mean_loss(model, valid, pad_id), "step": 0, "state": None}
     step, tokens, epochs, bad_evals, started = 0, 0, 0, 0, time.time()
     model.train()
     stop = None
@@ -179,7 +156,7 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
             step += 1
             tokens += sum(len(e.ids) for e in batch)
             if step % EVAL_EVERY == 0 or step == max_steps:
-                valid_loss, plain_loss, swapped_loss = selection_loss()
+                valid_loss = mean_loss(model, valid, pad_id)
                 if valid_loss < best["valid_loss"]:
                     best = {"valid_loss": valid_loss, "step": step, "state": copy.deepcopy(model.state_dict())}
                     bad_evals = 0
@@ -187,7 +164,6 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
                     bad_evals += 1
                 record = {"step": step, "epoch": epochs, "lr": round(lr_at(step, max_steps, peak_lr), 6),
                           "train_loss": round(loss.item(), 4), "valid_loss": round(valid_loss, 4),
-                          "valid_plain": round(plain_loss, 4), "valid_swapped": round(swapped_loss, 4),
                           "tokens": tokens, "seconds": round(time.time() - started, 1)}
                 print(json.dumps(record), file=log, flush=True)
                 print(json.dumps(record), flush=True)
