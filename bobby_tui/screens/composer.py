@@ -311,12 +311,18 @@ class ComposerScreen(Screen):
             seed=seed,
         )
 
-    async def _start(self, run: _Run) -> None:
+    def _can_start(self) -> bool:
+        """Whether a generation may start now; if not, the notification that says why."""
         if self.load_error is not None:
             self.notify(f"No model is loaded: {self.load_error}", severity="error")
-            return
+            return False
         if self.job is not None:
             self.notify("A generation is running: wait for it or cancel it (escape).")
+            return False
+        return True
+
+    async def _start(self, run: _Run) -> None:
+        if not self._can_start():
             return
         if run.adapters is not None:
             temperatures = [self.temperature] * len(run.adapters)
@@ -573,11 +579,7 @@ class ComposerScreen(Screen):
         """The prompt on the base model and on each adapter the app can use, at one seed and temperature, in one
         batch. The adapters folder's adapters load first, beside the others (on a server: its adapter only); the
         engine's answer, AdaptersReady, starts the drafts."""
-        if self.load_error is not None:
-            self.notify(f"No model is loaded: {self.load_error}", severity="error")
-            return
-        if self.job is not None:
-            self.notify("A generation is running: wait for it or cancel it (escape).")
+        if not self._can_start():
             return
         self._compare_prompt = self.editor.text.strip() or self.config.default_prompt
         folder = self.config.adapters_dir if self.location == LOCAL else None  # a server loads no adapter of ours
