@@ -115,6 +115,35 @@ async def test_compare_is_one_batch_and_a_folder_that_does_not_load_is_left_out_
 
 
 @run_async
+async def test_a_compared_draft_is_refined_with_the_adapter_that_wrote_it(tmp_path):
+    folder = tmp_path / "adapters"
+    (folder / "lora-sea").mkdir(parents=True)
+    engine = FakeEngine()
+    app = BobbyApp(quick_config(adapters_dir=folder), Path("/models/demo"), Path("/models/fake-lora"),
+                   loader=fake_loader(engine))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        screen = app.screen
+        await pilot.press(*PROMPT)
+        cards = await generate_new(pilot, "ctrl+g")
+        while screen.drafts.selected is not cards[2]:  # the draft of lora-sea, not the switched-on fake-lora
+            await pilot.press("ctrl+down")
+        screen.editor.text = ""
+        await pilot.press(*"make it shorter")
+        await generate(pilot, "ctrl+n")
+        assert engine.requests[-1].adapters == ("lora-sea",)
+        assert [card.adapter for card in screen.drafts.cards] == ["adapter lora-sea"]
+        await generate(pilot, "ctrl+f")  # its refinement refined again, as a spread: still lora-sea
+        assert engine.requests[-1].adapters == ("lora-sea",) * len(screen.drafts.cards)
+        assert len(screen.drafts.cards) > 1
+        await pilot.press("f5")  # a fresh prompt runs with the switched-on adapter again
+        await wait_until(pilot, lambda: screen.job is None and len(engine.requests) == 4)
+        assert engine.requests[-1].adapters is None
+    # the refinement, its spread of three, then the fresh prompt (the editor still holds the instruction)
+    rows = [r.adapter for r in stored() if r.prompt == "make it shorter"]
+    assert sorted(rows) == ["fake-lora"] + ["lora-sea"] * 4, rows
+
+
+@run_async
 async def test_compare_with_the_base_model_alone_is_one_message(tmp_path):
     app = BobbyApp(quick_config(adapters_dir=tmp_path / "no-such-folder"), Path("/models/demo"), None,
                    loader=fake_loader(FakeEngine(adapter_name="")))

@@ -324,10 +324,10 @@ class ComposerScreen(Screen):
     async def _start(self, run: _Run) -> None:
         if not self._can_start():
             return
-        if run.adapters is not None:
-            temperatures = [self.temperature] * len(run.adapters)
+        if run.spread:
+            temperatures = self._spread_temperatures()
         else:
-            temperatures = self._spread_temperatures() if run.spread else [self.temperature]
+            temperatures = [self.temperature] * (len(run.adapters) if run.adapters is not None else 1)
         drafts = [self._sampling(t, seed) for t, seed in zip(temperatures, run.seeds, strict=False)]
         job = ComposeJob(
             prompt=run.prompt,
@@ -383,7 +383,17 @@ class ComposerScreen(Screen):
             self.notify("Type an instruction for the picked draft first (e.g. \"make it shorter\").")
             return None
         history = (*card.messages, {"role": "assistant", "content": card.text})
-        return _Run(instruction, self._seeds(spread), spread, history=history, parent_id=card.gen_id)
+        seeds = self._seeds(spread)
+        return _Run(instruction, seeds, spread, history=history, parent_id=card.gen_id,
+                    adapters=self._compared_adapter(card, len(seeds)))
+
+    def _compared_adapter(self, card: DraftCard, drafts: int) -> tuple[str | None, ...] | None:
+        """A draft of a comparison is refined with the adapter that wrote it (every draft of the refinement), not
+        with whichever adapter is switched on; None for any other draft."""
+        run = self._last_run
+        if run is None or run.adapters is None or card not in self.drafts.cards:
+            return None
+        return (run.adapters[self.drafts.cards.index(card)],) * drafts
 
     def _card_of(self, message: DraftDelta | DraftRestarted | DraftFinished) -> DraftCard | None:
         """The card a message is about, unless it belongs to an older generation."""
