@@ -43,6 +43,10 @@ class Terminal:
     def press(self, key: str) -> None:
         self._tmux("send-keys", "-t", self.name, key)
 
+    def type_and_press(self, text: str, key: str) -> None:
+        """The text and then the key in one write to the terminal, as a script or a paste-and-go sends them."""
+        self._tmux("send-keys", "-t", self.name, text, key)
+
     def wait_for(self, condition, what: str):
         """Poll `condition()` until it is truthy; fail with the screen after DEADLINE_S."""
         deadline = time.monotonic() + DEADLINE_S
@@ -116,6 +120,18 @@ def test_the_app_generates_in_a_real_terminal_and_quits_cleanly(app_terminal):
     terminal.press("C-q")
     terminal.wait_for(rc_file.exists, "exit")
     assert rc_file.read_text().strip() == "0"  # and no MLX abort at exit
+
+
+def test_a_key_right_after_typed_text_acts_on_all_of_the_text(app_terminal):
+    """The composer's keys are priority bindings: run as they arrive, they must still see every character typed
+    before them, however fast the terminal delivers both."""
+    terminal, rc_file = app_terminal
+    terminal.wait_for(lambda: "ready · " in terminal.screen(), "'ready' in the status bar")
+    terminal.type_and_press(PROMPT, "F5")
+    record = terminal.wait_for(newest_record, "stored draft")
+    assert record.prompt == PROMPT
+    terminal.press("C-q")
+    terminal.wait_for(rc_file.exists, "exit")
 
 
 def test_an_editor_that_cannot_start_gives_the_terminal_back_to_the_app(tmp_path):

@@ -579,18 +579,29 @@ class ComposerScreen(Screen):
 
     # --- actions ---
 
+    async def _editor_settled(self) -> None:
+        """Let the prompt editor apply the keys queued before the one that ran this action. The composer's keys are
+        priority bindings: the app runs them as they arrive, while the characters typed just before may still wait
+        in the editor's queue (text typed or pasted and a key right after, as a script or tmux sends them)."""
+        settled = asyncio.Event()
+        if self.editor.call_later(settled.set):
+            await settled.wait()
+
     async def action_generate(self) -> None:
+        await self._editor_settled()
         await self._start(self._new_run(spread=False))
 
     async def action_spread(self) -> None:
+        await self._editor_settled()
         await self._start(self._new_run(spread=True))
 
-    def action_compare_adapters(self) -> None:
+    async def action_compare_adapters(self) -> None:
         """The prompt on the base model and on each adapter the app can use, at one seed and temperature, in one
         batch. The adapters folder's adapters load first, beside the others (on a server: its adapter only); the
         engine's answer, AdaptersReady, starts the drafts."""
         if not self._can_start():
             return
+        await self._editor_settled()
         self._compare_prompt = self.editor.text.strip() or self.config.default_prompt
         folder = self.config.adapters_dir if self.location == LOCAL else None  # a server loads no adapter of ours
         self.service.prepare_adapters({name: folder / name for name in adapter_names(folder)})
@@ -625,10 +636,12 @@ class ComposerScreen(Screen):
         await self._start(self._last_run)
 
     async def action_refine(self) -> None:
+        await self._editor_settled()
         if (run := self._refine_run(spread=False)) is not None:
             await self._start(run)
 
     async def action_refine_spread(self) -> None:
+        await self._editor_settled()
         if (run := self._refine_run(spread=True)) is not None:
             await self._start(run)
 
