@@ -324,10 +324,8 @@ class ComposerScreen(Screen):
     async def _start(self, run: _Run) -> None:
         if not self._can_start():
             return
-        if run.spread:
-            temperatures = self._spread_temperatures()
-        else:
-            temperatures = [self.temperature] * (len(run.adapters) if run.adapters is not None else 1)
+        # a spread's drafts each at their own temperature; any other run's (a comparison's too) at the current one
+        temperatures = self._spread_temperatures() if run.spread else [self.temperature] * len(run.seeds)
         drafts = [self._sampling(t, seed) for t, seed in zip(temperatures, run.seeds, strict=False)]
         job = ComposeJob(
             prompt=run.prompt,
@@ -359,8 +357,18 @@ class ComposerScreen(Screen):
     def _seeds(self, spread: bool) -> tuple[int, ...]:
         return tuple(random.randrange(SEED_RANGE) for _ in range(len(self.config.sampling.spread) if spread else 1))
 
-    def _new_run(self, spread: bool) -> _Run:
-        prompt = self.editor.text.strip() or self.config.default_prompt
+    async def _typed_text(self) -> str:
+        """The prompt editor's text, once it has applied the keys queued before the one that asks. The composer's
+        keys are priority bindings: the app runs them as they arrive, while the characters typed just before may
+        still wait in the editor's queue (text typed or pasted and a key right after, as a script or tmux sends
+        them)."""
+        settled = asyncio.Event()
+        if self.editor.call_later(settled.set):
+            await settled.wait()
+        return self.editor.text.strip()
+
+    async def _new_run(self, spread: bool) -> _Run:
+        prompt = await self._typed_text() or self.config.default_prompt
         return _Run(prompt, self._seeds(spread), spread)
 
     def _picked_draft(self, verb: str) -> DraftCard | None:
@@ -372,13 +380,13 @@ class ComposerScreen(Screen):
             return None
         return card
 
-    def _refine_run(self, spread: bool) -> _Run | None:
+    async def _refine_run(self, spread: bool) -> _Run | None:
         """The picked draft's conversation, its text as the assistant's turn, the editor's text as the next
         user turn."""
         card = self._picked_draft("refine")
         if card is None:
             return None
-        instruction = self.editor.text.strip()
+        instruction = await self._typed_text()
         if not instruction:
             self.notify("Type an instruction for the picked draft first (e.g. \"make it shorter\").")
             return None
@@ -579,21 +587,11 @@ class ComposerScreen(Screen):
 
     # --- actions ---
 
-    async def _editor_settled(self) -> None:
-        """Let the prompt editor apply the keys queued before the one that ran this action. The composer's keys are
-        priority bindings: the app runs them as they arrive, while the characters typed just before may still wait
-        in the editor's queue (text typed or pasted and a key right after, as a script or tmux sends them)."""
-        settled = asyncio.Event()
-        if self.editor.call_later(settled.set):
-            await settled.wait()
-
     async def action_generate(self) -> None:
-        await self._editor_settled()
-        await self._start(self._new_run(spread=False))
+        await self._start(await self._new_run(spread=False))
 
     async def action_spread(self) -> None:
-        await self._editor_settled()
-        await self._start(self._new_run(spread=True))
+        await self._start(await self._new_run(spread=True))
 
     async def action_compare_adapters(self) -> None:
         """The prompt on the base model and on each adapter the app can use, at one seed and temperature, in one
@@ -601,8 +599,7 @@ class ComposerScreen(Screen):
         engine's answer, AdaptersReady, starts the drafts."""
         if not self._can_start():
             return
-        await self._editor_settled()
-        self._compare_prompt = self.editor.text.strip() or self.config.default_prompt
+        self._compare_prompt = await self._typed_text() or self.config.default_prompt
         folder = self.config.adapters_dir if self.location == LOCAL else None  # a server loads no adapter of ours
         self.service.prepare_adapters({name: folder / name for name in adapter_names(folder)})
 
@@ -636,13 +633,11 @@ class ComposerScreen(Screen):
         await self._start(self._last_run)
 
     async def action_refine(self) -> None:
-        await self._editor_settled()
-        if (run := self._refine_run(spread=False)) is not None:
+        if (run := await self._refine_run(spread=False)) is not None:
             await self._start(run)
 
     async def action_refine_spread(self) -> None:
-        await self._editor_settled()
-        if (run := self._refine_run(spread=True)) is not None:
+        if (run := await self._refine_run(spread=True)) is not None:
             await self._start(run)
 
     async def action_continue_draft(self) -> None:
