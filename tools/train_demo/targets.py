@@ -32,7 +32,7 @@ from bobby_tui.config import Config
 from bobby_tui.demo import DEMO_ADAPTER_DIR, DEMO_ADAPTER_VALIDATION, DEMO_MODEL_DIR
 from inference import Engine, GenerationRequest, SamplingParams
 
-from .corpus import EVAL_NOUNS, english_words, is_english, load_split, plural, swap_noun, words_of
+from .corpus import EVAL_NOUNS, Fortune, english_words, is_english, load_split, plural, swap_noun, words_of
 
 SEEDS = (1, 2)
 PERPLEXITY_REQUEST = "Write a post."
@@ -60,34 +60,34 @@ def drafts_for(engine: Engine, config: Config) -> list[dict]:
     return out
 
 
-def request_word_gain(engine: Engine, fortunes: list[str], nouns: list[list[str]], texts: int = 30) -> float:
+def request_word_gain(engine: Engine, held_out: list[Fortune], texts: int = 30) -> float:
     """Does the model read the request's word? Held-out fortunes with one of their nouns swapped for an EVAL_NOUN
     (corpus.swap_noun): the log-probability of the text asked for with that noun, minus asked for with another
     EVAL_NOUN, in nats per text. A model that follows its request scores well above 0; one that ignores it, 0."""
-    pairs = [(text, [n for n in candidates if not n.endswith("s") or n.endswith("ss")])
-             for text, candidates in zip(fortunes, nouns, strict=True)]
-    pairs = [(text, candidates[0]) for text, candidates in pairs if candidates][:texts]
-    prompt_ids = {noun: engine.tokenizer.encode(engine.render_prompt(f"Write a post about {noun}."))
-                  for noun in EVAL_NOUNS}
-
-    def logprob(noun: str, text: str) -> float:
-        answer = engine.tokenizer.encode(text + "<|im_end|>")
-        return sum(engine.token_logprobs(prompt_ids[noun] + answer)[len(prompt_ids[noun]) - 1:])
-
+    singular = ((f.text, [n for n in f.topics if not n.endswith("s") or n.endswith("ss")]) for f in held_out)
+    pairs = [(text, nouns[0]) for text, nouns in singular if nouns][:texts]
+    prompts = {noun: engine.tokenizer.encode(engine.render_prompt(f"Write a post about {noun}."))
+               for noun in EVAL_NOUNS}
     gains = []
     for i, (text, own_noun) in enumerate(pairs):
         asked, other = EVAL_NOUNS[i % len(EVAL_NOUNS)], EVAL_NOUNS[(i + 7) % len(EVAL_NOUNS)]
         swapped = swap_noun(text, own_noun, asked)
-        gains.append(logprob(asked, swapped) - logprob(other, swapped))
+        gains.append(sum(answer_logprobs(engine, prompts[asked], swapped))
+                     - sum(answer_logprobs(engine, prompts[other], swapped)))
     return statistics.mean(gains)
+
+
+def answer_logprobs(engine: Engine, prompt: list[int], text: str) -> list[float]:
+    """The log-probability of each token of ``text`` and its closing <|im_end|> as the answer to ``prompt``."""
+    answer = engine.tokenizer.encode(text + "<|im_end|>")
+    return engine.token_logprobs(prompt + answer)[len(prompt) - 1:]
 
 
 def answer_perplexity(engine: Engine, texts: list[str]) -> float:
     prompt = engine.tokenizer.encode(engine.render_prompt(PERPLEXITY_REQUEST))
     logprobs: list[float] = []
     for text in texts:
-        answer = engine.tokenizer.encode(text + "<|im_end|>")
-        logprobs += engine.token_logprobs(prompt + answer)[len(prompt) - 1:]
+        logprobs += answer_logprobs(engine, prompt, text)
     return math.exp(-sum(logprobs) / len(logprobs))
 
 
@@ -148,9 +148,7 @@ def measure(model_dir: Path, adapter_dir: Path | None) -> dict:
     base = drafts_for(engine, config)
     report = dict(base_report(base, config), decode_tok_s_base=speed_base, request_word_gain=None)
     if HELD_OUT.exists():
-        held_out = load_split(HELD_OUT)
-        report["request_word_gain"] = request_word_gain(engine, [f.text for f in held_out],
-                                                        [list(f.topics) for f in held_out])
+        report["request_word_gain"] = request_word_gain(engine, load_split(HELD_OUT))
     if adapter_dir is not None:
         report.update(adapter_report(engine, config, base))
     report["seconds"] = time.time() - started
