@@ -124,12 +124,17 @@ async def run_level(url: str, clients: int, max_tokens: int, temperature: float,
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.perf_counter()
         tasks = [asyncio.ensure_future(_client(session, url, body)) for body in bodies]
-        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        for task in pending:
-            task.cancel()
+        results = await _results(tasks, timeout_s)
         wall = time.perf_counter() - started
-        results = [t.result() if t in done else ClientResult(error="timed out") for t in tasks]
     return Level(clients, wall, results)
+
+
+async def _results(tasks: list[asyncio.Future], timeout_s: float) -> list[ClientResult]:
+    """The clients' results within `timeout_s`; a client still streaming then is cancelled and counts as an error."""
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    return [t.result() if t in done else ClientResult(error="timed out") for t in tasks]
 
 
 JOIN_TOKENS = 8  # the joining client's own request: its first token is what is timed
@@ -149,10 +154,7 @@ async def join_running(url: str, running: int, max_tokens: int, temperature: flo
         await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), timeout_s)
         joiner = await asyncio.wait_for(
             _client(session, url, _body(running, JOIN_TOKENS, temperature, False)), timeout_s)
-        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        results = [t.result() if t in done else ClientResult(error="timed out") for t in tasks]
+        results = await _results(tasks, timeout_s)
     return joiner, Level(running, time.perf_counter() - started, results)
 
 
