@@ -166,10 +166,19 @@ def test_header_json_rules(tmp_path, raw, expected):
 
 # --- special files and odd paths -------------------------------------------------------------------------------------
 
-def run_isolated(code: str, timeout: float = 60, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (from this worktree), so that a read that blocks fails the test, not hangs
-    it."""
+def isolated_refusal(reader: str, path, timeout: float = 60, prefix: tuple[str, ...] = ()
+                     ) -> subprocess.CompletedProcess:
+    """``reader(path)`` (a name of inference.safetensors_reader) in a fresh interpreter (from this worktree), printing
+    the CheckpointError it raises: a read that blocks fails the test, not hangs it."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"""
+        from inference.safetensors_reader import {reader}
+        from inference import CheckpointError
+        try:
+            {reader}({str(path)!r})
+        except CheckpointError as e:
+            print(e)
+    """
     return subprocess.run([*prefix, sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True,
                           text=True, timeout=timeout, cwd=root, env={**os.environ, "PYTHONPATH": root})
 
@@ -177,14 +186,7 @@ def run_isolated(code: str, timeout: float = 60, prefix: tuple[str, ...] = ()) -
 def test_a_fifo_is_refused_without_blocking(tmp_path):
     path = tmp_path / "model.safetensors"
     os.mkfifo(path)
-    result = run_isolated(f"""
-        from inference.safetensors_reader import SafetensorsFile
-        from inference import CheckpointError
-        try:
-            SafetensorsFile({str(path)!r})
-        except CheckpointError as e:
-            print(e)
-    """, timeout=30)
+    result = isolated_refusal("SafetensorsFile", path, timeout=30)
     assert result.stdout.strip() == f"{path}: is a named pipe (FIFO), not a regular file", result.stderr
 
 
@@ -224,14 +226,7 @@ def test_an_unreadable_file_is_refused(tmp_path):
     prefix = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search") if os.geteuid() == 0 else ()
     if prefix and not shutil.which("setpriv"):
         pytest.skip("running as root without setpriv: cannot make a file unreadable")
-    result = run_isolated(f"""
-        from inference.safetensors_reader import read_header
-        from inference import CheckpointError
-        try:
-            read_header({str(path)!r})
-        except CheckpointError as e:
-            print(e)
-    """, prefix=prefix)
+    result = isolated_refusal("read_header", path, prefix=prefix)
     assert result.stdout.strip() == f"{path}: permission denied", result.stderr
 
 

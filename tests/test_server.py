@@ -34,6 +34,20 @@ def chat(client, prompt: str = PROMPT, **options):
     return client.chat.completions.create(model="demo", messages=[{"role": "user", "content": prompt}], **options)
 
 
+def streamed_text(chunks) -> str:
+    """The text of a streamed one-choice reply."""
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def in_threads(run, count: int, timeout_s: float) -> None:
+    """run(0) ... run(count - 1) at once, one thread each; each thread is waited for `timeout_s` at most."""
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+
+
 def post_json(*args) -> list[dict]:
     result = run_cli("post", *args, "--raw", "--json", "--no-history", "--max-tokens", MAX_TOKENS)
     assert result.returncode == 0, result.stderr
@@ -85,13 +99,9 @@ def test_rows_with_and_without_the_adapter_in_flight_together_keep_their_setting
 
     def run(i: int) -> None:
         stream = chat(client, temperature=0, stream=True, extra_body={"bobby": {"adapter": settings[i]}})
-        results[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        results[i] = streamed_text(stream)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(settings))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    in_threads(run, len(settings), 60)
     assert results == [on if adapter else off for adapter in settings]
 
 
@@ -99,7 +109,7 @@ def test_stream_adds_up_to_the_reply_and_reports_usage(client):
     whole = chat(client, temperature=0)
     chunks = list(chat(client, temperature=0, stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    text = streamed_text(chunks)
     assert text == whole.choices[0].message.content
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
@@ -148,13 +158,9 @@ def test_eight_concurrent_streams_share_the_batch_and_each_get_their_solo_text(s
     def run(i: int) -> None:
         start.wait()
         stream = chat(client, prompts[i], seed=i, stream=True, **options)
-        got[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        got[i] = streamed_text(stream)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    in_threads(run, len(prompts), 120)
     assert got == expected
     assert peak_before < len(prompts) <= server.health()["peak_rows"]  # all 8 decoded in one batch at some step
 

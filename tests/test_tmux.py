@@ -56,6 +56,13 @@ class Terminal:
             time.sleep(0.25)
         return result
 
+    def quit(self, rc_file: Path) -> None:
+        """ctrl+q, then the app's exit status (written to `rc_file` by the pane's shell) must be 0: a clean exit,
+        and no MLX abort at exit."""
+        self.press("C-q")
+        self.wait_for(rc_file.exists, "exit")
+        assert rc_file.read_text().strip() == "0"
+
     def close(self) -> None:
         subprocess.run([TMUX, "-L", self.name, "kill-server"], capture_output=True)
 
@@ -117,9 +124,7 @@ def test_the_app_generates_in_a_real_terminal_and_quits_cleanly(app_terminal):
     assert opening, "the model produced an empty draft"
     terminal.wait_for(lambda: opening in " ".join(terminal.screen().split()), f"draft text {opening!r} on the screen")
 
-    terminal.press("C-q")
-    terminal.wait_for(rc_file.exists, "exit")
-    assert rc_file.read_text().strip() == "0"  # and no MLX abort at exit
+    terminal.quit(rc_file)
 
 
 def test_a_key_right_after_typed_text_acts_on_all_of_the_text(app_terminal):
@@ -130,8 +135,7 @@ def test_a_key_right_after_typed_text_acts_on_all_of_the_text(app_terminal):
     terminal.type_and_press(PROMPT, "F5")
     record = terminal.wait_for(newest_record, "stored draft")
     assert record.prompt == PROMPT
-    terminal.press("C-q")
-    terminal.wait_for(rc_file.exists, "exit")
+    terminal.quit(rc_file)
 
 
 def test_an_editor_that_cannot_start_gives_the_terminal_back_to_the_app(tmp_path):
@@ -148,9 +152,7 @@ def test_an_editor_that_cannot_start_gives_the_terminal_back_to_the_app(tmp_path
         terminal.wait_for(lambda: "cannot run 'editor'" in terminal.screen(), "the editor's error on the screen")
         terminal.type(" survives")
         terminal.wait_for(lambda: "my prompt survives" in terminal.screen(), "typing after the failed editor")
-        terminal.press("C-q")
-        terminal.wait_for(rc_file.exists, "exit")
-        assert rc_file.read_text().strip() == "0"
+        terminal.quit(rc_file)
     finally:
         terminal.close()
 
@@ -208,9 +210,7 @@ def test_refine_continue_persona_and_delete_with_undo_in_a_real_terminal(tmp_pat
         terminal.press("C-z")
         terminal.wait_for(lambda: len(records()) == 3, "the row restored")
         assert records()[0].text == continued.text
-        terminal.press("C-q")
-        terminal.wait_for(rc_file.exists, "exit")
-        assert rc_file.read_text().strip() == "0"
+        terminal.quit(rc_file)
     finally:
         terminal.close()
 
@@ -255,8 +255,6 @@ def test_an_adapter_and_a_model_are_switched_from_the_palette_without_a_restart(
         terminal.press("F5")
         terminal.wait_for(lambda: len(records()) == 5, "a draft of the new model")
         assert (records()[0].model, records()[0].adapter) == ("fortunes", None)
-        terminal.press("C-q")
-        terminal.wait_for(rc_file.exists, "exit")
-        assert rc_file.read_text().strip() == "0"
+        terminal.quit(rc_file)
     finally:
         terminal.close()
