@@ -62,6 +62,12 @@ CASES = [  # (dtype, rows, K, N, group size, with LoRA and residual): each compi
     (mx.bfloat16, 7, 1024, 1040, 128, True),  # four words
     (mx.float16, 4, 1024, 1024, 128, False),
     (mx.float16, 8, 2048, 512, 64, True),
+    (mx.bfloat16, 9, 4096, 1024, 64, True),  # two tiles of input rows, the second with one
+    (mx.bfloat16, 16, 4096, 6144, 64, False),
+    (mx.bfloat16, 24, 12288, 4096, 64, True),  # four tiles, the last empty
+    (mx.bfloat16, 32, 4096, 151936, 64, False),
+    (mx.bfloat16, 32, 1024, 1040, 128, True),
+    (mx.float16, 20, 768, 256, 32, True),
 ]
 
 
@@ -119,7 +125,7 @@ def norm_rope_float64(x: np.ndarray, weight: np.ndarray, eps: float, base: float
     normed = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
     normed = np.array(mx.array(normed, dtype=mx.float32).astype(dtype).astype(mx.float32), dtype=np.float64)
     half = x.shape[-1] // 2
-    angle = position * base ** (-np.arange(half) / half)
+    angle = np.asarray(position)[..., None] * base ** (-np.arange(half) / half)  # position: one, or (rows, 1, 1)
     a, b = normed[..., :half], normed[..., half:]
     return np.concatenate([a * np.cos(angle) - b * np.sin(angle), a * np.sin(angle) + b * np.cos(angle)], axis=-1)
 
@@ -151,14 +157,18 @@ def qk_rope_errors(outputs, qkv, q_norm, k_norm, heads, kv_heads, head_dim, eps,
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=str)
 @pytest.mark.parametrize("rows, heads, kv_heads, head_dim", [(1, 32, 8, 128), (3, 4, 2, 64)])
 @pytest.mark.parametrize("position", [0, 7, 1000, 40000])
-def test_qk_rope_is_as_accurate_as_mlx_norms_and_rope(dtype, rows, heads, kv_heads, head_dim, position):
+@pytest.mark.parametrize("per_row", [False, True], ids=["one-position", "per-row"])
+def test_qk_rope_is_as_accurate_as_mlx_norms_and_rope(dtype, rows, heads, kv_heads, head_dim, position, per_row):
     """Against a float64 reference, our kernel's largest error is of the order of its MLX-ops reference's
     (mx.fast.rms_norm + mx.fast.rope: at most twice theirs, or two units in the last place of the dtype; at position
-    40000 both lose ~3e-3 to float32 angles); v comes through unchanged."""
+    40000 both lose ~3e-3 to float32 angles); v comes through unchanged. Per row: rows at their own positions, as
+    left-padded rows of a server's batch are."""
     qkv, q_norm, k_norm = random_qkv(dtype, rows, heads, kv_heads, head_dim, seed=position + rows)
     eps, base = 1e-6, 1_000_000.0
     assert qk_rope.covers(qkv, head_dim)
-    args = (qkv, q_norm, k_norm, mx.array(position, dtype=mx.int32), heads, kv_heads, head_dim, eps, base)
+    offset = mx.array([position + 5 * r for r in range(rows)] if per_row else position, dtype=mx.int32)
+    position = np.array(offset).reshape(-1, 1, 1) if per_row else position
+    args = (qkv, q_norm, k_norm, offset, heads, kv_heads, head_dim, eps, base)
     ours = qk_rope_errors(qk_rope.queries_keys_values(*args), qkv, q_norm, k_norm, heads, kv_heads, head_dim, eps,
                           base, position, dtype)
     mlx_ops = qk_rope_errors(qk_rope.reference(*args), qkv, q_norm, k_norm, heads, kv_heads, head_dim, eps, base,
@@ -215,22 +225,24 @@ def mlx_translation_unit(kernels: list[tuple[cuda.KernelSource, list, list, list
 def gemv_instances():
     kernels = []
     for dtype in (mx.bfloat16, mx.float16):
-        kernels.append((gemv.dense_source(), [dtype, dtype], [dtype],
-                        [("T", dtype), ("MAX_ROWS", gemv.MAX_ROWS), ("THREADS", gemv.DENSE_THREADS)]))
-        for lora in (False, True):
-            for residual in (False, True):
-                inputs = [dtype, mx.uint32, dtype, dtype] + [dtype, dtype] * lora + [dtype] * residual
-                for group in gemv.GROUP_SIZES:
-                    template = [("T", dtype), ("BF16", dtype == mx.bfloat16), ("GROUP", group),
-                                ("MAX_WARPS", gemv.MAX_WARPS), ("LORA", lora), ("RESIDUAL", residual)]
-                    kernels.append((gemv.quantized_source(lora, residual), inputs, [dtype], template))
+        for tiles in gemv.TILES:
+            kernels.append((gemv.dense_source(), [dtype, dtype], [dtype],
+                            [("T", dtype), ("MAX_ROWS", gemv.COLUMNS * tiles), ("THREADS", gemv.DENSE_THREADS)]))
+            for lora in (False, True):
+                for residual in (False, True):
+                    inputs = [dtype, mx.uint32, dtype, dtype] + [dtype, dtype] * lora + [dtype] * residual
+                    for group in gemv.GROUP_SIZES:
+                        template = [("T", dtype), ("BF16", dtype == mx.bfloat16), ("GROUP", group),
+                                    ("MAX_WARPS", gemv.MAX_WARPS), ("COLS", tiles), ("LORA", lora),
+                                    ("RESIDUAL", residual)]
+                        kernels.append((gemv.quantized_source(lora, residual), inputs, [dtype], template))
     return kernels
 
 
 def qk_rope_instances():
     return [(qk_rope.kernel_source(1e-6, 1e6), [dtype, dtype, dtype, mx.int32], [dtype] * 3,
-             [("T", dtype), ("HEADS", 32), ("KV_HEADS", 8), ("HEAD_DIM", head_dim)])
-            for dtype in (mx.bfloat16, mx.float16, mx.float32) for head_dim in (64, 128)]
+             [("T", dtype), ("HEADS", 32), ("KV_HEADS", 8), ("HEAD_DIM", head_dim), ("PER_ROW", per_row)])
+            for dtype in (mx.bfloat16, mx.float16, mx.float32) for head_dim in (64, 128) for per_row in (False, True)]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit)")

@@ -168,9 +168,9 @@ class Block:
         """The block input (B, L, hidden) -> q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim)."""
         B, L, _ = x.shape
         qkv_projection, normed = self.projections["qkv"], mx.fast.rms_norm(x, self.input_norm, self.eps)
-        # the kernel takes one offset for all rows: rows at different positions go through MLX's ops
-        one_offset = isinstance(offset, mx.array) and offset.ndim == 0
-        if self.kernel and one_offset and qkv_projection.fused and qk_rope.covers(x, self.head_dim):
+        # the kernel reads the offset from the device (one for all rows, or one per row): a Python int, as an
+        # uncompiled step passes, goes through MLX's ops
+        if self.kernel and isinstance(offset, mx.array) and qkv_projection.fused and qk_rope.covers(x, self.head_dim):
             (qkv,) = qkv_projection(normed, adapter, split=False)
             return qk_rope.queries_keys_values(qkv, self.q_norm, self.k_norm, offset, self.n_heads, self.n_kv_heads,
                                                self.head_dim, self.eps, self.rope_theta)

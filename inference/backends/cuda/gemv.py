@@ -19,8 +19,11 @@ import mlx.core as mx
 
 from . import KernelSource, call, read_source
 
-# Input rows per call: the mma's 8 columns. Prompts and batches of more drafts go through mx.quantized_matmul.
-MAX_ROWS = 8
+# Input rows per call: up to 4 tiles of the mma's 8 columns, each weight fragment multiplied with every tile (a
+# server's batch of 32 streams reads the weights once a step). Prompts go through mx.quantized_matmul.
+COLUMNS = 8
+TILES = (1, 2, 4)
+MAX_ROWS = COLUMNS * TILES[-1]
 BITS = 4
 GROUP_SIZES = (32, 64, 128)  # a quad's 4 lanes take 1, 2 or 4 words of a group each
 TILE = 16  # outputs per warp: the mma's rows
@@ -63,7 +66,7 @@ def quantized_source(lora: bool, residual: bool) -> KernelSource:
     arguments = ("x", "w", "scales", "biases", *(("lora_t", "lora_b") if lora else ("nullptr", "nullptr")),
                  "residual" if residual else "nullptr", "y", "x_shape[0]", "x_shape[1]", "w_shape[0]",
                  "lora_b_shape[1]" if lora else "0")
-    body = call("quantized_gemv", ("T", "BF16", "GROUP", "MAX_WARPS", "LORA", "RESIDUAL"), arguments)
+    body = call("quantized_gemv", ("T", "BF16", "GROUP", "MAX_WARPS", "COLS", "LORA", "RESIDUAL"), arguments)
     return KernelSource("bobby_gemv_quantized", inputs, ("y",), read_source("gemv.cu"), body)
 
 
@@ -90,12 +93,17 @@ def warps_per_tile(n: int, groups: int, target_warps: int = TARGET_WARPS) -> int
     return warps
 
 
+def column_tiles(rows: int) -> int:
+    """The tiles of 8 input rows a kernel is compiled for: the fewest that hold ``rows``."""
+    return next(tiles for tiles in TILES if rows <= COLUMNS * tiles)
+
+
 def _dense_product(x: mx.array, a: mx.array) -> mx.array:
     """x (M, K) @ a.T for a dense a (R, K): the LoRA's first factor."""
     rows, k = x.shape
     (t,) = _kernel(None)(
         inputs=[x, a],
-        template=[("T", x.dtype), ("MAX_ROWS", MAX_ROWS), ("THREADS", DENSE_THREADS)],
+        template=[("T", x.dtype), ("MAX_ROWS", COLUMNS * column_tiles(rows)), ("THREADS", DENSE_THREADS)],
         grid=(a.shape[0] * DENSE_THREADS, 1, 1),
         threadgroup=(DENSE_THREADS, 1, 1),
         output_shapes=[(rows, a.shape[0])],
@@ -125,7 +133,7 @@ def quantized_gemv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array,
     (y,) = _kernel((lora is not None, residual is not None))(
         inputs=inputs,
         template=[("T", x.dtype), ("BF16", x.dtype == mx.bfloat16), ("GROUP", group_size), ("MAX_WARPS", MAX_WARPS),
-                  ("LORA", lora is not None), ("RESIDUAL", residual is not None)],
+                  ("COLS", column_tiles(rows)), ("LORA", lora is not None), ("RESIDUAL", residual is not None)],
         grid=(n // TILE * warps * 32, 1, 1),
         threadgroup=(warps * 32, 1, 1),
         output_shapes=[(rows, n)],

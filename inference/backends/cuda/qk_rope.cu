@@ -4,11 +4,12 @@
 //
 // qkv (rows, (HEADS + 2 KV_HEADS) * HEAD_DIM) -> q (rows, HEADS, 1, HEAD_DIM), k and v (rows, KV_HEADS, 1, HEAD_DIM),
 // the layout attention reads. One warp per (row, head); each lane takes HEAD_DIM / 64 pairs. It rounds where MLX's
-// ops do (after the norm, after the rotation).
+// ops do (after the norm, after the rotation). offset: the new token's position, one for all rows, or with PER_ROW
+// one per row (a server's batch of left-padded rows).
 
 namespace bobby {
 
-template <typename T, int HEADS, int KV_HEADS, int HEAD_DIM>
+template <typename T, int HEADS, int KV_HEADS, int HEAD_DIM, bool PER_ROW>
 __device__ __forceinline__ void qk_rope(const T* qkv, const T* q_norm, const T* k_norm, const int32_t* offset, T* q,
                                         T* k, T* v, int rows, float eps, float log2_base) {
   constexpr int HEADS_ALL = HEADS + 2 * KV_HEADS;
@@ -42,7 +43,7 @@ __device__ __forceinline__ void qk_rope(const T* qkv, const T* q_norm, const T* 
   const bool is_q = head < HEADS;
   const T* weight = is_q ? q_norm : k_norm;
   T* out = is_q ? q + ((size_t)m * HEADS + head) * HEAD_DIM : k + ((size_t)m * KV_HEADS + head - HEADS) * HEAD_DIM;
-  const float position = static_cast<float>(offset[0]);
+  const float position = static_cast<float>(offset[PER_ROW ? m : 0]);
 #pragma unroll
   for (int p = 0; p < PAIRS; ++p) {
     const int i = lane + 32 * p;

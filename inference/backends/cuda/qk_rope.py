@@ -43,7 +43,7 @@ def kernel_source(eps: float, rope_base: float) -> KernelSource:
     integers, types and booleans), so each pair has its own source and name."""
     arguments = ("qkv", "q_norm", "k_norm", "offset", "q", "k", "v", "qkv_shape[0]", f"{float(eps)!r}f",
                  f"{math.log2(rope_base)!r}f")
-    body = call("qk_rope", ("T", "HEADS", "KV_HEADS", "HEAD_DIM"), arguments)
+    body = call("qk_rope", ("T", "HEADS", "KV_HEADS", "HEAD_DIM", "PER_ROW"), arguments)
     return KernelSource("bobby_qk_rope", ("qkv", "q_norm", "k_norm", "offset"), ("q", "k", "v"),
                         read_source("qk_rope.cu"), body)
 
@@ -51,7 +51,8 @@ def kernel_source(eps: float, rope_base: float) -> KernelSource:
 def queries_keys_values(qkv: mx.array, q_norm: mx.array, k_norm: mx.array, offset: mx.array, heads: int,
                         kv_heads: int, head_dim: int, eps: float,
                         rope_base: float) -> tuple[mx.array, mx.array, mx.array]:
-    """qkv (B, 1, (heads + 2 kv_heads) * head_dim), offset int32 (one value) -> q (B, heads, 1, head_dim), k, v."""
+    """qkv (B, 1, (heads + 2 kv_heads) * head_dim), offset int32 (one value, or (B,): each row's position) -> q (B,
+    heads, 1, head_dim), k, v."""
     key = (eps, rope_base)
     if key not in _kernels:
         _kernels[key] = kernel_source(eps, rope_base).build()
@@ -59,7 +60,8 @@ def queries_keys_values(qkv: mx.array, q_norm: mx.array, k_norm: mx.array, offse
     tasks = rows * (heads + 2 * kv_heads)
     return tuple(_kernels[key](
         inputs=[qkv, q_norm, k_norm, offset],
-        template=[("T", qkv.dtype), ("HEADS", heads), ("KV_HEADS", kv_heads), ("HEAD_DIM", head_dim)],
+        template=[("T", qkv.dtype), ("HEADS", heads), ("KV_HEADS", kv_heads), ("HEAD_DIM", head_dim),
+                  ("PER_ROW", offset.ndim == 1)],
         grid=(tasks * 32, 1, 1),
         threadgroup=(128, 1, 1),
         output_shapes=[(rows, heads, 1, head_dim), (rows, kv_heads, 1, head_dim), (rows, kv_heads, 1, head_dim)],
