@@ -52,12 +52,13 @@ class DecodeBatch:
         self._set_adapters(self.adapters + list(adapters) if self.rows else list(adapters))
         if self.rows == 0:
             self.cache, self.sampler, self.tokens, self.readout = cache, sampler, first, readout
-            return
-        for layer_cache, joining in zip(self.cache, cache, strict=True):
-            layer_cache.extend(joining)
-        self.sampler.extend(sampler)
-        self.tokens = mx.concatenate([self.tokens, first])
-        self.readout = mx.concatenate([self.readout, readout])
+        else:
+            for layer_cache, joining in zip(self.cache, cache, strict=True):
+                layer_cache.extend(joining)
+            self.sampler.extend(sampler)
+            self.tokens = mx.concatenate([self.tokens, first])
+            self.readout = mx.concatenate([self.readout, readout])
+        self._queue_readout()
 
     @staticmethod
     def _sample(sampler: BatchSampler, logits: mx.array) -> tuple[mx.array, mx.array]:
@@ -81,6 +82,12 @@ class DecodeBatch:
         if self.tokens is not None:
             index = mx.array(rows)
             self.tokens, self.readout = self.tokens[index], self.readout[index]
+            self._queue_readout()
+
+    def _queue_readout(self) -> None:
+        """Queue the rows' changed tokens now: ``step`` queues the next forward pass before it reads them, and read
+        after it, they would wait for that whole pass (the device runs its queue in order)."""
+        mx.async_eval(self.tokens, self.readout)
 
     def step(self, queue_next: bool = True) -> list[int]:
         """This step's token of every row (NOT_FINITE for a row whose logits were not finite). With
