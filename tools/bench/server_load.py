@@ -10,6 +10,9 @@ streams: its time to first token against the same request on an idle server, in 
     python -m tools.bench.server_load --mlx-lm --seeds      # also mlx_lm.server; ours also with a seed per request
     python -m tools.bench.server_load --model ~/models/Qwen3-8B-4bit --max-tokens 128 --clients 1,8,32
 
+Each server first serves an unmeasured level (as many clients as the largest level, 8 tokens each), so batch
+sizes compile outside the measurement.
+
 Bounded: at most 64 clients a level, each level stops after --level-timeout seconds (unfinished streams count as
 errors), and every server started here is stopped here.
 """
@@ -38,6 +41,7 @@ TOPICS = ["the sea", "cats", "rain", "Mondays", "coffee", "trains", "the moon", 
           "bicycles", "libraries", "owls", "tea", "deadlines", "gardens", "clocks", "rivers", "jazz", "maps",
           "lighthouses", "socks", "volcanoes", "chess", "bees", "mirrors", "kites", "fog", "robots", "soup", "stars"]
 MAX_CLIENTS = 64
+WARM_TOKENS = 8  # per client of the unmeasured level each server gets first
 START_TIMEOUT_S = 120
 
 
@@ -334,7 +338,8 @@ def main() -> None:
     for title, seeds in runs:
         server = ours(args.model, adapter, max(levels))
         try:
-            asyncio.run(run_level(server.url, 1, 4, args.temperature, seeds, args.level_timeout))  # warm
+            # warm: batches of every size up to the largest level (each new size compiles on a GPU), not measured
+            asyncio.run(run_level(server.url, max(levels), WARM_TOKENS, args.temperature, seeds, args.level_timeout))
             table = [measured_level(server, k, args, seeds) for k in levels]
             if not seeds:
                 _print_join(server.url, JOIN_RUNNING, args)
@@ -348,7 +353,7 @@ def main() -> None:
         for k in levels:
             server = mlx_lm_server(args.model, adapter, k)
             try:
-                asyncio.run(run_level(server.url, 1, 4, args.temperature, False, args.level_timeout))
+                asyncio.run(run_level(server.url, k, WARM_TOKENS, args.temperature, False, args.level_timeout))
                 table.append(asyncio.run(run_level(server.url, k, args.max_tokens, args.temperature, False,
                                                    args.level_timeout)))
             finally:
