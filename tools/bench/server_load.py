@@ -324,6 +324,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seeds", action="store_true", help="also run ours with a seed in every request")
     parser.add_argument("--mlx-lm", action="store_true", help="also run mlx_lm.server --decode-concurrency K")
+    parser.add_argument("--only-mlx-lm", action="store_true", help="mlx_lm.server alone (a second call of one run)")
     parser.add_argument("--level-timeout", type=float, default=180.0, help="seconds per K at most")
     args = parser.parse_args()
     levels = [int(k) for k in args.clients.split(",")]
@@ -335,6 +336,8 @@ def main() -> None:
           f"per client, temperature {args.temperature}\n")
 
     runs = [("bobby-tui serve", False)] + ([("bobby-tui serve, seeded", True)] if args.seeds else [])
+    if args.only_mlx_lm:
+        runs, args.mlx_lm = [], True
     for title, seeds in runs:
         server = ours(args.model, adapter, max(levels))
         try:
