@@ -4,7 +4,8 @@
 #   micro  python -m tools.bench.kernels (SWEEP=2048,4096,8192 compares targets for the warps in flight first)
 #   cold   python -m tools.gpu.cold_start twice, in fresh processes: the first generation's phases, cold and warm
 #   bench  python -m tools.bench.engine (SHAPES, ENGINES, BATCHES, REPEATS, CACHE_DIR; defaults below)
-#   serve  python -m tools.bench.server_load on a random 8B checkpoint, ours and mlx_lm.server (CLIENTS, TOKENS)
+#   serve  python -m tools.bench.server_load on a random 8B checkpoint, ours and mlx_lm.server (CLIENTS, TOKENS;
+#          SERVE_FLAGS="--seeds" then SERVE_FLAGS="--only-mlx-lm" split one run over two calls under their time limit)
 # Logs and JSON go to $OUT (default .bench-cache/gpu-results/), with MLX's compiled kernels (ptx.tgz, from MLX_PTX_CACHE_DIR's
 # default place): unpack it into /tmp on the next machine to skip compiling MLX's own kernels.
 # A machine without a package index: if .gpu-b/setup.sh is there it installs MLX for CUDA from carried wheels, and
@@ -40,7 +41,7 @@ qwen_tokenizer_dir, write_checkpoint; write_checkpoint(Path(sys.argv[1]), SHAPES
 tokenizer_dir=Path(sys.argv[2]) if len(sys.argv) > 2 else qwen_tokenizer_dir(), reuse=True)" "$model" \
              ${tokenizer[1]:+"${tokenizer[1]}"} &&
            timeout 500 "$PYTHON" -m tools.bench.server_load --model "$model" --max-tokens "${TOKENS:-128}" \
-             --clients "${CLIENTS:-1,4,8,16,32}" --mlx-lm --seeds 2>&1 | tee "$OUT"/serve.log ;;
+             --clients "${CLIENTS:-1,4,8,16,32}" ${SERVE_FLAGS:---mlx-lm --seeds} 2>&1 | tee -a "$OUT"/serve.log ;;
     *) echo "run.sh: unknown step $step (test, micro, cold, bench, serve)" >&2; exit 2 ;;
   esac
 done
