@@ -1,6 +1,7 @@
 """Our CUDA kernels (inference/backends/cuda/) against MLX: the 4-bit matrix-vector kernel against float32 products
 and against its MLX-ops reference, the q/k norm + RoPE kernel against a float64 reference and against its MLX-ops
-reference, and the engine with them against the engine with MLX's ops only. The tests that run a kernel need MLX
+reference, the attention kernel for left-padded rows against a float64 softmax and MLX's masked attention, and the
+engine with them against the engine with MLX's ops only. The tests that run a kernel need MLX
 with a CUDA GPU (see docs/performance.md) and are skipped elsewhere, where the engine never calls the kernels; what
 the kernels cover, the references, and (where nvcc is installed) the kernel sources' compilation are tested
 everywhere."""
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from inference.backends import cuda
-from inference.backends.cuda import gemv, qk_rope
+from inference.backends.cuda import attention, gemv, qk_rope
 
 needs_cuda = pytest.mark.skipif(not cuda.available(), reason="needs MLX with a CUDA GPU")
 
@@ -189,6 +190,60 @@ def test_qk_rope_reference_and_coverage():
     assert not qk_rope.covers(mx.zeros((4, 1, 1024)), 32)  # a lane would hold half a pair
 
 
+def random_attention(dtype, rows, heads, kv_heads, head_dim, capacity, seed):
+    """q (rows, heads, 1, D), cache buffers (rows, kv_heads, capacity, D) and each row's start and position: rows
+    with their own left padding, the longest reaching past the middle of the buffer (the rest is stale data)."""
+    mx.random.seed(seed)
+    q = mx.random.normal((rows, heads, 1, head_dim)).astype(dtype)
+    keys, values = (mx.random.normal((rows, kv_heads, capacity, head_dim)).astype(dtype) for _ in range(2))
+    offset = capacity // 2 + 3  # positions written, the new one included, the same for every row
+    start = mx.array([(17 * r) % (offset - 1) for r in range(rows)], dtype=mx.int32)
+    return q, keys, values, start, offset - 1 - start
+
+
+def attention_float64(q, keys, values, start, position, scale):
+    f64 = lambda a: np.array(a.astype(mx.float32), dtype=np.float64)  # noqa: E731
+    q, keys, values = f64(q), f64(keys), f64(values)
+    groups = q.shape[1] // keys.shape[1]
+    out = np.zeros(q.shape)
+    for r, (first, pos) in enumerate(zip(np.array(start).tolist(), np.array(position).tolist(), strict=True)):
+        for h in range(q.shape[1]):
+            k, v = keys[r, h // groups, first : first + pos + 1], values[r, h // groups, first : first + pos + 1]
+            scores = k @ q[r, h, 0] * scale
+            weights = np.exp(scores - scores.max())
+            out[r, h, 0] = weights @ v / weights.sum()
+    return out
+
+
+def test_attention_reference_is_the_float64_softmax_and_coverage():
+    """Runs everywhere: the MLX ops the kernel replaces attend to each row's own positions only (here float32)."""
+    with mx.stream(mx.cpu):
+        q, keys, values, start, position = random_attention(mx.float32, 3, 4, 2, 64, 40, seed=1)
+        ours = attention.reference(q, keys, values, start, position, 0.125)
+        expected = attention_float64(q, keys, values, start, position, 0.125)
+        assert np.abs(np.array(ours, dtype=np.float64) - expected).max() < 1e-5
+    assert attention.covers(mx.bfloat16, 128, 32, 8) and attention.covers(mx.float16, 64, 4, 2)
+    assert not attention.covers(mx.float32, 128, 32, 8)  # float32 computes on the CPU, without our kernels
+    assert not attention.covers(mx.bfloat16, 80, 32, 8)  # a lane would hold 2.5 elements
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=str)
+@pytest.mark.parametrize("rows, heads, kv_heads, head_dim, capacity", [(5, 32, 8, 128, 520), (3, 4, 2, 64, 264),
+                                                                       (2, 8, 8, 256, 40), (32, 32, 8, 128, 264)])
+def test_attention_kernel_matches_float64_and_mlx_masked_attention(dtype, rows, heads, kv_heads, head_dim, capacity):
+    """Rows at their own positions: within bf16/fp16 rounding of the float64 softmax, and no further from it than
+    MLX's masked attention (its fallback ops) is."""
+    q, keys, values, start, position = random_attention(dtype, rows, heads, kv_heads, head_dim, capacity, seed=rows)
+    scale = head_dim**-0.5
+    expected = attention_float64(q, keys, values, start, position, scale)
+    error = lambda out: np.abs(np.array(out.astype(mx.float32), dtype=np.float64) - expected).max()  # noqa: E731
+    ours = attention.decode_attention(q, keys, values, start, position, scale)
+    assert ours.shape == q.shape
+    ulp = {mx.bfloat16: 2**-8, mx.float16: 2**-11}[dtype]  # outputs below 1: averages of unit normals
+    assert error(ours) <= max(2 * error(attention.reference(q, keys, values, start, position, scale)), 2 * ulp)
+
+
 CUDA_TYPES = {mx.bfloat16: "__nv_bfloat16", mx.float16: "__half", mx.float32: "float", mx.uint32: "uint32_t",
               mx.int32: "int32_t"}
 # A stand-in for MLX's CUDA preamble (mlx/backend/cuda/device/utils.cuh): the types a kernel sees.
@@ -239,6 +294,12 @@ def gemv_instances():
     return kernels
 
 
+def attention_instances():
+    return [(attention.kernel_source(head_dim**-0.5), [dtype, dtype, dtype, mx.int32, mx.int32], [dtype],
+             [("T", dtype), ("HEADS", 32), ("KV_HEADS", 8), ("D", head_dim)])
+            for dtype in (mx.bfloat16, mx.float16) for head_dim in attention.HEAD_DIMS]
+
+
 def qk_rope_instances():
     return [(qk_rope.kernel_source(1e-6, 1e6), [dtype, dtype, dtype, mx.int32], [dtype] * 3,
              [("T", dtype), ("HEADS", 32), ("KV_HEADS", 8), ("HEAD_DIM", head_dim), ("PER_ROW", per_row)])
@@ -246,7 +307,8 @@ def qk_rope_instances():
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit)")
-@pytest.mark.parametrize("instances", [gemv_instances, qk_rope_instances], ids=["gemv", "qk_rope"])
+@pytest.mark.parametrize("instances", [gemv_instances, qk_rope_instances, attention_instances],
+                         ids=["gemv", "qk_rope", "attention"])
 def test_kernel_sources_compile_for_sm90(tmp_path, instances):
     """Runs where nvcc is: every instance the engine can launch, as MLX would generate it, compiles for sm_90 (the
     tensor-core mma and its register constraints are checked by ptxas, not only the C++)."""
@@ -268,21 +330,41 @@ def bench_checkpoint(tmp_path_factory):
     return model_dir, write_adapter(root / "tiny-adapter", model_dir)
 
 
+def batch_cache(model, prompts: list[list[int]], adapter) -> list:
+    """Each prompt prefilled on its own, the rows then joined into one batch (left-padded where their lengths
+    differ), as the server's batch takes in requests."""
+    cache = None
+    for prompt in prompts:
+        row = model.new_cache(1)
+        model(mx.array([prompt]), row, adapter)
+        if cache is None:
+            cache = row
+        else:
+            for layer_cache, joining in zip(cache, row, strict=True):
+                layer_cache.extend(joining)
+    return cache
+
+
 @needs_cuda
 @pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
-def test_engine_with_kernel_matches_engine_with_mlx_products(bench_checkpoint, with_adapter):
+@pytest.mark.parametrize("padded", [False, True], ids=["one-prompt", "padded-rows"])
+def test_engine_with_kernel_matches_engine_with_mlx_products(bench_checkpoint, with_adapter, padded):
     from tools.bench.engine import load_engine
 
     model_dir, adapter_dir = bench_checkpoint
     engines = {name: load_engine(model_dir, adapter_dir if with_adapter else None, {"cuda_kernels": kernels})
                for name, kernels in (("kernel", True), ("mlx", False))}
     assert engines["kernel"].model.lm_head.kernel and not engines["mlx"].model.lm_head.kernel
+    assert engines["kernel"].model.padded_attention_kernel
 
-    prompt = [[9707, 11, 1879, 0, 576, 2150]] * 4  # four drafts decoding together
+    prompt = [9707, 11, 1879, 0, 576, 2150]
+    # four drafts of one prompt, or four requests whose prompts end at their own positions
+    prompts = [prompt[:6], prompt[:2], prompt[:5], prompt[:1]] if padded else [prompt] * 4
     logits = {}
     for name, engine in engines.items():
-        model, cache = engine.model, engine.model.new_cache(4)
-        model(mx.array(prompt), cache, engine.adapter_enabled)  # the prompt goes through MLX's products in both
+        model = engine.model
+        cache = batch_cache(model, prompts, engine.adapter_enabled)  # the prompts go through MLX's products in both
+        assert cache[0].padded == padded
         steps = [model.decode(mx.array([[t] for t in (13, 42, 7, 99)]), cache, engine.adapter_enabled)]
         steps.append(model.decode(mx.argmax(steps[-1], axis=-1)[:, None], cache, engine.adapter_enabled))
         logits[name] = mx.stack(steps)

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..backends import cuda
-from ..backends.cuda import qk_rope
+from ..backends.cuda import attention, qk_rope
 from ..cache import KVCache
 from ..errors import ConfigError
 from ..options import EngineOptions
@@ -197,9 +197,12 @@ class Block:
                 mx.compile(lambda masks, attention, x: self.finish(attention, x, rows(masks))))
 
     def __call__(self, x: mx.array, cache: KVCache, adapter: Adapter, positions: int | mx.array,
-                 step_offset: mx.array | None, mask: str | mx.array | None) -> mx.array:
+                 step_offset: mx.array | None, mask: str | mx.array | None, starts: mx.array | None = None
+                 ) -> mx.array:
         """``positions``: where the new tokens sit (one number, or one per row); ``step_offset``: for one-token
-        steps, the positions as an array (the compiled halves take it as an input, so one trace serves every step)."""
+        steps, the positions as an array (the compiled halves take it as an input, so one trace serves every step).
+        ``starts``: for a one-token step of left-padded rows, each row's padding, for our attention kernel (then
+        ``mask`` is None)."""
         L = x.shape[1]
         if L == 1 and self.compile_halves and step_offset is not None and isinstance(adapter, RowAdapters):
             # rows on different adapters: one trace per set of adapters, the row masks an input like the offset
@@ -220,7 +223,10 @@ class Block:
             offset = positions
         q, k, v = queries_keys_values(x, offset)
         k, v = cache.update_and_fetch(k, v)  # (B, kv_heads, offset + L, head_dim)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        if starts is not None:
+            out = attention.decode_attention(q, cache.keys, cache.values, starts, step_offset, self.scale)
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return finish(out, x)
 
 
@@ -242,6 +248,10 @@ class Model:
             else Linear.from_weights(weights, "lm_head", quant["lm_head"])
         )
         self.lm_head = Projection([head], kernel=kernel)
+        # one-token steps of left-padded rows: our attention kernel instead of MLX's masked fallback
+        self.padded_attention_kernel = kernel and attention.covers(self.dtype, config.head_dim,
+                                                                   config.num_attention_heads,
+                                                                   config.num_key_value_heads)
         self.adapter_names: list[str] = []  # in the order they were loaded (lora.apply_adapter)
 
     def new_cache(self, batch: int = 1) -> list[KVCache]:
@@ -280,12 +290,16 @@ class Model:
         adapter = self.adapter_for(adapter, tokens.shape[0])
         h = self.embed_tokens.embed(tokens)
         L = tokens.shape[1]
-        positions, mask = cache[0].positions(), cache[0].make_mask(L)
+        positions, starts = cache[0].positions(), None
+        if L == 1 and self.padded_attention_kernel and cache[0].padded:
+            starts, mask = mx.array(cache[0].left_padding, dtype=mx.int32), None
+        else:
+            mask = cache[0].make_mask(L)
         step_offset = None
         if L == 1:
             step_offset = positions if isinstance(positions, mx.array) else mx.array(positions, dtype=mx.int32)
         for layer, layer_cache in zip(self.layers, cache, strict=True):
-            h = layer(h, layer_cache, adapter, positions, step_offset, mask)
+            h = layer(h, layer_cache, adapter, positions, step_offset, mask, starts)
         if last_only:
             h = h[:, -1, :]
         return self.lm_head(mx.fast.rms_norm(h, self.norm, self.config.rms_norm_eps), adapter)[0].astype(mx.float32)
