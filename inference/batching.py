@@ -2,7 +2,8 @@
 
 All of it runs on the engine's thread. Each ``step()`` (1) lets cancelled rows go, (2) runs one prefill chunk of the
 request at the head of the queue when its rows fit (a long prompt so holds the running rows up one chunk at a time),
-its rows joining the batch once the prompt is in, and (3) decodes one token for every running row. A request's
+its rows joining the batch once the prompt is in, and (3) decodes one token for every running row. Short prompts
+waiting together (clients arriving at once) prefill in one forward pass, left-padded to one length. A request's
 drafts share one prefill per adapter they use; recent prompts' caches are kept (``PromptCache``), so a prompt that
 shares a prefix with one prefills only the rest. Rows may run with different adapters (``GenerationRequest.adapters``,
 ``models.base.RowAdapters``). Rows of different requests are left-padded to one cache (``inference/cache.py``). A
@@ -66,16 +67,24 @@ class PromptCache:
         self.model, self.max_entries, self.max_kept_positions = model, max_entries, max_kept_positions
         self.entries: list[_CachedPrompt] = []  # least recently used first
 
-    def start(self, tokens: list[int], adapter: str | None) -> tuple[list[KVCache], int]:
-        """The cache to prefill ``tokens`` into, and how many of them it already holds. A cached prompt that
-        ``tokens`` extends (or repeats) is prefilled further in place; one it leaves part-way is left as it is and
-        its shared prefix copied into a new entry, so a re-roll of an earlier prompt still finds it."""
+    def _best(self, tokens: list[int], adapter: str | None) -> tuple[_CachedPrompt | None, int]:
         best, reused = None, 0
         for entry in self.entries:
             if entry.adapter == adapter:
                 shared = _shared_prefix(entry.tokens, tokens, min(len(tokens) - 1, entry.cache[0].offset))
                 if shared > reused:
                     best, reused = entry, shared
+        return best, reused
+
+    def reusable(self, tokens: list[int], adapter: str | None) -> int:
+        """How many of ``tokens`` a ``start`` now would find cached (nothing changes)."""
+        return self._best(tokens, adapter)[1]
+
+    def start(self, tokens: list[int], adapter: str | None) -> tuple[list[KVCache], int]:
+        """The cache to prefill ``tokens`` into, and how many of them it already holds. A cached prompt that
+        ``tokens`` extends (or repeats) is prefilled further in place; one it leaves part-way is left as it is and
+        its shared prefix copied into a new entry, so a re-roll of an earlier prompt still finds it."""
+        best, reused = self._best(tokens, adapter)
         if best is not None and best.tokens[: best.cache[0].offset] == tokens[: best.cache[0].offset]:
             self.entries.remove(best)
             for layer_cache in best.cache:
@@ -223,6 +232,10 @@ class BatchGenerator:
     def _advance_prefill(self, events: list[Event]) -> None:
         if not self._waiting:
             return
+        together = self._prefill_together()
+        if len(together) > 1:
+            self._prefill_batch(together, events)
+            return
         entry = self._waiting[0]
         if entry.prefill is None:  # the next adapter's prefill: only when the request's remaining rows fit now
             if self.active_rows + sum(len(drafts) for _, drafts in entry.groups) > self.max_rows:
@@ -243,26 +256,81 @@ class BatchGenerator:
         entry.prefill = None
         if not entry.groups:
             self._waiting.popleft()
-        self._join(entry, drafts, adapter, logits, events)
+        self._join_one(entry, drafts, adapter, logits, events)
 
-    def _join(self, entry: _Request, drafts: list[int], adapter: str | None, logits: mx.array,
-              events: list[Event]) -> None:
-        """The prompt is in ``entry.cache`` with ``adapter``: the rows of ``drafts`` join the batch, their first
-        tokens sampled from ``logits``."""
+    def _prefill_together(self) -> list[_Request]:
+        """The requests at the head of the queue that can prefill in one forward pass, left-padded to one length:
+        not started, one adapter (the same), a prompt of at most one chunk with nothing of it in the prompt cache
+        (a request that finds a prefix there prefills alone, the rest of it only), and rows that fit now."""
+        together: list[_Request] = []
+        rows, chunk = self.active_rows, self.engine.model.options.prefill_chunk
+        for entry in self._waiting:
+            if entry.prefill is not None or len(entry.groups) != 1 or entry.request.max_tokens == 0:
+                break
+            adapter, drafts = entry.groups[0]
+            if (together and adapter != together[0].groups[0][0]) or len(entry.prompt) > chunk \
+                    or rows + len(drafts) > self.max_rows or self.engine.prompt_cache.reusable(entry.prompt, adapter):
+                break
+            together.append(entry)
+            rows += len(drafts)
+        return together
+
+    def _prefill_batch(self, entries: list[_Request], events: list[Event]) -> None:
+        """Prompts of ``entries`` in one forward pass, each row left-padded to the longest; their rows join the
+        batch. Their caches are not kept for reuse (the prompt cache holds prompts prefilled alone)."""
+        adapter = entries[0].groups[0][0]
+        longest = max(len(entry.prompt) for entry in entries)
+        padding = [longest - len(entry.prompt) for entry in entries]
+        cache = self.engine.model.new_cache(len(entries), padding)
+        tokens = mx.array([[0] * pad + entry.prompt for entry, pad in zip(entries, padding, strict=True)])
+        started = time.perf_counter()
+        logits = self.engine.model(tokens, cache, adapter)
+        mx.eval(logits)
+        elapsed = time.perf_counter() - started
+        members, rows = [], []
+        for i, entry in enumerate(entries):
+            _, drafts = entry.groups.popleft()
+            self._waiting.popleft()
+            entry.prefill_s += elapsed
+            entry.computed += len(entry.prompt)
+            for draft in drafts:
+                entry.prefilled[draft] = len(entry.prompt)
+            members.append((entry, drafts))
+            rows += [i] * len(drafts)
+        if len(rows) > len(entries):  # requests of several drafts: a row each
+            for layer_cache in cache:
+                layer_cache.filter(rows)
+            logits = logits[mx.array(rows)]
+        self._join(members, cache, logits, adapter, events)
+
+    def _join_one(self, entry: _Request, drafts: list[int], adapter: str | None, logits: mx.array,
+                  events: list[Event]) -> None:
+        """The prompt is in ``entry.cache`` (one row) with ``adapter``: the rows of ``drafts`` join the batch,
+        their first tokens sampled from ``logits``."""
         n = len(drafts)
-        if not entry.decode_started:
-            entry.decode_started = time.perf_counter()
         if entry.request.max_tokens == 0:
             for draft in drafts:
                 self._finish(entry, draft, "length", events)
             return
+        self._join([(entry, drafts)], [c.repeat(n) for c in entry.cache],
+                   mx.repeat(logits, n, axis=0) if n > 1 else logits, adapter, events)
+
+    def _join(self, members: list[tuple[_Request, list[int]]], cache: list[KVCache], logits: mx.array,
+              adapter: str | None, events: list[Event]) -> None:
+        """Rows of each (request, drafts) in ``members`` join the batch: ``cache`` holds one row per draft (in
+        that order, run with ``adapter``), ``logits`` their last positions', which their first tokens are sampled
+        from."""
+        now = time.perf_counter()
+        for entry, _ in members:
+            entry.decode_started = entry.decode_started or now
         self._compact()  # the batch changes shape anyway: finished rows go now
         if not self._rows:
             self._batch = DecodeBatch(self.engine.model)
-        sampler = BatchSampler([entry.params[d] for d in drafts], [entry.prompt] * n)
-        self._batch.extend([c.repeat(n) for c in entry.cache], sampler,
-                           mx.repeat(logits, n, axis=0) if n > 1 else logits, [adapter] * n)
-        self._rows += [_Row(entry, draft) for draft in drafts]
+        joining = [(entry, draft) for entry, drafts in members for draft in drafts]
+        sampler = BatchSampler([entry.params[draft] for entry, draft in joining],
+                               [entry.prompt for entry, _ in joining])
+        self._batch.extend(cache, sampler, logits, [adapter] * len(joining))
+        self._rows += [_Row(entry, draft) for entry, draft in joining]
 
     def _decode(self, events: list[Event]) -> None:
         eos = self.engine.eos_token_ids

@@ -57,7 +57,10 @@ class KVCache:
         keys = mx.arange(self.offset + length)
         mask = mx.array(self.left_padding)[:, None, None, None] <= keys
         if length > 1:
-            mask = mask & (mx.arange(self.offset, self.offset + length)[:, None] >= keys)
+            # a padding query (prompts prefilled together, left-padded) sees itself, so no query row is masked whole
+            # (what fills such a row is each backend's own choice); the padding's keys stay masked for real queries
+            queries = mx.arange(self.offset, self.offset + length)[:, None]
+            mask = (mask | (queries == keys)) & (queries >= keys)
         return mask
 
     def _capacity_for(self, needed: int) -> int:

@@ -87,6 +87,46 @@ def test_a_request_joins_a_running_batch_within_two_steps_of_its_prefill(engine)
     assert done[(first, 0)].text == alone(engine, PROMPTS[0], [SamplingParams()], 60)[0]
 
 
+@pytest.fixture(scope="module")
+def whole_prompt_engine(tiny_models):
+    """The default chunk: each test prompt prefills in one pass."""
+    model_dir, adapter_dir = tiny_models["q4-g64-tied"]
+    return Engine.load(model_dir, adapter_dir)
+
+
+def test_requests_waiting_together_prefill_in_one_pass_and_each_gives_its_text_alone(whole_prompt_engine):
+    engine, greedy = whole_prompt_engine, SamplingParams(temperature=0.0)
+    prompts = [*PROMPTS, "Rain on the roof."]  # three lengths: two rows left-padded in the shared pass
+    expected = [alone(engine, prompt, [greedy])[0] for prompt in prompts]
+    engine.prompt_cache.entries.clear()  # nothing to reuse: they prefill together
+    generator = BatchGenerator(engine)
+    ids = [generator.submit(request(engine, prompt, [greedy] * (2 if i == 1 else 1)))
+           for i, prompt in enumerate(prompts)]
+    done, streamed = {}, {}
+    collect(generator.step(), done, streamed)
+    assert generator.active_rows == 4, "one step prefills all three prompts (four rows)"
+    drain(generator, done, streamed)
+    assert [done[(i, 0)].text for i in ids] == expected and done[(ids[1], 1)].text == expected[1]
+    assert all(done[(i, 0)].stats.prefilled_tokens == done[(i, 0)].stats.prompt_tokens for i in ids)
+
+
+def test_a_request_with_a_cached_prefix_prefills_alone_and_only_the_rest(whole_prompt_engine):
+    engine, greedy = whole_prompt_engine, SamplingParams(temperature=0.0)
+    engine.prompt_cache.entries.clear()
+    alone(engine, PROMPTS[0], [greedy])  # its prompt is now in the prompt cache
+    longer = engine.render_prompt(PROMPTS[0]) + "Again"
+    generator = BatchGenerator(engine)
+    fresh = generator.submit(request(engine, PROMPTS[1], [greedy]))
+    reusing = generator.submit(GenerationRequest(longer, [greedy], max_tokens=24))
+    done, streamed = {}, {}
+    collect(generator.step(), done, streamed)
+    assert generator.active_rows == 1, "the head prefills alone: the next one reuses a cached prefix"
+    drain(generator, done, streamed)
+    stats = done[(reusing, 0)].stats
+    assert stats.prefilled_tokens < stats.prompt_tokens
+    assert done[(fresh, 0)].text == alone(engine, PROMPTS[1], [greedy])[0]
+
+
 def test_cancel_frees_the_rows_before_the_next_step(engine):
     generator = BatchGenerator(engine)
     keep = generator.submit(request(engine, PROMPTS[0], [SamplingParams(temperature=0.0)], max_tokens=40))

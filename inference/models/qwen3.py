@@ -254,9 +254,9 @@ class Model:
                                                                    config.num_key_value_heads)
         self.adapter_names: list[str] = []  # in the order they were loaded (lora.apply_adapter)
 
-    def new_cache(self, batch: int = 1) -> list[KVCache]:
+    def new_cache(self, batch: int = 1, left_padding: list[int] | None = None) -> list[KVCache]:
         c = self.config
-        return [KVCache(batch, c.num_key_value_heads, c.head_dim, self.dtype) for _ in self.layers]
+        return [KVCache(batch, c.num_key_value_heads, c.head_dim, self.dtype, left_padding) for _ in self.layers]
 
     def adapter_for(self, adapter: AdapterChoice, rows: int) -> Adapter:
         """What a forward pass of ``rows`` rows runs with: None or False (the base model), an adapter's name, True
