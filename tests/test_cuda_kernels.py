@@ -345,6 +345,32 @@ def batch_cache(model, prompts: list[list[int]], adapter) -> list:
     return cache
 
 
+def test_padded_steps_hand_the_attention_kernel_each_rows_start_and_position(bench_checkpoint, monkeypatch):
+    """Runs everywhere: the model's wiring of the attention kernel (the cache buffers, each row's padding and the new
+    token's position), with the kernel's MLX-ops reference in its place, gives the masked attention's logits."""
+    from inference import Engine
+
+    engine = Engine.load(bench_checkpoint[0])
+    model = engine.model
+    prompt = [9707, 11, 1879, 0, 576, 2150]
+    prompts = [prompt[:6], prompt[:2], prompt[:5], prompt[:1]]
+    calls, steps = [], {}
+
+    def kernel_stand_in(*args):
+        calls.append(args[3].tolist())
+        return attention.reference(*args)
+
+    monkeypatch.setattr(attention, "decode_attention", kernel_stand_in)
+    for wired in (False, True):
+        monkeypatch.setattr(model, "padded_attention_kernel", wired)
+        cache = batch_cache(model, prompts, None)
+        first = model.decode(mx.array([[13], [42], [7], [99]]), cache)
+        steps[wired] = mx.stack([first, model.decode(mx.argmax(first, axis=-1)[:, None], cache)])
+        assert len(calls) == (2 * len(model.layers) if wired else 0)
+    assert calls[0] == [0, 4, 1, 5]  # each row's left padding
+    assert mx.allclose(steps[True], steps[False], atol=1e-4).item()
+
+
 @needs_cuda
 @pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
 @pytest.mark.parametrize("padded", [False, True], ids=["one-prompt", "padded-rows"])
