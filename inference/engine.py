@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import mlx.core as mx
@@ -183,10 +183,26 @@ class Engine:
         picked = mx.take_along_axis(logprobs, mx.array(tokens[1:])[:, None], axis=-1)[:, 0]
         return picked.tolist()
 
-    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+    def warmup(self, batch_sizes: Iterable[int] = (1,), own_prompts: bool = False) -> None:
         """Two-token generations at each batch size, so kernels (compiled per shape on a GPU) are ready before the
-        user's first request: the app warms up one draft and a spread's N."""
+        user's first request: the app warms up one draft and a spread's N. With ``own_prompts``, a size runs as that
+        many requests of prompts of their own lengths: a server's left-padded rows, whose steps trace apart from one
+        prompt's drafts."""
         for batch in sorted(set(batch_sizes)):
-            request = GenerationRequest(self.render_prompt("hi"), [SamplingParams()] * batch, max_tokens=2)
-            for _ in self.generate(request):
-                pass
+            if not own_prompts:
+                request = GenerationRequest(self.render_prompt("hi"), [SamplingParams()] * batch, max_tokens=2)
+                for _ in self.generate(request):
+                    pass
+                continue
+            generator = BatchGenerator(self, max_rows=batch)
+            for row in range(batch):
+                generator.submit(GenerationRequest(self.render_prompt("hi" + " there" * row), [SamplingParams()],
+                                                   max_tokens=2))
+            while generator.has_work:
+                generator.step()
+
+    @property
+    def compiles_per_batch_size(self) -> bool:
+        """Whether each new batch size costs a compilation (MLX on a GPU: its compiled steps and kernels), which a
+        server pays at start rather than in a client's first token."""
+        return mx.default_device().type == mx.DeviceType.gpu

@@ -117,3 +117,33 @@ def test_sigterm_ends_streams_with_an_error_event_and_exits_cleanly(tmp_path):
     with pytest.raises(OSError):
         server.health()  # no longer listening
     conn.close()
+
+
+@pytest.mark.parametrize("compiles", [False, True], ids=["cpu", "gpu"])
+def test_where_batch_sizes_compile_the_server_warms_every_one_before_listening(tiny_models, monkeypatch, compiles):
+    """On a GPU each batch size compiles: the engine thread runs every size a client's rows may make (one prompt's
+    drafts and left-padded requests) before the server answers, so no client's first token waits for it."""
+    import asyncio
+
+    from bobby_tui.server.worker import EngineWorker, batch_generator
+    from inference import Engine
+
+    warmed = []
+
+    def load():
+        engine = Engine.load(tiny_models["q4-g64-tied"][0])
+        monkeypatch.setattr(Engine, "compiles_per_batch_size", property(lambda self: compiles))
+        original = engine.warmup
+        monkeypatch.setattr(engine, "warmup", lambda sizes=(1,), own_prompts=False: (
+            warmed.append((tuple(sizes), own_prompts)), original(sizes, own_prompts)))
+        return engine
+
+    worker = EngineWorker(load, batch_generator, max_rows=4, log=print)
+    loop = asyncio.new_event_loop()
+    try:
+        worker.start(loop)
+    finally:
+        worker.stop()
+        loop.close()
+    expected = [((1,), False)] + ([((2, 3, 4), False), ((2, 3, 4), True)] if compiles else [])
+    assert warmed == expected

@@ -154,6 +154,9 @@ class EngineWorker:
         try:
             engine = self._load()
             engine.warmup()
+            if engine.compiles_per_batch_size:  # every batch size a client's rows may make, one prompt's or padded
+                engine.warmup(range(2, self._max_rows + 1))
+                engine.warmup(range(2, self._max_rows + 1), own_prompts=True)
             self.info = EngineInfo(engine.model_name, engine.adapter_name, engine.adapter_enabled,
                                    engine.model.config.max_position_embeddings, engine.tokenizer)
         except BaseException as err:  # re-raised by start() on the caller's thread
