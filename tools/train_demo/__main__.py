@@ -36,6 +36,11 @@ BASE_RUNS = {
                        "recipe": {"swap_share": 0.8, "lead_share": 0.5, "drill_share": 0.3}},
     "copy-heavy": {"max_steps": 9000, "dropout": 0.1,
                    "recipe": {"swap_share": 1.0, "lead_share": 0.3, "drill_share": 0.6}},
+    "drills": {"max_steps": 9000, "dropout": 0.1, "recipe": {"swap_share": 1.0, "lead_share": 0.3, "drill_share": 2.0}},
+    "drill-probe": {"max_steps": 9000, "dropout": 0.0,
+                    "recipe": {"swap_share": 1.0, "lead_share": 0.3, "drill_share": 5.0}},
+    "drills-first": {"max_steps": 9000, "dropout": 0.1,
+                     "recipe": {"swap_share": 0.8, "lead_share": 0.3, "drill_share": 0.3, "drill_first_steps": 400}},
     "swap-only": {"max_steps": 9000, "dropout": 0.1, "recipe": {"swap_share": 0.8}},
 }
 # Shapes other than qwen3.Qwen3Shape's defaults, by name: `tiny` for a mechanism check on the CPU in minutes.
@@ -141,11 +146,11 @@ def step_quantize(args) -> None:
 
 
 def step_lora(args) -> None:
-    from .lora import NUM_LAYERS, train_lora
+    from .lora import ITERS, NUM_LAYERS, train_lora
 
     num_layers = args.num_layers or NUM_LAYERS
     log = train_lora(args.model or DEMO / "model", DATA, args.out or DEMO / "adapter",
-                     args.out.parent if args.out else WORK, num_layers=num_layers,
+                     args.out.parent if args.out else WORK, num_layers=num_layers, iters=args.iters or ITERS,
                      shipped_paths={"model": "bobby_tui/demo/model", "adapter_path": "bobby_tui/demo/adapter",
                                     "data": f"build/demo/lora-data-{num_layers}"})
     print({k: v for k, v in log.items() if k not in ("train", "valid")})
@@ -181,6 +186,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="base: seed (init, shuffling, requests)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--num-layers", type=int, help="lora: adapt this many last blocks")
+    parser.add_argument("--iters", type=int, help="lora: train this many iterations (a smoke test: 10)")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="base: a named shape instead of the default one")
     parser.add_argument("--runs-dir", type=Path, default=RUNS, help="base, quantize: the runs' folder")
     parser.add_argument("--out", type=Path, help="quantize, lora: write the model or adapter here instead of "

@@ -42,11 +42,14 @@ class CopyRecipe:
     swap_share: of the topic requests, the share that names a noun of the swap pool instead of the fortune's own,
     swapped into the answer (corpus.swap_noun), so the request is the only predictor of that word.
     lead_share: of the topic answers, the share opened by one of LEADS naming the request's word.
-    drill_share: copy drills (DRILL_REQUESTS) added to each epoch, as a share of its conversations.
+    drill_share: copy drills (DRILL_REQUESTS) added to each epoch, as a share of its fortunes.
+    drill_first_steps: steps at the start that train on copy drills alone, so the copying head forms before the
+    fortunes are memorised (a toy copy task alone teaches this model shape to copy in ~300 steps).
     """
     swap_share: float = 0.0
     lead_share: float = 0.0
     drill_share: float = 0.0
+    drill_first_steps: int = 0
 
 
 NO_COPYING = CopyRecipe()  # the shipped model's recipe: topic requests about the fortune's own nouns

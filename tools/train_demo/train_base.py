@@ -48,6 +48,7 @@ PATIENCE = 5  # evaluations without a new best validation loss
 NOUN_TOKENS = 3  # pool nouns take at most this many tokens (with their leading space)
 DEV_NOUN_EVERY = 25  # every 25th pool noun is held out: the swapped validation's and copy_gain's nouns
 COPY_GAIN_TEXTS = 40
+DRILL_VALID = 200
 
 
 class ExampleMaker:
@@ -202,6 +203,9 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     swapped = swapped_held_out(held_out, dev_nouns)
     swapped_valid = [maker.pair(f"Write a post about {noun}.", answer) for noun, _, answer in swapped]
     gain_texts = swapped[:COPY_GAIN_TEXTS]
+    # Copy drills of held-out nouns: their loss falls towards 0 once the model copies from its request.
+    drill_rng = random.Random(0)
+    drill_valid = [maker.pair(*copy_drill(drill_rng, dev_nouns)) for _ in range(DRILL_VALID)]
     copying = recipe != NO_COPYING
 
     def selection_loss() -> tuple[float, float]:
@@ -226,8 +230,11 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     model.train()
     stop = None
     while stop is None:
-        epoch = ([maker.make(f, rng) for f in train] + plain
-                 + [maker.drill(rng) for _ in range(round(recipe.drill_share * len(train)))])
+        if step < recipe.drill_first_steps:
+            epoch = [maker.drill(rng) for _ in range((recipe.drill_first_steps - step) * BATCH_SIZE)]
+        else:
+            epoch = ([maker.make(f, rng) for f in train] + plain
+                     + [maker.drill(rng) for _ in range(round(recipe.drill_share * len(train)))])
         epochs += 1
         for batch in batches(epoch, rng, BATCH_SIZE):
             for group in optimizer.param_groups:
@@ -251,7 +258,7 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
                 record = {"step": step, "epoch": epochs, "lr": round(lr_at(step, max_steps, peak_lr), 6),
                           "train_loss": round(loss.item(), 4), "valid_loss": round(valid_loss, 4),
                           "plain_valid_loss": round(plain_loss, 4),
-                          "copy_gain": round(gain, 3),
+                          "copy_gain": round(gain, 3), "drill_loss": round(mean_loss(model, drill_valid, pad_id), 4),
                           "tokens": tokens, "seconds": round(time.time() - started, 1)}
                 print(json.dumps(record), file=log, flush=True)
                 print(json.dumps(record), flush=True)
