@@ -6,7 +6,9 @@ off), so training sees exactly the token sequence the app's engine will feed the
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -54,6 +56,32 @@ class CopyRecipe:
 
 NO_COPYING = CopyRecipe()  # the shipped model's recipe: topic requests about the fortune's own nouns
 
+
+@dataclass(frozen=True)
+class NounPool:
+    """The nouns swaps and drills name, drawn in proportion to 1 + the square root of their count in the training
+    texts: about half the draws are nouns the corpus uses often (as the measured EVAL_NOUNS are), the rest rare ones,
+    so the model learns to copy a familiar word as well as an unfamiliar one."""
+    nouns: tuple[str, ...]
+    cum_weights: tuple[float, ...]
+
+    @classmethod
+    def weighted(cls, nouns: list[str], counts: dict[str, int]) -> NounPool:
+        return cls(tuple(nouns), tuple(itertools.accumulate(1 + math.sqrt(counts.get(w, 0)) for w in nouns)))
+
+    def __len__(self) -> int:
+        return len(self.nouns)
+
+    def draw(self, rng: random.Random) -> str:
+        return rng.choices(self.nouns, cum_weights=self.cum_weights)[0]
+
+    def sample(self, rng: random.Random, k: int) -> list[str]:
+        """k different nouns."""
+        out: dict[str, None] = {}
+        while len(out) < k:
+            out[self.draw(rng)] = None
+        return list(out)
+
 def request_for(fortune: Fortune, rng: random.Random) -> str:
     """A user request this fortune answers: most often about one of its nouns, else a plain one."""
     if fortune.topics and rng.random() < TOPIC_SHARE:
@@ -76,7 +104,7 @@ def swappable_nouns(fortune: Fortune) -> list[str]:
 
 
 def conversation_for(fortune: Fortune, rng: random.Random, recipe: CopyRecipe = NO_COPYING,
-                     swap_pool: tuple[str, ...] = ()) -> tuple[str, str]:
+                     swap_pool: NounPool | None = None) -> tuple[str, str]:
     """(request, answer) for a fortune: request_for's mix, with the recipe's swapped nouns and leads."""
     if not fortune.topics or rng.random() >= TOPIC_SHARE:
         return rng.choice(GENERIC_REQUESTS), fortune.text
@@ -84,16 +112,16 @@ def conversation_for(fortune: Fortune, rng: random.Random, recipe: CopyRecipe = 
     swappable = swappable_nouns(fortune)
     if swap_pool and swappable and rng.random() < recipe.swap_share:
         own = rng.choice(swappable)
-        word = rng.choice(swap_pool)
+        word = swap_pool.draw(rng)
         text = swap_noun(text, own, word)
     if rng.random() < recipe.lead_share:
         text = rng.choice(LEADS).format(word=word) + text
     return rng.choice(TOPIC_REQUESTS).format(word=word), text
 
 
-def copy_drill(rng: random.Random, pool: tuple[str, ...]) -> tuple[str, str]:
+def copy_drill(rng: random.Random, pool: NounPool) -> tuple[str, str]:
     """(request, answer): a few pool nouns, and an answer that repeats them in order ("Here: a b c.")."""
-    words = rng.sample(pool, rng.randint(*DRILL_WORDS))
+    words = pool.sample(rng, rng.randint(*DRILL_WORDS))
     return rng.choice(DRILL_REQUESTS).format(words=" ".join(words)), "Here: " + " ".join(words) + "."
 
 

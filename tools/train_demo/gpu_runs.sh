@@ -34,20 +34,26 @@ wait
 for run in $runs; do
   echo "$run: $(tail -n 1 "$runs_dir/$run/train_base.log" 2>/dev/null)"
 done
-lora_seconds=$((deadline - SECONDS - 20))
-[ "$lora_seconds" -lt 30 ] && lora_seconds=30
-echo "base runs done at ${SECONDS} s; quantize + LoRA within ${lora_seconds} s"
 for run in $runs; do
   dir=$runs_dir/$run
   [ -f "$dir/model/model.safetensors" ] || { echo "$run: no checkpoint"; continue; }
-  (timeout 60 "$python" -m tools.train_demo quantize --run "$run" --out "$dir/model-4bit" > "$dir/quantize.log" 2>&1 &&
-   timeout "$lora_seconds" "$python" -m tools.train_demo lora --model "$dir/model-4bit" --out "$dir/adapter" \
-     "${lora_args[@]}" > "$dir/lora.log" 2>&1) &
+  timeout 60 "$python" -m tools.train_demo quantize --run "$run" --out "$dir/model-4bit" > "$dir/quantize.log" 2>&1 &
+done
+wait
+# The adapters get what is left before the deadline, so the archives are written whatever happens to them.
+lora_seconds=$((deadline - SECONDS - 15))
+[ "$lora_seconds" -lt 20 ] && lora_seconds=20
+echo "quantized at ${SECONDS} s; LoRA within ${lora_seconds} s"
+for run in $runs; do
+  dir=$runs_dir/$run
+  [ -f "$dir/model-4bit/config.json" ] || { echo "$run: not quantized"; continue; }
+  timeout "$lora_seconds" "$python" -m tools.train_demo lora --model "$dir/model-4bit" --out "$dir/adapter" \
+    "${lora_args[@]}" > "$dir/lora.log" 2>&1 &
 done
 wait
 for run in $runs; do
   dir=$runs_dir/$run
-  echo "$run: $(tail -n 1 "$dir/lora.log" 2>/dev/null | cut -c1-300)"
+  echo "$run: $(tail -n 2 "$dir/lora.log" 2>/dev/null | cut -c1-300)"
   tar czf "$out/demo-$run.tgz" -C "$runs_dir" --exclude="$run/model" --exclude="$run/lora-data-*" "$run"
   ls -l "$out/demo-$run.tgz"
 done

@@ -17,7 +17,9 @@ import copy
 import json
 import math
 import random
+import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ from .chat import (
     ChatTemplate,
     CopyRecipe,
     Example,
+    NounPool,
     conversation_for,
     copy_drill,
     encode_example,
@@ -55,7 +58,7 @@ class ExampleMaker:
     """Fresh requests every epoch (the same fortune, asked for in different words)."""
 
     def __init__(self, tokenizer: Tokenizer, template: ChatTemplate, recipe: CopyRecipe = NO_COPYING,
-                 swap_pool: tuple[str, ...] = ()):
+                 swap_pool: NounPool | None = None):
         self._tokenizer, self._template = tokenizer, template
         self._text_end = tokenizer.token_to_id("<|endoftext|>")
         self._recipe, self._swap_pool = recipe, swap_pool
@@ -116,15 +119,16 @@ def batch_loss(model: Qwen3ForCausalLM, batch: list[Example], pad_id: int) -> tu
     return F.cross_entropy(logits.float(), targets), len(targets)
 
 
-def noun_pools(tokenizer: Tokenizer, nouns_file: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def noun_pools(tokenizer: Tokenizer, nouns_file: Path, texts: list[str]) -> tuple[NounPool, NounPool]:
     """(training pool, held-out dev nouns): the corpus step's dictionary nouns (corpus.dictionary_nouns) of at most
-    NOUN_TOKENS tokens after a space."""
+    NOUN_TOKENS tokens after a space, weighted by their counts in ``texts``."""
     nouns = [w for w in nouns_file.read_text().split() if len(tokenizer.encode(" " + w).ids) <= NOUN_TOKENS]
-    return (tuple(w for i, w in enumerate(nouns) if i % DEV_NOUN_EVERY),
-            tuple(w for i, w in enumerate(nouns) if not i % DEV_NOUN_EVERY))
+    counts = Counter(w for text in texts for w in re.findall(r"[a-z]+", text.lower()))
+    return (NounPool.weighted([w for i, w in enumerate(nouns) if i % DEV_NOUN_EVERY], counts),
+            NounPool.weighted([w for i, w in enumerate(nouns) if not i % DEV_NOUN_EVERY], counts))
 
 
-def swapped_held_out(fortunes: list[Fortune], dev_nouns: tuple[str, ...]) -> list[tuple[str, str, str]]:
+def swapped_held_out(fortunes: list[Fortune], dev_nouns: NounPool) -> list[tuple[str, str, str]]:
     """Fixed (noun, other noun, answer): each held-out fortune with a swappable noun, swapped for a dev noun in turn;
     the other noun is another dev noun, for the request that does not name the answer's."""
     rng = random.Random(0)
@@ -132,7 +136,7 @@ def swapped_held_out(fortunes: list[Fortune], dev_nouns: tuple[str, ...]) -> lis
     for fortune in fortunes:
         nouns = swappable_nouns(fortune)
         if nouns:
-            noun, other = rng.sample(dev_nouns, 2)
+            noun, other = dev_nouns.sample(rng, 2)
             out.append((noun, other, swap_noun(fortune.text, nouns[0], noun)))
     return out
 
@@ -193,10 +197,11 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     device_ = torch.device(device)
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     pad_id = tokenizer.token_to_id("<|endoftext|>")
-    swap_pool, dev_nouns = noun_pools(tokenizer, data_dir / "nouns.txt")
-    maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"), recipe, swap_pool)
     train = load_split(data_dir / "train.jsonl")
-    plain = [maker.plain(f) for f in load_split(data_dir / "text_train.jsonl")]
+    texts = load_split(data_dir / "text_train.jsonl")
+    swap_pool, dev_nouns = noun_pools(tokenizer, data_dir / "nouns.txt", [f.text for f in train + texts])
+    maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"), recipe, swap_pool)
+    plain = [maker.plain(f) for f in texts]
     # Validation requests are fixed (seeded per text): the loss moves with the model, not with the wording.
     held_out = load_split(data_dir / "valid.jsonl")
     valid = [maker.make(f, random.Random(i)) for i, f in enumerate(held_out)]
