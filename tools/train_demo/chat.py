@@ -59,9 +59,10 @@ NO_COPYING = CopyRecipe()  # the shipped model's recipe: topic requests about th
 
 @dataclass(frozen=True)
 class NounPool:
-    """The nouns swaps and drills name, drawn in proportion to 1 + the square root of their count in the training
-    texts: about half the draws are nouns the corpus uses often (as the measured EVAL_NOUNS are), the rest rare ones,
-    so the model learns to copy a familiar word as well as an unfamiliar one."""
+    """The nouns swaps and drills name. A swap draws in proportion to 1 + the square root of the noun's count in the
+    training texts: about half the draws are nouns the corpus uses often (as the measured EVAL_NOUNS are), so the
+    model learns to copy a familiar word into a fortune as well as an unfamiliar one. A drill draws uniformly (mostly
+    rare nouns, which nothing but copying predicts): copying formed sooner with those on the CPU."""
     nouns: tuple[str, ...]
     cum_weights: tuple[float, ...]
 
@@ -76,11 +77,8 @@ class NounPool:
         return rng.choices(self.nouns, cum_weights=self.cum_weights)[0]
 
     def sample(self, rng: random.Random, k: int) -> list[str]:
-        """k different nouns."""
-        out: dict[str, None] = {}
-        while len(out) < k:
-            out[self.draw(rng)] = None
-        return list(out)
+        """k different nouns, uniformly."""
+        return rng.sample(self.nouns, k)
 
 def request_for(fortune: Fortune, rng: random.Random) -> str:
     """A user request this fortune answers: most often about one of its nouns, else a plain one."""

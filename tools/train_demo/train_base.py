@@ -136,7 +136,9 @@ def swapped_held_out(fortunes: list[Fortune], dev_nouns: NounPool) -> list[tuple
     for fortune in fortunes:
         nouns = swappable_nouns(fortune)
         if nouns:
-            noun, other = dev_nouns.sample(rng, 2)
+            noun, other = dev_nouns.draw(rng), dev_nouns.draw(rng)
+            while other == noun:
+                other = dev_nouns.draw(rng)
             out.append((noun, other, swap_noun(fortune.text, nouns[0], noun)))
     return out
 
