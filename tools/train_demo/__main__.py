@@ -42,6 +42,14 @@ BASE_RUNS = {
     "drills-first-lead": {"max_steps": 5000, "dropout": 0.1,
                           "recipe": {"swap_share": 1.0, "lead_share": 0.5, "drill_share": 1.0,
                                      "drill_first_steps": 600}},
+    # Continuations (base --init-from drills-first-lead's 4-bit model, which its time limit stopped while its
+    # validation loss still fell): a re-warmed, lower peak learning rate; the lead's share of topic answers raised.
+    "lead-on": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
+                "recipe": {"swap_share": 1.0, "lead_share": 0.5, "drill_share": 1.0}},
+    "lead-more": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
+                  "recipe": {"swap_share": 1.0, "lead_share": 0.8, "drill_share": 1.0}},
+    "lead-more-slow": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 2.5e-4,
+                       "recipe": {"swap_share": 1.0, "lead_share": 0.8, "drill_share": 1.0}},
 }
 # Shapes other than qwen3.Qwen3Shape's defaults, by name: `tiny` for a mechanism check on the CPU in minutes.
 SHAPES = {
@@ -119,12 +127,14 @@ def step_base(args) -> None:
         settings = dict(BASE_RUNS[name], max_seconds=args.max_seconds, seed=args.seed)
         if args.max_steps is not None:
             settings["max_steps"] = args.max_steps
-        shape = Qwen3Shape(vocab_size=vocab_size, **SHAPES.get(args.shape, {}))
+        # A continuation keeps its checkpoint's shape.
+        shape = None if args.init_from else Qwen3Shape(vocab_size=vocab_size, **SHAPES.get(args.shape, {}))
         recipe = CopyRecipe(**settings.pop("recipe", {}))
         model, summary = train_base(DATA, TOKENIZER, run_dir, device=args.device, shape=shape, recipe=recipe,
-                                    **settings)
+                                    init_from=args.init_from, **settings)
         save_float_checkpoint(model, TOKENIZER, run_dir / "model")
         (run_dir / "summary.json").write_text(json.dumps(dict(summary, run=name, shape=args.shape,
+                                                              init_from=args.init_from and str(args.init_from),
                                                               recipe=recipe.__dict__, **settings), indent=2) + "\n")
 
 
@@ -188,11 +198,16 @@ def main() -> None:
     parser.add_argument("--num-layers", type=int, help="lora: adapt this many last blocks")
     parser.add_argument("--iters", type=int, help="lora: train this many iterations (a smoke test: 10)")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="base: a named shape instead of the default one")
+    parser.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
+                        help="base: train on from this 4-bit checkpoint (the quantize step's output) instead of "
+                        "from random init")
     parser.add_argument("--runs-dir", type=Path, default=RUNS, help="base, quantize: the runs' folder")
     parser.add_argument("--out", type=Path, help="quantize, lora: write the model or adapter here instead of "
                         "bobby_tui/demo/model or bobby_tui/demo/adapter")
     parser.add_argument("--model", type=Path, help="lora: adapt this 4-bit model instead of bobby_tui/demo/model")
     args = parser.parse_args()
+    if args.init_from and args.shape:
+        parser.error("--init-from trains on in its checkpoint's shape: leave out --shape")
     WORK.mkdir(parents=True, exist_ok=True)
     for name in STEPS if args.step == "all" else (args.step,):
         started = time.time()

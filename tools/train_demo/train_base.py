@@ -1,4 +1,5 @@
-"""Step 3: the base model, trained from random init with torch (on the GPU machine; the CPU for a smoke test).
+"""Step 3: the base model, trained from random init with torch (on the GPU machine; the CPU for a smoke test), or
+on from a 4-bit checkpoint of an earlier run (its weights dequantized).
 
 Each epoch: every answer-length fortune as a ChatML conversation with a fresh request (chat.conversation_for), plus
 every other-length fortune as plain text (the model reads more English than it answers with). A CopyRecipe adds what
@@ -38,6 +39,7 @@ from .chat import (
     swappable_nouns,
 )
 from .corpus import Fortune, load_split, swap_noun
+from .export import load_quantized_checkpoint
 from .qwen3 import Qwen3ForCausalLM, Qwen3Shape
 
 BATCH_SIZE = 32
@@ -192,8 +194,11 @@ def lr_at(step: int, total_steps: int, peak_lr: float) -> float:
 
 def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: int, max_seconds: float,
                seed: int = 0, peak_lr: float = PEAK_LR, dropout: float = DROPOUT, shape: Qwen3Shape | None = None,
-               device: str = "cpu", recipe: CopyRecipe = NO_COPYING) -> tuple[Qwen3ForCausalLM, dict]:
-    """Trains from random init; returns the model with its best weights (by validation loss) and a summary."""
+               device: str = "cpu", recipe: CopyRecipe = NO_COPYING,
+               init_from: Path | None = None) -> tuple[Qwen3ForCausalLM, dict]:
+    """Trains from random init, or on from the 4-bit checkpoint init_from (its dequantized weights and shape, with
+    a fresh optimizer and schedule); returns the model with its best weights (by validation loss, the starting
+    weights included) and a summary."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device_ = torch.device(device)
@@ -220,8 +225,17 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
         plain_loss = mean_loss(model, valid, pad_id)
         return ((plain_loss + mean_loss(model, swapped_valid, pad_id)) / 2 if copying else plain_loss), plain_loss
 
+    init_state = None
+    if init_from is not None:
+        shape, init_state = load_quantized_checkpoint(init_from)
+        if shape.vocab_size != tokenizer.get_vocab_size():
+            raise SystemExit(f"{init_from / 'config.json'}: vocab_size {shape.vocab_size}, but the tokenizer has "
+                             f"{tokenizer.get_vocab_size()} tokens")
     shape = shape or Qwen3Shape(vocab_size=tokenizer.get_vocab_size())
-    model = Qwen3ForCausalLM(shape, dropout).to(device_)
+    model = Qwen3ForCausalLM(shape, dropout)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model.to(device_)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
@@ -230,9 +244,14 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     log = open(work_dir / "train_base.log", "a")
     print(json.dumps({"start": {"max_steps": max_steps, "max_seconds": max_seconds, "peak_lr": peak_lr,
                                 "dropout": dropout, "seed": seed, "device": device, "shape": shape.__dict__,
-                                "recipe": recipe.__dict__, "swap_pool": len(swap_pool), "dev_nouns": len(dev_nouns),
+                                "recipe": recipe.__dict__, "init_from": init_from and str(init_from),
+                                "swap_pool": len(swap_pool), "dev_nouns": len(dev_nouns),
                                 "parameters": sum(p.numel() for p in model.parameters())}}), file=log, flush=True)
-    best = {"valid_loss": selection_loss()[0], "step": 0, "state": None}
+    start_loss, start_plain_loss = selection_loss()
+    best = {"valid_loss": start_loss, "step": 0, "state": copy.deepcopy(model.state_dict()),
+            "plain_valid_loss": start_plain_loss, "copy_gain": copy_gain(model, maker, gain_texts, pad_id)}
+    print(json.dumps({"step": 0, "valid_loss": round(start_loss, 4), "plain_valid_loss": round(start_plain_loss, 4),
+                      "copy_gain": round(best["copy_gain"], 3)}), file=log, flush=True)
     step, tokens, epochs, bad_evals, started = 0, 0, 0, 0, time.time()
     model.train()
     stop = None
@@ -277,12 +296,11 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
                     stop = "time limit"
                 if stop:
                     break
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
+    model.load_state_dict(best["state"])
     summary = {"stopped": stop, "steps": step, "epochs": epochs, "tokens": tokens,
                "seconds": round(time.time() - started, 1), "best_step": best["step"],
                "best_valid_loss": round(best["valid_loss"], 4),
-               "best_plain_valid_loss": round(best.get("plain_valid_loss", math.nan), 4),
-               "best_copy_gain": round(best.get("copy_gain", math.nan), 3)}
+               "best_plain_valid_loss": round(best["plain_valid_loss"], 4),
+               "best_copy_gain": round(best["copy_gain"], 3)}
     print(json.dumps({"summary": summary}), file=log, flush=True)
     return model.float().cpu().eval(), summary
