@@ -22,9 +22,9 @@ DEMO = REPO / "bobby_tui" / "demo"
 RUNS = WORK / "runs"
 EVAL_TEXTS = 200
 # The base recipe: runs with their own schedule lengths, dropout and copy recipe (chat.CopyRecipe), on the GPU in
-# parallel, each early-stopped on the validation split. The first three built the shipped model; the copy runs train
+# parallel, each early-stopped on the validation split. The first three built the previous model; the copy runs train
 # from the first step on data where only the request's word predicts some answer tokens (issue 12: on-topic drafts),
-# and the targets (tools/train_demo/targets.py) on the CPU pick the one that ships.
+# and the targets (tools/train_demo/targets.py) on the CPU pick the one that ships: drills-first-lead.
 BASE_RUNS = {
     "short": {"max_steps": 4000, "dropout": 0.1},
     "long": {"max_steps": 9000, "dropout": 0.1},
