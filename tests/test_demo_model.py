@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from parity import mlx_lm_greedy, mlx_lm_model, ours_greedy_text
 
@@ -117,3 +118,26 @@ def test_default_drafts_are_english_and_rarely_retried(engine):
     assert english >= 0.9 * len(words), [w for w in words if w not in dictionary]
     assert sum(d.attempts > 1 for d in done) <= 4, [d.text for d in done]
     assert all(len(d.text) >= config.postprocess.min_length for d in done), [d.text for d in done]
+
+
+def test_training_continues_from_the_shipped_weights():
+    """base --init-from: the torch training model, loaded from the shipped 4-bit checkpoint's dequantized weights,
+    computes the logits mlx_lm computes from that checkpoint (so a continuation starts from the shipped model)."""
+    torch = pytest.importorskip("torch", reason="the training pipeline's dependency (the demo-training extra)")
+    import mlx.core as mx
+
+    from tools.train_demo.export import load_quantized_checkpoint
+    from tools.train_demo.qwen3 import Qwen3ForCausalLM
+
+    shape, state = load_quantized_checkpoint(DEMO_MODEL_DIR)
+    model = Qwen3ForCausalLM(shape)
+    model.load_state_dict(state)
+    reference, tokenizer = mlx_lm_model(DEMO_MODEL_DIR)
+    ids = tokenizer.encode(Engine.load(DEMO_MODEL_DIR).render_prompt(REQUEST), add_special_tokens=False)
+    with torch.no_grad():
+        ours = model.eval()(torch.tensor([ids]))[0].numpy()
+    theirs = reference(mx.array([ids]))[0].astype(mx.float32)
+    theirs = np.array(theirs)
+    assert ours.shape == theirs.shape
+    assert abs(ours - theirs).max() < 1e-3  # float32 both sides (logits up to ~10)
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()

@@ -221,6 +221,18 @@ def swap_noun(text: str, noun: str, replacement: str) -> str:
     return re.sub(rf"\b({re.escape(plural(noun))}|{re.escape(noun)})\b", replace, text, flags=re.IGNORECASE)
 
 
+def dictionary_nouns(dictionary: Path = DICTIONARY) -> list[str]:
+    """Countable nouns of the dictionary, none of EVAL_NOUNS or their plurals, none blocked: lowercase words with a
+    possessive ("cart's") and a plural ("carts") listed (wamerican lists those forms for nouns only), not themselves
+    ending in "s". Some 13,000 words: the swaps and drills draw from far more nouns than the corpus's ~1,000, so
+    only a copy of the request's word, not a word learned per noun, predicts them."""
+    listed = set(dictionary.read_text(encoding="utf-8", errors="replace").split())
+    low, high = TOPIC_WORD_CHARS
+    return sorted(w for w in listed
+                  if re.fullmatch(rf"[a-z]{{{low},{high}}}", w) and not w.endswith("s") and f"{w}'s" in listed
+                  and plural(w) in listed and w not in excluded_topics() and w not in BLOCKED_WORDS)
+
+
 def with_topics(fortunes: list[Fortune]) -> list[Fortune]:
     """Each fortune with the corpus nouns of its own text that a request may name, in text order."""
     nouns = corpus_nouns(fortunes) - excluded_topics()

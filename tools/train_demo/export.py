@@ -1,4 +1,5 @@
-"""Writing the trained torch model as a Qwen3 checkpoint, then 4-bit in the mlx-community layout."""
+"""Writing the trained torch model as a Qwen3 checkpoint, then 4-bit in the mlx-community layout; reading a 4-bit
+checkpoint back as float weights, to continue training it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import save_file
+import torch
+from safetensors.torch import load_file, save_file
 
 from .qwen3 import Qwen3ForCausalLM, Qwen3Shape
 
@@ -75,3 +77,42 @@ def quantize_checkpoint(float_dir: Path, out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
     for name in TOKENIZER_FILES:
         shutil.copy(float_dir / name, out_dir / name)
+
+
+def shape_of(config: dict) -> Qwen3Shape:
+    """The model shape a config.json (hf_config's fields) describes."""
+    return Qwen3Shape(**{name: config[name] for name in Qwen3Shape.__dataclass_fields__})
+
+
+def dequantize(packed: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, bits: int, group_size: int
+               ) -> torch.Tensor:
+    """MLX's affine dequantization: each uint32 packs 32 // bits values, lowest bits first; value * scale + bias,
+    one scale and bias per group_size consecutive inputs of a row."""
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    # int32 arithmetic (torch's uint32 has no shifts); the mask drops the sign bits a right shift brings in.
+    values = (packed.view(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    rows = packed.shape[0]
+    groups = values.reshape(rows, -1, group_size).float()
+    return (groups * scales.float().unsqueeze(-1) + biases.float().unsqueeze(-1)).reshape(rows, -1)
+
+
+def load_quantized_checkpoint(model_dir: Path) -> tuple[Qwen3Shape, dict[str, torch.Tensor]]:
+    """(shape, float32 state dict in the torch model's names) of a checkpoint quantize_checkpoint wrote."""
+    config = json.loads((model_dir / "config.json").read_text())
+    quantization = config.get("quantization")
+    if quantization is None or quantization.get("mode", "affine") != "affine":
+        raise SystemExit(f"{model_dir / 'config.json'}: not an affine-quantized MLX checkpoint")
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(model_dir.glob("model*.safetensors")):
+        tensors.update(load_file(str(path)))
+    state = {}
+    for name, tensor in tensors.items():
+        if name.endswith((".scales", ".biases")):
+            continue
+        if tensor.dtype == torch.uint32:
+            stem = name.removesuffix(".weight")
+            state[name] = dequantize(tensor, tensors[f"{stem}.scales"], tensors[f"{stem}.biases"],
+                                     quantization["bits"], quantization["group_size"])
+        else:
+            state[name] = tensor.float()
+    return shape_of(config), state
