@@ -9,8 +9,9 @@ the answer and its <|im_end|> are scored, as mask_prompt means. The conversation
 mlx_lm's chat format (lora-data-N/), for the record. On a CPU the model is cast to float32 (MLX's CPU
 bf16 is ~50x slower); the 4-bit weights stay as they are.
 The checkpoint: the adapter weights are saved at every evaluation, and the best is shipped (early
-stopping). It learns one
-category's voice (corpus.ADAPTER_CATEGORY), answering the same kinds of requests as the base model.
+stopping). It learns one category's voice (corpus.ADAPTER_CATEGORY), answering the same kinds of requests the
+base model learned to answer, built with the base's copy recipe (COPY_RECIPE): an adapter trained without the
+recipe's swapped nouns and leads unlearns them, and its drafts leave the asked topic.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 import types
 from pathlib import Path
 
-from .chat import ChatTemplate, Example, encode_example, request_for
+from .chat import ChatTemplate, CopyRecipe, Example, NounPool, conversation_for, encode_example
 from .corpus import load_split
 
 RANK = 8
@@ -35,15 +36,28 @@ ITERS = 30  # on the CPU (~14 s an iteration): the validation loss was lowest at
 STEPS_PER_EVAL = 10
 SEED = 0
 COPIES = 8  # each training fortune with this many requests, as the base model sees one per epoch
+# The shipped base's (BASE_RUNS drills-first-lead) swaps and leads; no drills: the adapter learns a voice, not copying.
+COPY_RECIPE = CopyRecipe(swap_share=1.0, lead_share=0.5)
 
 
-def conversations(data_dir: Path) -> dict[str, list[tuple[str, str]]]:
-    """(request, answer) pairs: each training fortune with COPIES requests, each held-out one with one."""
+def swap_nouns(data_dir: Path, tokenizer_file: Path) -> NounPool:
+    """The base's swap pool (train_base.noun_pools), weighted by the base's training texts."""
+    from tokenizers import Tokenizer
+
+    from .train_base import noun_pools  # imports torch: the pipeline's dependency, as mlx_lm is
+
+    texts = [f.text for split in ("train", "text_train") for f in load_split(data_dir / f"{split}.jsonl")]
+    return noun_pools(Tokenizer.from_file(str(tokenizer_file)), data_dir / "nouns.txt", texts)[0]
+
+
+def conversations(data_dir: Path, swap_pool: NounPool) -> dict[str, list[tuple[str, str]]]:
+    """(request, answer) pairs as the base trained on them (COPY_RECIPE): each training fortune with COPIES
+    requests, each held-out one with one."""
     rng = random.Random(SEED)
     out = {}
     for split, copies in (("train", COPIES), ("valid", 1)):
         fortunes = load_split(data_dir / f"adapter_{split}.jsonl")
-        pairs = [(request_for(f, rng), f.text) for _ in range(copies) for f in fortunes]
+        pairs = [conversation_for(f, rng, COPY_RECIPE, swap_pool) for _ in range(copies) for f in fortunes]
         if split == "train":
             rng.shuffle(pairs)
         out[split] = pairs
@@ -100,7 +114,7 @@ def train_lora(model_dir: Path, data_dir: Path, adapter_dir: Path, work_dir: Pat
     from tokenizers import Tokenizer
 
     chat_dir = work_dir / f"lora-data-{num_layers}"  # one per run: runs may go in parallel
-    pairs = conversations(data_dir)
+    pairs = conversations(data_dir, swap_nouns(data_dir, model_dir / "tokenizer.json"))
     log: dict = {"examples": write_chat_data(pairs, chat_dir), "train": [], "valid": []}
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
