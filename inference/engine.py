@@ -189,14 +189,11 @@ class Engine:
         many requests of prompts of their own lengths: a server's left-padded rows, whose steps trace apart from one
         prompt's drafts."""
         for batch in sorted(set(batch_sizes)):
-            if not own_prompts:
-                request = GenerationRequest(self.render_prompt("hi"), [SamplingParams()] * batch, max_tokens=2)
-                for _ in self.generate(request):
-                    pass
-                continue
+            # (prompt, drafts): one prompt's drafts, or one draft each of prompts of their own lengths
+            requests = [("hi" + " there" * row, 1) for row in range(batch)] if own_prompts else [("hi", batch)]
             generator = BatchGenerator(self, max_rows=batch)
-            for row in range(batch):
-                generator.submit(GenerationRequest(self.render_prompt("hi" + " there" * row), [SamplingParams()],
+            for prompt, drafts in requests:
+                generator.submit(GenerationRequest(self.render_prompt(prompt), [SamplingParams()] * drafts,
                                                    max_tokens=2))
             while generator.has_work:
                 generator.step()
