@@ -80,6 +80,7 @@ class NounPool:
         """k different nouns, uniformly."""
         return rng.sample(self.nouns, k)
 
+
 def request_for(fortune: Fortune, rng: random.Random) -> str:
     """A user request this fortune answers: most often about one of its nouns, else a plain one."""
     if fortune.topics and rng.random() < TOPIC_SHARE:
