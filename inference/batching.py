@@ -260,8 +260,11 @@ class BatchGenerator:
 
     def _prefill_together(self) -> list[_Request]:
         """The requests at the head of the queue that can prefill in one forward pass, left-padded to one length:
-        not started, one adapter (the same), a prompt of at most one chunk with nothing of it in the prompt cache
-        (a request that finds a prefix there prefills alone, the rest of it only), and rows that fit now."""
+        not started, one adapter (the same), a prompt of at most one chunk of which the prompt cache holds less
+        than half, and rows that fit now. A request that finds at least half its prompt cached (a refinement, a
+        re-roll) prefills alone, the rest of it only. Less is not worth a pass of its own: every prompt shares the
+        chat template's opening tokens with the cached ones, and clients that arrive at once would otherwise
+        prefill one per step, each waiting for all those before it."""
         together: list[_Request] = []
         rows, chunk = self.active_rows, self.engine.model.options.prefill_chunk
         for entry in self._waiting:
@@ -269,7 +272,8 @@ class BatchGenerator:
                 break
             adapter, drafts = entry.groups[0]
             if (together and adapter != together[0].groups[0][0]) or len(entry.prompt) > chunk \
-                    or rows + len(drafts) > self.max_rows or self.engine.prompt_cache.reusable(entry.prompt, adapter):
+                    or rows + len(drafts) > self.max_rows \
+                    or 2 * self.engine.prompt_cache.reusable(entry.prompt, adapter) >= len(entry.prompt):
                 break
             together.append(entry)
             rows += len(drafts)

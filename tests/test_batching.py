@@ -110,6 +110,27 @@ def test_requests_waiting_together_prefill_in_one_pass_and_each_gives_its_text_a
     assert all(done[(i, 0)].stats.prefilled_tokens == done[(i, 0)].stats.prompt_tokens for i in ids)
 
 
+def test_requests_sharing_only_the_template_opening_with_a_cached_prompt_still_prefill_together(
+        whole_prompt_engine):
+    """Clients arriving at once after an earlier request: each prompt shares the chat template's first tokens with
+    the cached one, which is not worth a pass of its own per request (they would join one per step)."""
+    engine, greedy = whole_prompt_engine, SamplingParams(temperature=0.0)
+    prompts = ["Rain on the roof.", "Owls at night, again and again.", "Trains."]
+    expected = [alone(engine, prompt, [greedy])[0] for prompt in prompts]
+    engine.prompt_cache.entries.clear()
+    alone(engine, PROMPTS[0], [greedy])  # the cache now holds a prompt with the same template opening
+    shared = engine.prompt_cache.reusable(engine.tokenizer.encode(engine.render_prompt(prompts[0])),
+                                               engine.current_adapter)
+    assert shared > 0, "the test needs a shared opening"
+    generator = BatchGenerator(engine)
+    ids = [generator.submit(request(engine, prompt, [greedy])) for prompt in prompts]
+    done, streamed = {}, {}
+    collect(generator.step(), done, streamed)
+    assert generator.active_rows == 3, "one step prefills all three prompts"
+    drain(generator, done, streamed)
+    assert [done[(i, 0)].text for i in ids] == expected
+
+
 def test_a_request_with_a_cached_prefix_prefills_alone_and_only_the_rest(whole_prompt_engine):
     engine, greedy = whole_prompt_engine, SamplingParams(temperature=0.0)
     engine.prompt_cache.entries.clear()
