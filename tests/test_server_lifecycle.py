@@ -147,3 +147,49 @@ def test_where_batch_sizes_compile_the_server_warms_every_one_before_listening(t
         loop.close()
     expected = [((1,), False)] + ([((2, 3, 4), False), ((2, 3, 4), True)] if compiles else [])
     assert warmed == expected
+
+
+@pytest.mark.parametrize(("quiet_s", "first_step_requests"), [(0.5, 3), (0.0, 1)], ids=["window", "no-window"])
+def test_an_idle_engine_takes_requests_arriving_together_into_its_first_step(tiny_models, quiet_s,
+                                                                             first_step_requests):
+    """Clients arriving together prefill in one pass: an idle engine that gets a request waits for the ones that
+    come right after it (here 0.1 s apart, within a 0.5 s quiet window) before its first step."""
+    import asyncio
+
+    from bobby_tui.server.protocol import ServerLimits, parse_chat
+    from bobby_tui.server.worker import EngineWorker, Job
+    from inference import BatchGenerator, Engine
+
+    given_at_step: list[int] = []  # at each step: how many requests the batch had been given
+
+    class RecordingBatch:
+        def __init__(self, engine, max_rows):
+            self.batch, self.given = BatchGenerator(engine, max_rows), 0
+
+        def submit(self, request):
+            self.given += 1
+            return self.batch.submit(request)
+
+        def step(self):
+            given_at_step.append(self.given)
+            return self.batch.step()
+
+        def __getattr__(self, name):  # has_work, active_rows, cancel
+            return getattr(self.batch, name)
+
+    worker = EngineWorker(lambda: Engine.load(tiny_models["q4-g64-tied"][0]), RecordingBatch, max_rows=4, log=print,
+                          arrival_quiet_s=quiet_s, arrival_wait_s=5.0)
+    loop = asyncio.new_event_loop()
+    try:
+        worker.start(loop)
+        for i in range(3):
+            body = {"model": "any", "messages": [{"role": "user", "content": f"post {i}"}], "max_tokens": 4}
+            worker.submit(Job(parse_chat(body, ServerLimits(), None)))
+            time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while not given_at_step and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+        loop.close()
+    assert given_at_step[0] == first_step_requests

@@ -3,8 +3,13 @@ server's clients make) against one request with K drafts of one prompt (rows at 
 ``inference.batching.BatchGenerator`` on this thread. What the load benchmark's per-client rate loses beyond
 this is the HTTP layer's; what the K prompts lose against the one prompt is the padded batch's.
 
+With ``--arrivals``: K requests submitted at once (as K clients arriving together), after a request alone put its
+prompt in the prompt cache: the steps until every one has its first token, their time to first token p50 / p95 and
+the longest step: the server's time to first token without HTTP.
+
     python -m tools.bench.batch_steps --model .bench-cache/tiny --rows 1,8,32
     python -m tools.bench.batch_steps --model .bench-cache/8B --rows 1,4,8,16,32 --steps 64
+    python -m tools.bench.batch_steps --model .bench-cache/8B --rows 1,8,32 --arrivals
 
 A checkpoint with random weights (``tools.bench.checkpoints``; ``--model`` defaults to the tiny shape's, written
 if missing): its rows almost never end by themselves, so every step decodes all K.
@@ -54,6 +59,55 @@ def step_ms(engine, rows: int, steps: int, temperature: float, own_prompts: bool
     return statistics.median(times) * 1000
 
 
+def arrivals(engine, clients: int, temperature: float, max_tokens: int = 8) -> tuple[int, list[float], float]:
+    """``clients`` requests of their own prompts submitted at once: (steps until each has its first token, their
+    times to first token in ms, sorted, the longest of those steps in ms)."""
+    from inference import GenerationRequest, SamplingParams, TokenDelta
+    from inference.batching import BatchGenerator
+
+    batch = BatchGenerator(engine, max(clients, 1))
+    started = time.perf_counter()
+    ids = {batch.submit(GenerationRequest(engine.render_prompt(_prompt(row)),
+                                          [SamplingParams(temperature=temperature, seed=_seed(row))], max_tokens))
+           for row in range(clients)}
+    first: dict[int, float] = {}
+    steps, longest = 0, 0.0
+    while len(first) < clients:
+        step_started = time.perf_counter()
+        events = batch.step()
+        now = time.perf_counter()
+        steps, longest = steps + 1, max(longest, now - step_started)
+        for request_id, event in events:
+            if isinstance(event, TokenDelta) and request_id in ids:
+                first.setdefault(request_id, 1000 * (now - started))
+        if not batch.has_work:
+            raise SystemExit("batch_steps: a request ended without a token")
+    while batch.has_work:
+        batch.step()
+    return steps, sorted(first.values()), 1000 * longest
+
+
+def _print_arrivals(engine, rows: list[int], temperature: float) -> None:
+    from .server_load import _percentile
+
+    list(engine.generate(_alone_request(engine, temperature)))  # the prompt cache holds a prompt, as after any request
+    for clients in rows:  # unmeasured: each batch size's first prefill and steps compile on a GPU
+        arrivals(engine, clients, temperature)
+    print("\nK requests submitted at once, after one alone: time to first token without HTTP")
+    print("| requests | steps until all have a token | TTFT p50 / p95 ms | longest step ms |")
+    print("|---|---|---|---|")
+    for clients in rows:
+        steps, ttfts, longest = arrivals(engine, clients, temperature)
+        print(f"| {clients} | {steps} | {_percentile(ttfts, 50):.0f} / {_percentile(ttfts, 95):.0f} "
+              f"| {longest:.1f} |", flush=True)
+
+
+def _alone_request(engine, temperature: float):
+    from inference import GenerationRequest, SamplingParams
+
+    return GenerationRequest(engine.render_prompt("Write a post."), [SamplingParams(temperature=temperature)], 4)
+
+
 def main() -> None:
     from .checkpoints import SHAPES, qwen_tokenizer_dir, write_checkpoint
     from .engine import load_engine
@@ -64,6 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=48, help="steps timed per K")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--mlx-products", action="store_true", help="MLX's products instead of our CUDA kernels")
+    parser.add_argument("--arrivals", action="store_true", help="time to first token of K requests at once instead")
     args = parser.parse_args()
     if args.model is None:
         args.model = write_checkpoint(Path(".bench-cache/tiny"), SHAPES["tiny"], tokenizer_dir=qwen_tokenizer_dir(),
@@ -71,14 +126,19 @@ def main() -> None:
     engine = load_engine(args.model, None, {"cuda_kernels": False} if args.mlx_products else {})
     engine.warmup()
     kernels = "on" if engine.model.lm_head.kernel else "off"
+    rows = [int(k) for k in args.rows.split(",")]
+    if args.arrivals:
+        print(f"model {args.model.name}, our CUDA kernels {kernels}, temperature {args.temperature}")
+        _print_arrivals(engine, rows, args.temperature)
+        return
     print(f"model {args.model.name}, our CUDA kernels {kernels}: median ms per batch step, {args.steps} steps, "
           f"temperature {args.temperature}")
     print("| rows | one prompt, K drafts | K prompts (padded) | padded / one | tok/s, K prompts |")
     print("|---|---|---|---|---|")
-    for rows in (int(k) for k in args.rows.split(",")):
-        one = step_ms(engine, rows, args.steps, args.temperature, own_prompts=False)
-        own = step_ms(engine, rows, args.steps, args.temperature, own_prompts=True)
-        print(f"| {rows} | {one:.2f} | {own:.2f} | {own / one:.2f}x | {rows * 1000 / own:.0f} |", flush=True)
+    for k in rows:
+        one = step_ms(engine, k, args.steps, args.temperature, own_prompts=False)
+        own = step_ms(engine, k, args.steps, args.temperature, own_prompts=True)
+        print(f"| {k} | {one:.2f} | {own:.2f} | {own / one:.2f}x | {k * 1000 / own:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
