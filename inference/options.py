@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+GPU_DEQUANTIZED_ROWS = 33  # EngineOptions.dequantized_rows on CUDA: past our 4-bit kernel's 32 rows
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class EngineOptions:
     cuda_kernels: bool = False
     # On the CPU, projections dequantized once to dense float32 (inference/dense_cpu.py), where they fit in memory.
     cpu_dense: bool = False
+    # A 4-bit product of at least this many rows (a prefill's tokens) dequantizes its weight and multiplies dense;
+    # 0: never. MLX's quantized_matmul on CUDA is slow for many rows (docs/performance.md, "Prefill").
+    dequantized_rows: int = 0
     # Prompt tokens per forward pass: bounds the attention scores' memory on long prompts, and how long a prompt
     # being prefilled holds up the rows already decoding (inference/batching.py).
     prefill_chunk: int = 512
@@ -35,6 +39,9 @@ class EngineOptions:
             raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} (got {self.compute_dtype!r})")
         if isinstance(self.prefill_chunk, bool) or not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be a positive integer (got {self.prefill_chunk!r})")
+        if isinstance(self.dequantized_rows, bool) or not isinstance(self.dequantized_rows, int) \
+                or self.dequantized_rows < 0:
+            raise ValueError(f"dequantized_rows must be an integer >= 0 (got {self.dequantized_rows!r})")
 
     @classmethod
     def for_device(cls) -> EngineOptions:
@@ -43,7 +50,8 @@ class EngineOptions:
         import mlx.core as mx
 
         if mx.default_device().type == mx.DeviceType.gpu:
-            return cls(compute_dtype="bfloat16", cuda_kernels=mx.cuda.is_available())
+            return cls(compute_dtype="bfloat16", cuda_kernels=mx.cuda.is_available(),
+                       dequantized_rows=GPU_DEQUANTIZED_ROWS if mx.cuda.is_available() else 0)
         return cls(compute_dtype="float32", cpu_dense=True)
 
     @property

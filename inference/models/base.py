@@ -187,24 +187,29 @@ class Linear:
     def out_features(self) -> int:
         return self.weight.shape[0]
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, dequantized: bool = False) -> mx.array:
+        """``dequantized``: a quantized weight is dequantized for this product, which then runs dense."""
         if self.spec is None:
             return x @ self.weight.T
+        if dequantized:
+            return x @ mx.dequantize(self.weight, self.scales, self.biases, group_size=self.spec.group_size,
+                                     bits=self.spec.bits).T
         return mx.quantized_matmul(
             x, self.weight, self.scales, self.biases, transpose=True, group_size=self.spec.group_size,
             bits=self.spec.bits,
         )
 
     def apply(self, x: mx.array, lora: LoRA | list[tuple[LoRA, mx.array]] | None, residual: mx.array | None,
-              kernel: bool) -> mx.array:
+              kernel: bool, dequantized_rows: int = 0) -> mx.array:
         """``residual + x @ W.T + lora(x)``; with ``kernel``, as one CUDA kernel where it covers the shapes. ``lora``
-        as a list: (update, row mask) pairs, rows of a batch running with different adapters (``RowAdapters``)."""
+        as a list: (update, row mask) pairs, rows of a batch running with different adapters (``RowAdapters``).
+        ``dequantized_rows``: from this many rows of ``x`` on (0: never), a quantized weight multiplies dense."""
         one = lora is None or isinstance(lora, LoRA)
         spec = self.spec
         if kernel and one and spec is not None and gemv.covers(x, self.weight, spec.group_size, spec.bits):
             return gemv.quantized_gemv(x, self.weight, self.scales, self.biases, self.spec.group_size,
                                        lora=None if lora is None else (lora.a, lora.b), residual=residual)
-        y = self(x)
+        y = self(x, dequantized=0 < dequantized_rows <= x.size // x.shape[-1])
         if isinstance(lora, LoRA):
             y = y + lora.update(x)
         elif lora is not None:
@@ -286,8 +291,9 @@ class Projection:
     ``a`` matrices side by side and their ``b`` matrices block-diagonal, which gives each member exactly its own update.
     """
 
-    def __init__(self, members: list[Linear], fuse: bool = True, kernel: bool = False):
+    def __init__(self, members: list[Linear], fuse: bool = True, kernel: bool = False, dequantized_rows: int = 0):
         self.kernel = kernel  # our CUDA matrix-vector kernel for few rows (backends/cuda/gemv.py)
+        self.dequantized_rows = dequantized_rows  # EngineOptions.dequantized_rows
         self.sizes = [m.out_features for m in members]
         fused = (concatenate_linears(members) if fuse else None) if len(members) > 1 else members[0]
         self.linears = [fused] if fused is not None else members
@@ -333,7 +339,7 @@ class Projection:
         """One output per member (``split=False``: a fused projection's single output, members side by side);
         ``residual`` (single-member projections only) is added to the output."""
         assert residual is None or len(self.sizes) == 1
-        outs = [linear.apply(x, self._updates(i, adapter), residual, self.kernel)
+        outs = [linear.apply(x, self._updates(i, adapter), residual, self.kernel, self.dequantized_rows)
                 for i, linear in enumerate(self.linears)]
         if not self.fused or len(self.sizes) == 1 or not split:
             return outs

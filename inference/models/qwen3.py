@@ -145,7 +145,7 @@ class Block:
         self.index = index
         self.projections = {
             name: Projection([Linear.from_weights(weights, f"{p}.{key}", quant[f"{p}.{key}"]) for key in keys],
-                             fuse=options.fuse_projections, kernel=kernel)
+                             fuse=options.fuse_projections, kernel=kernel, dequantized_rows=options.dequantized_rows)
             for name, keys in PROJECTION_GROUPS.items()
         }
         self.input_norm = weights[f"{p}.input_layernorm.weight"]

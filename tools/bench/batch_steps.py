@@ -3,9 +3,9 @@ server's clients make) against one request with K drafts of one prompt (rows at 
 ``inference.batching.BatchGenerator`` on this thread. What the load benchmark's per-client rate loses beyond
 this is the HTTP layer's; what the K prompts lose against the one prompt is the padded batch's.
 
-With ``--arrivals``: K requests submitted at once (as K clients arriving together), after a request alone put its
-prompt in the prompt cache: the steps until every one has its first token, their time to first token p50 / p95 and
-the longest step: the server's time to first token without HTTP.
+With ``--arrivals``: K requests of prompts never seen submitted at once (as K clients arriving together), after a
+request alone put its prompt in the prompt cache: the steps until every one has its first token, their time to
+first token p50 / p95 and the longest step: the server's time to first token without HTTP.
 
     python -m tools.bench.batch_steps --model .bench-cache/tiny --rows 1,8,32
     python -m tools.bench.batch_steps --model .bench-cache/8B --rows 1,4,8,16,32 --steps 64
@@ -59,9 +59,10 @@ def step_ms(engine, rows: int, steps: int, temperature: float, own_prompts: bool
     return statistics.median(times) * 1000
 
 
-def arrivals(engine, clients: int, temperature: float, max_tokens: int = 8) -> tuple[int, list[float], float]:
-    """``clients`` requests of their own prompts submitted at once: (steps until each has its first token, their
-    times to first token in ms, sorted, the longest of those steps in ms)."""
+def arrivals(engine, clients: int, temperature: float, first: int, max_tokens: int = 8
+             ) -> tuple[int, list[float], float]:
+    """``clients`` requests of their own prompts (those of clients ``first`` ...) submitted at once: (steps until
+    each has its first token, their times to first token in ms, sorted, the longest of those steps in ms)."""
     from inference import GenerationRequest, SamplingParams, TokenDelta
     from inference.batching import BatchGenerator
 
@@ -69,7 +70,7 @@ def arrivals(engine, clients: int, temperature: float, max_tokens: int = 8) -> t
     started = time.perf_counter()
     ids = {batch.submit(GenerationRequest(engine.render_prompt(_prompt(row)),
                                           [SamplingParams(temperature=temperature, seed=_seed(row))], max_tokens))
-           for row in range(clients)}
+           for row in range(first, first + clients)}
     first: dict[int, float] = {}
     steps, longest = 0, 0.0
     while len(first) < clients:
@@ -92,12 +93,14 @@ def _print_arrivals(engine, rows: list[int], temperature: float) -> None:
 
     list(engine.generate(_alone_request(engine, temperature)))  # the prompt cache holds a prompt, as after any request
     for clients in rows:  # unmeasured: each batch size's first prefill and steps compile on a GPU
-        arrivals(engine, clients, temperature)
+        arrivals(engine, clients, temperature, 0)
+    fresh = 1000  # the measured requests' prompts were never seen: none is in the prompt cache
     print("\nK requests submitted at once, after one alone: time to first token without HTTP")
     print("| requests | steps until all have a token | TTFT p50 / p95 ms | longest step ms |")
     print("|---|---|---|---|")
     for clients in rows:
-        steps, ttfts, longest = arrivals(engine, clients, temperature)
+        steps, ttfts, longest = arrivals(engine, clients, temperature, fresh)
+        fresh += clients
         print(f"| {clients} | {steps} | {_percentile(ttfts, 50):.0f} / {_percentile(ttfts, 95):.0f} "
               f"| {longest:.1f} |", flush=True)
 
@@ -119,16 +122,21 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--mlx-products", action="store_true", help="MLX's products instead of our CUDA kernels")
     parser.add_argument("--arrivals", action="store_true", help="time to first token of K requests at once instead")
+    parser.add_argument("--dequantized-rows", type=int, help="EngineOptions.dequantized_rows (default: the device's)")
     args = parser.parse_args()
     if args.model is None:
         args.model = write_checkpoint(Path(".bench-cache/tiny"), SHAPES["tiny"], tokenizer_dir=qwen_tokenizer_dir(),
                                       reuse=True)
-    engine = load_engine(args.model, None, {"cuda_kernels": False} if args.mlx_products else {})
+    options = {"cuda_kernels": False} if args.mlx_products else {}
+    if args.dequantized_rows is not None:
+        options["dequantized_rows"] = args.dequantized_rows
+    engine = load_engine(args.model, None, options)
     engine.warmup()
     kernels = "on" if engine.model.lm_head.kernel else "off"
     rows = [int(k) for k in args.rows.split(",")]
     if args.arrivals:
-        print(f"model {args.model.name}, our CUDA kernels {kernels}, temperature {args.temperature}")
+        print(f"model {args.model.name}, our CUDA kernels {kernels}, dequantized products from "
+              f"{engine.model.options.dequantized_rows or 'no'} rows, temperature {args.temperature}")
         _print_arrivals(engine, rows, args.temperature)
         return
     print(f"model {args.model.name}, our CUDA kernels {kernels}: median ms per batch step, {args.steps} steps, "

@@ -11,7 +11,7 @@ streams: its time to first token against the same request on an idle server, in 
     python -m tools.bench.server_load --model ~/models/Qwen3-8B-4bit --max-tokens 128 --clients 1,8,32
 
 Each server first serves an unmeasured level (as many clients as the largest level, 8 tokens each), so batch
-sizes compile outside the measurement.
+sizes compile outside the measurement. Each level runs --rounds times (3), its row over all of them.
 
 Bounded: at most 64 clients a level, each level stops after --level-timeout seconds (unfinished streams count as
 errors), and every server started here is stopped here.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -41,6 +42,8 @@ TOPICS = ["the sea", "cats", "rain", "Mondays", "coffee", "trains", "the moon", 
           "bicycles", "libraries", "owls", "tea", "deadlines", "gardens", "clocks", "rivers", "jazz", "maps",
           "lighthouses", "socks", "volcanoes", "chess", "bees", "mirrors", "kites", "fog", "robots", "soup", "stars"]
 MAX_CLIENTS = 64
+# client numbers of the measured levels: past those of the warm-up level, the join test and the HTTP cost's client 0
+FRESH_CLIENTS = itertools.count(1000)
 WARM_TOKENS = 8  # per client of the unmeasured level each server gets first
 START_TIMEOUT_S = 120
 
@@ -122,8 +125,9 @@ def _body(client: int, max_tokens: int, temperature: float, seeds: bool) -> dict
 
 
 async def run_level(url: str, clients: int, max_tokens: int, temperature: float, seeds: bool,
-                    timeout_s: float) -> Level:
-    bodies = [_body(i, max_tokens, temperature, seeds) for i in range(clients)]
+                    timeout_s: float, first_client: int = 0) -> Level:
+    """Clients ``first_client`` .. ``first_client + clients - 1`` at once (each number its own prompt and seed)."""
+    bodies = [_body(first_client + i, max_tokens, temperature, seeds) for i in range(clients)]
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.perf_counter()
@@ -245,9 +249,21 @@ def main_thread_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def measured_level(server: Server, clients: int, args: argparse.Namespace, seeds: bool) -> Level:
-    before = main_thread_cpu_s(server.proc.pid)
-    level = asyncio.run(run_level(server.url, clients, args.max_tokens, args.temperature, seeds, args.level_timeout))
+def measured_level(server: Server, clients: int, args: argparse.Namespace, seeds: bool, loop_cpu: bool = True
+                   ) -> Level:
+    """``args.rounds`` levels of ``clients`` one after another, as one level: its wall time their sum, its
+    results all of theirs (so a time to first token at K = 1 is not a single sample). Every client of every round
+    asks a prompt the server has not seen (a prompt it has seen would find its prefill cached). ``loop_cpu``: the
+    server's main thread is its asyncio loop (ours), whose CPU time the level records."""
+    before = main_thread_cpu_s(server.proc.pid) if loop_cpu else None
+    level = Level(clients, 0.0)
+    for _ in range(args.rounds):
+        one = asyncio.run(run_level(server.url, clients, args.max_tokens, args.temperature, seeds, args.level_timeout,
+                                    first_client=next(FRESH_CLIENTS)))
+        for _ in range(clients - 1):
+            next(FRESH_CLIENTS)
+        level.wall_s += one.wall_s
+        level.results += one.results
     after = main_thread_cpu_s(server.proc.pid)
     if before is not None and after is not None:
         level.loop_cpu_s = after - before
@@ -325,11 +341,13 @@ def main() -> None:
     parser.add_argument("--seeds", action="store_true", help="also run ours with a seed in every request")
     parser.add_argument("--mlx-lm", action="store_true", help="also run mlx_lm.server --decode-concurrency K")
     parser.add_argument("--only-mlx-lm", action="store_true", help="mlx_lm.server alone (a second call of one run)")
-    parser.add_argument("--level-timeout", type=float, default=180.0, help="seconds per K at most")
+    parser.add_argument("--rounds", type=int, default=3, help="times each level runs (one table row for all)")
+    parser.add_argument("--level-timeout", type=float, default=180.0, help="seconds per K and round at most")
     args = parser.parse_args()
     levels = [int(k) for k in args.clients.split(",")]
-    if not all(1 <= k <= MAX_CLIENTS for k in levels) or not 1 <= args.max_tokens <= 4096:
-        parser.error(f"clients must be in [1, {MAX_CLIENTS}] and --max-tokens in [1, 4096]")
+    if not all(1 <= k <= MAX_CLIENTS for k in levels) or not 1 <= args.max_tokens <= 4096 \
+            or not 1 <= args.rounds <= 10:
+        parser.error(f"clients must be in [1, {MAX_CLIENTS}], --max-tokens in [1, 4096] and --rounds in [1, 10]")
     adapter = args.adapter or (DEMO_ADAPTER_DIR if args.model == DEMO_MODEL_DIR else None)
 
     print(f"model {args.model.name}, adapter {adapter.name if adapter else 'none'}, up to {args.max_tokens} tokens "
@@ -357,8 +375,7 @@ def main() -> None:
             server = mlx_lm_server(args.model, adapter, k)
             try:
                 asyncio.run(run_level(server.url, k, WARM_TOKENS, args.temperature, False, args.level_timeout))
-                table.append(asyncio.run(run_level(server.url, k, args.max_tokens, args.temperature, False,
-                                                   args.level_timeout)))
+                table.append(measured_level(server, k, args, False, loop_cpu=False))
             finally:
                 server.stop()
         _print("mlx_lm.server --decode-concurrency K", table)
