@@ -6,10 +6,8 @@ with a CUDA GPU (see docs/performance.md) and are skipped elsewhere, where the e
 the kernels cover, the references, and (where nvcc is installed) the kernel sources' compilation are tested
 everywhere."""
 
-import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -324,9 +322,8 @@ def bench_checkpoint(tmp_path_factory):
     """The benchmarks' tiny shape (real vocabulary, head_dim 64) with the real tokenizer, and their adapter."""
     from tools.bench.checkpoints import SHAPES, qwen_tokenizer_dir, write_adapter, write_checkpoint
 
-    tokenizer_dir = Path(os.environ.get("BOBBY_TEST_TOKENIZER_DIR") or qwen_tokenizer_dir())
     root = tmp_path_factory.mktemp("gemv")
-    model_dir = write_checkpoint(root / "tiny", SHAPES["tiny"], tokenizer_dir=tokenizer_dir)
+    model_dir = write_checkpoint(root / "tiny", SHAPES["tiny"], tokenizer_dir=qwen_tokenizer_dir())
     return model_dir, write_adapter(root / "tiny-adapter", model_dir)
 
 

