@@ -26,7 +26,7 @@ class EngineOptions:
     # On the CPU, projections dequantized once to dense float32 (inference/dense_cpu.py), where they fit in memory.
     cpu_dense: bool = False
     # A 4-bit product of at least this many rows (a prefill's tokens) dequantizes its weight and multiplies dense;
-    # 0: never. MLX's quantized_matmul on CUDA is slow for many rows (docs/performance.md, "Prefill").
+    # 0: never. MLX's quantized_matmul on CUDA is slow for many rows (docs/performance.md, "Serving").
     dequantized_rows: int = 0
     # Prompt tokens per forward pass: bounds the attention scores' memory on long prompts, and how long a prompt
     # being prefilled holds up the rows already decoding (inference/batching.py).
