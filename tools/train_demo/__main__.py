@@ -50,6 +50,26 @@ BASE_RUNS = {
                   "recipe": {"swap_share": 1.0, "lead_share": 0.8, "drill_share": 1.0}},
     "lead-more-slow": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 2.5e-4,
                        "recipe": {"swap_share": 1.0, "lead_share": 0.8, "drill_share": 1.0}},
+    # Echoes (a text read twice: chat.CopyRecipe.echo_share) so that copying covers every token, not only the drilled
+    # nouns' (the shipped model copies a request's word only if it drilled that token: 0.84 for drilled nouns, 0.09
+    # for other words, 0.31 for the EVAL_NOUNS); every topic answer opens with a lead that repeats " about {word}",
+    # which an induction head completes. "-clean": no text with an EVAL_NOUN is echoed. "-on": base --init-from the
+    # shipped model (drills-first-lead).
+    "echo": {"max_steps": 5000, "dropout": 0.1,
+             "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                        "drill_first_steps": 600, "echo_share": 1.0}},
+    "echo-clean": {"max_steps": 5000, "dropout": 0.1,
+                   "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                              "drill_first_steps": 600, "echo_share": 1.0, "echo_eval_nouns": False}},
+    "echo-heavy-clean": {"max_steps": 5000, "dropout": 0.1,
+                         "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                                    "drill_first_steps": 600, "echo_share": 3.0, "echo_eval_nouns": False}},
+    "echo-on": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
+                "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                           "echo_share": 1.0}},
+    "echo-on-clean": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
+                      "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                                 "echo_share": 1.0, "echo_eval_nouns": False}},
 }
 # Shapes other than qwen3.Qwen3Shape's defaults, by name: `tiny` for a mechanism check on the CPU in minutes.
 SHAPES = {
