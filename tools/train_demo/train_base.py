@@ -88,6 +88,12 @@ class ExampleMaker:
         return Example(self._tokenizer.encode(text).ids + [self._text_end], 1)
 
 
+def echo_texts(fortunes: list[Fortune], recipe: CopyRecipe) -> list[Fortune]:
+    """The texts echoes read twice: answer-sized, and, unless the recipe echoes them, none that holds an EVAL_NOUN."""
+    return [f for f in fortunes if len(f.text) <= ECHO_MAX_CHARS
+            and (recipe.echo_eval_nouns or not mentions_eval_noun(f.text))]
+
+
 def batches(examples: list[Example], rng: random.Random, batch_size: int) -> list[list[Example]]:
     """Shuffled batches of similar lengths, so little of each batch is padding."""
     order = examples[:]
@@ -218,8 +224,7 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     swap_pool, dev_nouns = noun_pools(tokenizer, data_dir / "nouns.txt", [f.text for f in train + texts])
     maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"), recipe, swap_pool)
     plain = [maker.plain(f) for f in texts]
-    echo_pool = [f for f in train + texts if len(f.text) <= ECHO_MAX_CHARS
-                 and (recipe.echo_eval_nouns or not mentions_eval_noun(f.text))]
+    echo_pool = echo_texts(train + texts, recipe)
     # Validation requests are fixed (seeded per text): the loss moves with the model, not with the wording.
     held_out = load_split(data_dir / "valid.jsonl")
     valid = [maker.make(f, random.Random(i)) for i, f in enumerate(held_out)]
