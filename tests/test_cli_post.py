@@ -34,7 +34,7 @@ def test_count_drafts_are_printed_and_recorded_for_the_demo_by_default():
 @pytest.fixture(scope="module")
 def json_runs():
     """The same seeded two-draft command, twice."""
-    args = ("post", 2, PROMPT, "--json", "--seed", 11, "--max-tokens", 24, "--temperature", 1.0, "--no-history")
+    args = ("post", 2, PROMPT, "--json", "--seed", 11, "--max-tokens", 12, "--temperature", 1.0, "--no-history")
     return [run_cli(*args) for _ in range(2)]
 
 
@@ -48,10 +48,10 @@ def test_json_lines_carry_the_fields(json_runs):
         assert JSON_FIELDS <= d.keys()
         assert (d["prompt"], d["temperature"], d["top_p"]) == (PROMPT, 1.0, 0.9)
         assert (d["model"], d["adapter"], d["id"]) == (model_dir.name, adapter_dir.name, None)
-        assert 0 < d["generated_tokens"] <= 24 and d["prompt_tokens"] > 0 and d["decode_tok_s"] > 0
+        assert 0 < d["generated_tokens"] <= 12 and d["prompt_tokens"] > 0 and d["decode_tok_s"] > 0
         assert d["seed"] == 11 + d["draft"]  # the user's S+i, whatever attempt produced the text
         assert d["attempt_seed"] == retry_seed(11 + d["draft"], d["attempts"])
-    assert any(d["attempts"] > 1 for d in drafts)  # 24 tokens are short of min_length: drafts were regenerated
+    assert any(d["attempts"] > 1 for d in drafts)  # 12 tokens are short of min_length: drafts were regenerated
     assert not db_path().exists() or Store(db_path()).history() == []  # --no-history
 
 
@@ -170,7 +170,7 @@ def test_special_tokens_the_model_writes_reach_no_post_stream_history_or_export_
 
     config_path().parent.mkdir(parents=True, exist_ok=True)
     config_path().write_text("[postprocess]\nmin_length = 0\n")  # no regeneration: the first attempt is the draft
-    args = ("post", "Write a post.", "--seed", 54, "--max-tokens", 60)  # at this seed the demo writes <|im_start|>
+    args = ("post", "Write a post.", "--seed", 33, "--max-tokens", 60)  # at this seed the demo writes <|im_start|>
     raw = run_cli(*args, "--raw", "--no-history")
     assert raw.returncode == 0 and "<|im_start|>" in raw.stdout
     expected = raw.stdout[:-1].replace("<|im_start|>", "").strip()

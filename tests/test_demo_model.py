@@ -141,3 +141,43 @@ def test_training_continues_from_the_shipped_weights():
     assert ours.shape == theirs.shape
     assert abs(ours - theirs).max() < 1e-3  # float32 both sides (logits up to ~10)
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+
+
+def test_the_echo_recipe_reads_no_measured_noun_twice_and_its_leads_repeat_the_request():
+    """The shipped recipe (BASE_RUNS echo-clean): no text holding an EVAL_NOUN (any case, or its plural) is echoed,
+    an echo is the text twice, and a topic answer opens with a lead holding the request's " about {word}" ids."""
+    pytest.importorskip("torch", reason="the training pipeline's dependency (the demo-training extra)")
+    import random
+
+    from tokenizers import Tokenizer
+
+    from tools.train_demo.chat import LEADS, CopyRecipe, conversation_for, echo
+    from tools.train_demo.corpus import Fortune
+    from tools.train_demo.train_base import ECHO_MAX_CHARS, echo_texts
+
+    measured = [Fortune("c", "Coffee is a drink."), Fortune("c", "Two rivers met."),
+                Fortune("c", "My HOUSE, my rules.")]
+    other = [Fortune("c", "My housemate drinks tea."), Fortune("c", "A horsefly bit me.")]
+    too_long = [Fortune("c", "word " * (ECHO_MAX_CHARS // 5 + 1))]
+    clean = CopyRecipe(echo_share=1.0, echo_eval_nouns=False)
+    assert echo_texts(measured + other + too_long, clean) == other
+    assert echo_texts(measured + other, CopyRecipe(echo_share=1.0)) == measured + other
+    assert echo("A text.") == "A text.\n\nA text."
+
+    tokenizer = Tokenizer.from_file(str(DEMO_MODEL_DIR / "tokenizer.json"))
+    recipe = CopyRecipe(lead_share=1.0, leads="about")
+    fortune = Fortune("c", "The lamp is on the table, and the cat is under it.", ("lamp", "table"))
+    rng = random.Random(0)
+    openings = set()
+    for _ in range(200):
+        request, answer = conversation_for(fortune, rng, recipe)
+        if "about" not in request:
+            continue  # a plain request: no lead
+        word = request.rstrip(".").rsplit(" ", 1)[1]
+        lead = next(lead.format(word=word) for lead in LEADS["about"] if answer.startswith(lead.format(word=word)))
+        openings.add(lead.split(" about")[0])
+        about_word = tokenizer.encode(f" about {word}").ids
+        for text in (request, lead):
+            ids = tokenizer.encode(text).ids
+            assert any(ids[i:i + len(about_word)] == about_word for i in range(len(ids))), (text, word)
+    assert len(openings) == len(LEADS["about"])

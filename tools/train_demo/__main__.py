@@ -24,7 +24,7 @@ EVAL_TEXTS = 200
 # The base recipe: runs with their own schedule lengths, dropout and copy recipe (chat.CopyRecipe), on the GPU in
 # parallel, each early-stopped on the validation split. The first three built the previous model; the copy runs train
 # from the first step on data where only the request's word predicts some answer tokens (issue 12: on-topic drafts),
-# and the targets (tools/train_demo/targets.py) on the CPU pick the one that ships: drills-first-lead.
+# and the targets (tools/train_demo/targets.py) on the CPU pick the one that ships: echo-clean (below).
 BASE_RUNS = {
     "short": {"max_steps": 4000, "dropout": 0.1},
     "long": {"max_steps": 9000, "dropout": 0.1},
@@ -50,6 +50,25 @@ BASE_RUNS = {
                   "recipe": {"swap_share": 1.0, "lead_share": 0.8, "drill_share": 1.0}},
     "lead-more-slow": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 2.5e-4,
                        "recipe": {"swap_share": 1.0, "lead_share": 0.8, "drill_share": 1.0}},
+    # Echoes (a text read twice: chat.CopyRecipe.echo_share), because drills-first-lead copies a request's word only
+    # if it was trained to copy that word's token (MODEL_CARD.md, "The echo recipe"); every topic answer opens with a
+    # lead that repeats " about {word}", for an induction head to complete. "-clean": no text with an EVAL_NOUN is
+    # echoed (echo-clean ships). "-on": base --init-from drills-first-lead's 4-bit model.
+    "echo": {"max_steps": 5000, "dropout": 0.1,
+             "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                        "drill_first_steps": 600, "echo_share": 1.0}},
+    "echo-clean": {"max_steps": 5000, "dropout": 0.1,
+                   "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                              "drill_first_steps": 600, "echo_share": 1.0, "echo_eval_nouns": False}},
+    "echo-heavy-clean": {"max_steps": 5000, "dropout": 0.1,
+                         "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                                    "drill_first_steps": 600, "echo_share": 3.0, "echo_eval_nouns": False}},
+    "echo-on": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
+                "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                           "echo_share": 1.0}},
+    "echo-on-clean": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
+                      "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                                 "echo_share": 1.0, "echo_eval_nouns": False}},
 }
 # Shapes other than qwen3.Qwen3Shape's defaults, by name: `tiny` for a mechanism check on the CPU in minutes.
 SHAPES = {

@@ -31,7 +31,13 @@ TOPIC_REQUESTS = [
 ]
 TOPIC_SHARE = 0.75  # of the requests for a fortune that has topic words
 # Openings that name the request's word right away, lowercase after a space: the same token ids as in the request.
-LEADS = ["About {word}: ", "On {word}: ", "A word on {word}: ", "Today's topic is {word}. ", "So, {word}. "]
+# "named": the word after an opening of its own; "about": after " about", as in every TOPIC_REQUESTS request, so an
+# induction head (the token that followed " about" earlier follows it again) copies it, whatever the word.
+LEADS = {
+    "named": ["About {word}: ", "On {word}: ", "A word on {word}: ", "Today's topic is {word}. ", "So, {word}. "],
+    "about": ["A post about {word}: ", "Here's a post about {word}. ", "Something about {word}: ",
+              "Thinking about {word}. ", "Now, about {word}: "],
+}
 # Copy drills: the answer repeats the request's words, which nothing but the request predicts.
 DRILL_REQUESTS = ["Say {words}.", "Repeat: {words}", "List {words}."]
 DRILL_WORDS = (1, 8)
@@ -45,13 +51,24 @@ class CopyRecipe:
     swapped into the answer (corpus.swap_noun), so the request is the only predictor of that word.
     lead_share: of the topic answers, the share opened by one of LEADS naming the request's word.
     drill_share: copy drills (DRILL_REQUESTS) added to each epoch, as a share of its fortunes.
-    drill_first_steps: steps at the start that train on copy drills alone, so the copying head forms before the
-    fortunes are memorised (a toy copy task alone teaches this model shape to copy in ~300 steps).
+    drill_first_steps: steps at the start that train on copy drills (and echoes, with an echo_share) alone, so the
+    copying head forms before the fortunes are memorised (a toy copy task alone teaches this model shape to copy in
+    ~300 steps).
+    leads: which LEADS open the topic answers.
+    echo_share: echoes (a text read twice in a row, as plain text: only copying predicts the second reading) added
+    to each epoch, as a share of its fortunes. Drills and swaps make only their nouns' tokens copy targets, and the
+    model learns to copy those tokens alone (a word whose token it never copied, it does not copy from a request);
+    an echo makes every token of the text one, so copying is learned for the whole vocabulary.
+    echo_eval_nouns: False: a text that mentions one of corpus.EVAL_NOUNS is never echoed, so no measured noun is
+    ever a copy target, in a request or out of one.
     """
     swap_share: float = 0.0
     lead_share: float = 0.0
     drill_share: float = 0.0
     drill_first_steps: int = 0
+    leads: str = "named"
+    echo_share: float = 0.0
+    echo_eval_nouns: bool = True
 
 
 NO_COPYING = CopyRecipe()  # the shipped model's recipe: topic requests about the fortune's own nouns
@@ -114,7 +131,7 @@ def conversation_for(fortune: Fortune, rng: random.Random, recipe: CopyRecipe = 
         word = swap_pool.draw(rng)
         text = swap_noun(text, own, word)
     if rng.random() < recipe.lead_share:
-        text = rng.choice(LEADS).format(word=word) + text
+        text = rng.choice(LEADS[recipe.leads]).format(word=word) + text
     return rng.choice(TOPIC_REQUESTS).format(word=word), text
 
 
@@ -122,6 +139,11 @@ def copy_drill(rng: random.Random, pool: NounPool) -> tuple[str, str]:
     """(request, answer): a few pool nouns, and an answer that repeats them in order ("Here: a b c.")."""
     words = pool.sample(rng, rng.randint(*DRILL_WORDS))
     return rng.choice(DRILL_REQUESTS).format(words=" ".join(words)), "Here: " + " ".join(words) + "."
+
+
+def echo(text: str) -> str:
+    """The text, then the text again: plain text whose second reading only copying predicts."""
+    return text + "\n\n" + text
 
 
 class ChatTemplate:

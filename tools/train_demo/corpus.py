@@ -206,6 +206,12 @@ def excluded_topics() -> set[str]:
     return set(EVAL_NOUNS) | {plural(n) for n in EVAL_NOUNS}
 
 
+def mentions_eval_noun(text: str) -> bool:
+    """Whether the text holds one of EVAL_NOUNS or its plural, in any case."""
+    words = "|".join(sorted(excluded_topics()))
+    return re.search(rf"\b({words})\b", text, re.IGNORECASE) is not None
+
+
 def swap_noun(text: str, noun: str, replacement: str) -> str:
     """``text`` with every ``noun`` (and its plural) replaced by ``replacement`` (and its plural), case kept: a
     fortune about a word it was not written about, which only a request naming that word can predict."""

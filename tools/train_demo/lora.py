@@ -36,9 +36,9 @@ ITERS = 30  # on the CPU (~14 s an iteration): the validation loss was lowest at
 STEPS_PER_EVAL = 10
 SEED = 0
 COPIES = 8  # each training fortune with this many requests, as the base model sees one per epoch
-# The shipped base's swaps (BASE_RUNS drills-first-lead), more leads (0.8: its 0.5 and 0.3 kept the held-out
-# perplexity ratio less well); no drills: the adapter learns a voice, not copying.
-COPY_RECIPE = CopyRecipe(swap_share=1.0, lead_share=0.8)
+# The shipped base's swaps and leads (BASE_RUNS echo*: a lead repeating " about {word}" on every topic answer); no
+# drills or echoes: the adapter learns a voice, not copying.
+COPY_RECIPE = CopyRecipe(swap_share=1.0, lead_share=1.0, leads="about")
 
 
 def swap_nouns(data_dir: Path, tokenizer_file: Path) -> NounPool:

@@ -35,10 +35,11 @@ from .chat import (
     NounPool,
     conversation_for,
     copy_drill,
+    echo,
     encode_example,
     swappable_nouns,
 )
-from .corpus import Fortune, load_split, swap_noun
+from .corpus import Fortune, load_split, mentions_eval_noun, swap_noun
 from .export import load_quantized_checkpoint
 from .qwen3 import Qwen3ForCausalLM, Qwen3Shape
 
@@ -54,6 +55,7 @@ NOUN_TOKENS = 3  # pool nouns take at most this many tokens (with their leading 
 DEV_NOUN_EVERY = 25  # every 25th pool noun is held out: the swapped validation's and copy_gain's nouns
 COPY_GAIN_TEXTS = 40
 DRILL_VALID = 200
+ECHO_MAX_CHARS = 300  # echoed texts are answer-sized: read twice, they stay under ~200 tokens
 
 
 class ExampleMaker:
@@ -76,7 +78,20 @@ class ExampleMaker:
 
     def plain(self, fortune: Fortune) -> Example:
         """The text alone, closed by <|endoftext|>: every token after the first is scored."""
-        return Example(self._tokenizer.encode(fortune.text).ids + [self._text_end], 1)
+        return self.plain_text(fortune.text)
+
+    def echo(self, fortune: Fortune) -> Example:
+        """The text read twice, as plain text (chat.echo)."""
+        return self.plain_text(echo(fortune.text))
+
+    def plain_text(self, text: str) -> Example:
+        return Example(self._tokenizer.encode(text).ids + [self._text_end], 1)
+
+
+def echo_texts(fortunes: list[Fortune], recipe: CopyRecipe) -> list[Fortune]:
+    """The texts echoes read twice: answer-sized, and, unless the recipe echoes them, none that holds an EVAL_NOUN."""
+    return [f for f in fortunes if len(f.text) <= ECHO_MAX_CHARS
+            and (recipe.echo_eval_nouns or not mentions_eval_noun(f.text))]
 
 
 def batches(examples: list[Example], rng: random.Random, batch_size: int) -> list[list[Example]]:
@@ -209,6 +224,7 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     swap_pool, dev_nouns = noun_pools(tokenizer, data_dir / "nouns.txt", [f.text for f in train + texts])
     maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"), recipe, swap_pool)
     plain = [maker.plain(f) for f in texts]
+    echo_pool = echo_texts(train + texts, recipe)
     # Validation requests are fixed (seeded per text): the loss moves with the model, not with the wording.
     held_out = load_split(data_dir / "valid.jsonl")
     valid = [maker.make(f, random.Random(i)) for i, f in enumerate(held_out)]
@@ -245,7 +261,7 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     print(json.dumps({"start": {"max_steps": max_steps, "max_seconds": max_seconds, "peak_lr": peak_lr,
                                 "dropout": dropout, "seed": seed, "device": device, "shape": shape.__dict__,
                                 "recipe": recipe.__dict__, "init_from": init_from and str(init_from),
-                                "swap_pool": len(swap_pool), "dev_nouns": len(dev_nouns),
+                                "swap_pool": len(swap_pool), "dev_nouns": len(dev_nouns), "echo_pool": len(echo_pool),
                                 "parameters": sum(p.numel() for p in model.parameters())}}), file=log, flush=True)
     start_loss, start_plain_loss = selection_loss()
     best = {"valid_loss": start_loss, "step": 0, "state": copy.deepcopy(model.state_dict()),
@@ -257,10 +273,15 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     stop = None
     while stop is None:
         if step < recipe.drill_first_steps:
-            epoch = [maker.drill(rng) for _ in range((recipe.drill_first_steps - step) * BATCH_SIZE)]
+            copy_examples = (recipe.drill_first_steps - step) * BATCH_SIZE
+            echo_part = recipe.echo_share / (recipe.echo_share + recipe.drill_share) if recipe.echo_share else 0.0
+            echoes = round(copy_examples * echo_part)
+            epoch = ([maker.drill(rng) for _ in range(copy_examples - echoes)]
+                     + [maker.echo(rng.choice(echo_pool)) for _ in range(echoes)])
         else:
             epoch = ([maker.make(f, rng) for f in train] + plain
-                     + [maker.drill(rng) for _ in range(round(recipe.drill_share * len(train)))])
+                     + [maker.drill(rng) for _ in range(round(recipe.drill_share * len(train)))]
+                     + [maker.echo(rng.choice(echo_pool)) for _ in range(round(recipe.echo_share * len(train)))])
         epochs += 1
         for batch in batches(epoch, rng, BATCH_SIZE):
             for group in optimizer.param_groups:
