@@ -50,8 +50,9 @@ class EngineOptions:
         import mlx.core as mx
 
         if mx.default_device().type == mx.DeviceType.gpu:
-            return cls(compute_dtype="bfloat16", cuda_kernels=mx.cuda.is_available(),
-                       dequantized_rows=GPU_DEQUANTIZED_ROWS if mx.cuda.is_available() else 0)
+            cuda = mx.cuda.is_available()
+            return cls(compute_dtype="bfloat16", cuda_kernels=cuda,
+                       dequantized_rows=GPU_DEQUANTIZED_ROWS if cuda else 0)
         return cls(compute_dtype="float32", cpu_dense=True)
 
     @property

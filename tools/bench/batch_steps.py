@@ -71,21 +71,21 @@ def arrivals(engine, clients: int, temperature: float, first: int, max_tokens: i
     ids = {batch.submit(GenerationRequest(engine.render_prompt(_prompt(row)),
                                           [SamplingParams(temperature=temperature, seed=_seed(row))], max_tokens))
            for row in range(first, first + clients)}
-    first: dict[int, float] = {}
+    first_token_ms: dict[int, float] = {}
     steps, longest = 0, 0.0
-    while len(first) < clients:
+    while len(first_token_ms) < clients:
         step_started = time.perf_counter()
         events = batch.step()
         now = time.perf_counter()
         steps, longest = steps + 1, max(longest, now - step_started)
         for request_id, event in events:
             if isinstance(event, TokenDelta) and request_id in ids:
-                first.setdefault(request_id, 1000 * (now - started))
+                first_token_ms.setdefault(request_id, 1000 * (now - started))
         if not batch.has_work:
             raise SystemExit("batch_steps: a request ended without a token")
     while batch.has_work:
         batch.step()
-    return steps, sorted(first.values()), 1000 * longest
+    return steps, sorted(first_token_ms.values()), 1000 * longest
 
 
 def _print_arrivals(engine, rows: list[int], temperature: float) -> None:

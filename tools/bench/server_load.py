@@ -42,8 +42,9 @@ TOPICS = ["the sea", "cats", "rain", "Mondays", "coffee", "trains", "the moon", 
           "bicycles", "libraries", "owls", "tea", "deadlines", "gardens", "clocks", "rivers", "jazz", "maps",
           "lighthouses", "socks", "volcanoes", "chess", "bees", "mirrors", "kites", "fog", "robots", "soup", "stars"]
 MAX_CLIENTS = 64
-# client numbers of the measured levels: past those of the warm-up level, the join test and the HTTP cost's client 0
-FRESH_CLIENTS = itertools.count(1000)
+# first client numbers of the measured rounds, a block of MAX_CLIENTS each: past those of the warm-up level, the join
+# test and the HTTP cost's client 0
+FRESH_CLIENTS = itertools.count(1000, MAX_CLIENTS)
 WARM_TOKENS = 8  # per client of the unmeasured level each server gets first
 START_TIMEOUT_S = 120
 
@@ -260,8 +261,6 @@ def measured_level(server: Server, clients: int, args: argparse.Namespace, seeds
     for _ in range(args.rounds):
         one = asyncio.run(run_level(server.url, clients, args.max_tokens, args.temperature, seeds, args.level_timeout,
                                     first_client=next(FRESH_CLIENTS)))
-        for _ in range(clients - 1):
-            next(FRESH_CLIENTS)
         level.wall_s += one.wall_s
         level.results += one.results
     after = main_thread_cpu_s(server.proc.pid)
