@@ -170,7 +170,8 @@ def test_special_tokens_the_model_writes_reach_no_post_stream_history_or_export_
 
     config_path().parent.mkdir(parents=True, exist_ok=True)
     config_path().write_text("[postprocess]\nmin_length = 0\n")  # no regeneration: the first attempt is the draft
-    args = ("post", "Write a post.", "--seed", 33, "--max-tokens", 60)  # at this seed the demo writes <|im_start|>
+    # At this seed and temperature the demo writes <|im_start|> (at the default temperature it never did in 160 seeds)
+    args = ("post", "Write a post.", "--seed", 33, "--max-tokens", 60, "--temperature", 1.6, "--top-p", 1.0)
     raw = run_cli(*args, "--raw", "--no-history")
     assert raw.returncode == 0 and "<|im_start|>" in raw.stdout
     expected = raw.stdout[:-1].replace("<|im_start|>", "").strip()

@@ -144,8 +144,9 @@ def test_training_continues_from_the_shipped_weights():
 
 
 def test_the_echo_recipe_reads_no_measured_noun_twice_and_its_leads_repeat_the_request():
-    """The shipped recipe (BASE_RUNS echo-clean): no text holding an EVAL_NOUN (any case, or its plural) is echoed,
-    an echo is the text twice, and a topic answer opens with a lead holding the request's " about {word}" ids."""
+    """The echo recipes (BASE_RUNS echo*, unsigned*): with echo_eval_nouns False no text holding an EVAL_NOUN (any
+    case, or its plural) is echoed, an echo is the text twice, and a topic answer opens with a lead holding the
+    request's " about {word}" ids."""
     pytest.importorskip("torch", reason="the training pipeline's dependency (the demo-training extra)")
     import random
 
@@ -181,3 +182,18 @@ def test_the_echo_recipe_reads_no_measured_noun_twice_and_its_leads_repeat_the_r
             ids = tokenizer.encode(text).ids
             assert any(ids[i:i + len(about_word)] == about_word for i in range(len(ids))), (text, word)
     assert len(openings) == len(LEADS["about"])
+
+
+def test_unsigned_answers_end_before_their_attribution_and_short_bodies_stay_plain_text():
+    """The shipped recipe (BASE_RUNS unsigned): an answer without its "-- Author" line keeps the topics its body
+    names; a fortune whose body alone is under min_length is read as plain text, attribution and all."""
+    from tools.train_demo.corpus import MIN_CHARS, Fortune, unattributed_answers
+
+    body = "The lamp is on the table, and the cat is under it, as it has been every evening since the war."
+    signed = Fortune("c", body + "\n-- Lampwick, on tables", ("lamp", "table", "lampwick", "tables"))
+    short = Fortune("c", "A cat is fine.\n-- " + "Somebody Longwinded " * 4, ("cat",))
+    unsigned = Fortune("c", body, ("lamp",))
+    assert len(body) >= MIN_CHARS > len("A cat is fine.")
+    answers, texts = unattributed_answers([signed, short, unsigned])
+    assert answers == [Fortune("c", body, ("lamp", "table")), unsigned]
+    assert texts == [short]

@@ -24,7 +24,7 @@ EVAL_TEXTS = 200
 # The base recipe: runs with their own schedule lengths, dropout and copy recipe (chat.CopyRecipe), on the GPU in
 # parallel, each early-stopped on the validation split. The first three built the previous model; the copy runs train
 # from the first step on data where only the request's word predicts some answer tokens (issue 12: on-topic drafts),
-# and the targets (tools/train_demo/targets.py) on the CPU pick the one that ships: echo-clean (below).
+# and the targets (tools/train_demo/targets.py) on the CPU pick the one that ships: unsigned (below).
 BASE_RUNS = {
     "short": {"max_steps": 4000, "dropout": 0.1},
     "long": {"max_steps": 9000, "dropout": 0.1},
@@ -53,7 +53,7 @@ BASE_RUNS = {
     # Echoes (a text read twice: chat.CopyRecipe.echo_share), because drills-first-lead copies a request's word only
     # if it was trained to copy that word's token (MODEL_CARD.md, "The echo recipe"); every topic answer opens with a
     # lead that repeats " about {word}", for an induction head to complete. "-clean": no text with an EVAL_NOUN is
-    # echoed (echo-clean ships). "-on": base --init-from drills-first-lead's 4-bit model.
+    # echoed. "-on": base --init-from drills-first-lead's 4-bit model.
     "echo": {"max_steps": 5000, "dropout": 0.1,
              "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
                         "drill_first_steps": 600, "echo_share": 1.0}},
@@ -69,6 +69,25 @@ BASE_RUNS = {
     "echo-on-clean": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
                       "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
                                  "echo_share": 1.0, "echo_eval_nouns": False}},
+    # Unsigned answers (chat.CopyRecipe.attributions False): an invented "-- Author" line was a third of echo-clean's
+    # non-English words. From random init, and trained on from echo's and echo-clean's 4-bit models ("-on-").
+    # unsigned ships.
+    "unsigned": {"max_steps": 5000, "dropout": 0.1,
+                 "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                            "drill_first_steps": 600, "echo_share": 1.0, "attributions": False}},
+    "unsigned-dropout": {"max_steps": 5000, "dropout": 0.2,
+                         "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                                    "drill_first_steps": 600, "echo_share": 1.0, "attributions": False}},
+    "unsigned-clean": {"max_steps": 5000, "dropout": 0.1,
+                       "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                                  "drill_first_steps": 600, "echo_share": 1.0, "echo_eval_nouns": False,
+                                  "attributions": False}},
+    "unsigned-on-echo": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
+                         "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                                    "echo_share": 1.0, "attributions": False}},
+    "unsigned-on-clean": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
+                          "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
+                                     "echo_share": 1.0, "echo_eval_nouns": False, "attributions": False}},
 }
 # Shapes other than qwen3.Qwen3Shape's defaults, by name: `tiny` for a mechanism check on the CPU in minutes.
 SHAPES = {
@@ -175,11 +194,12 @@ def step_quantize(args) -> None:
 
 
 def step_lora(args) -> None:
-    from .lora import ITERS, NUM_LAYERS, train_lora
+    from .lora import ITERS, LEARNING_RATE, NUM_LAYERS, train_lora
 
     num_layers = args.num_layers or NUM_LAYERS
     log = train_lora(args.model or DEMO / "model", DATA, args.out or DEMO / "adapter",
                      args.out.parent if args.out else WORK, num_layers=num_layers, iters=args.iters or ITERS,
+                     learning_rate=args.learning_rate or LEARNING_RATE,
                      shipped_paths={"model": "bobby_tui/demo/model", "adapter_path": "bobby_tui/demo/adapter",
                                     "data": f"build/demo/lora-data-{num_layers}"})
     print({k: v for k, v in log.items() if k not in ("train", "valid")})
@@ -216,6 +236,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--num-layers", type=int, help="lora: adapt this many last blocks")
     parser.add_argument("--iters", type=int, help="lora: train this many iterations (a smoke test: 10)")
+    parser.add_argument("--learning-rate", type=float, help="lora: Adam's learning rate instead of lora.LEARNING_RATE")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="base: a named shape instead of the default one")
     parser.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
                         help="base: train on from this 4-bit checkpoint (the quantize step's output) instead of "

@@ -61,6 +61,8 @@ class CopyRecipe:
     an echo makes every token of the text one, so copying is learned for the whole vocabulary.
     echo_eval_nouns: False: a text that mentions one of corpus.EVAL_NOUNS is never echoed, so no measured noun is
     ever a copy target, in a request or out of one.
+    attributions: False: answers end before their "-- Author" line (corpus.unattributed_answers): a post is signed
+    by its writer, and a small model's invented names were a third of its non-English words.
     """
     swap_share: float = 0.0
     lead_share: float = 0.0
@@ -69,6 +71,7 @@ class CopyRecipe:
     leads: str = "named"
     echo_share: float = 0.0
     echo_eval_nouns: bool = True
+    attributions: bool = True
 
 
 NO_COPYING = CopyRecipe()  # the shipped model's recipe: topic requests about the fortune's own nouns

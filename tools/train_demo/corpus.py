@@ -68,6 +68,7 @@ STOP_WORDS = DETERMINERS | AFTER_NOUN | {
 MIN_NOUN_COUNT = 2  # seen as a noun at least this often in the corpus,
 MIN_NOUN_SHARE = 0.2  # and in at least this share of its occurrences ("the good of" does not make "good" a noun)
 TOPIC_WORD_CHARS = (3, 16)
+ATTRIBUTION = "\n-- "  # what opens an entry's attribution line (_clean_entry); no body line starts with "--"
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _clean_entry(raw: str, lengths: tuple[int, int]) -> str | None:
         return None
     text = "".join(body).strip()
     if attribution:
-        text += "\n-- " + " ".join(attribution).lstrip("- ").strip()
+        text += ATTRIBUTION + " ".join(attribution).lstrip("- ").strip()
     words = set(re.findall(r"[a-z]+", text.lower()))
     if words & BLOCKED_WORDS or not lengths[0] <= len(text) <= lengths[1]:
         return None
@@ -163,6 +164,26 @@ def write_texts(fortunes: list[Fortune], out_dir: Path) -> int:
         for fortune in texts:
             f.write(json.dumps(asdict(fortune)) + "\n")
     return len(texts)
+
+
+def without_attribution(fortune: Fortune) -> Fortune:
+    """The fortune with its "-- Author" line cut off, keeping the topics its body still names."""
+    text = fortune.text.split(ATTRIBUTION, 1)[0]
+    words = set(_tokens(text))
+    return Fortune(fortune.category, text, tuple(t for t in fortune.topics if t in words))
+
+
+def unattributed_answers(fortunes: list[Fortune]) -> tuple[list[Fortune], list[Fortune]]:
+    """(answers, plain texts): every fortune without its attribution line, as a post has none; one whose body alone
+    is under MIN_CHARS stays a plain text, attribution and all, so that no answer teaches a post the app retries."""
+    answers, texts = [], []
+    for fortune in fortunes:
+        body = without_attribution(fortune)
+        if len(body.text) >= MIN_CHARS:
+            answers.append(body)
+        else:
+            texts.append(fortune)
+    return answers, texts
 
 
 def load_split(path: Path) -> list[Fortune]:

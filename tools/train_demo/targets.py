@@ -46,17 +46,17 @@ def mentions(text: str, noun: str) -> bool:
     return re.search(rf"\b({re.escape(noun)}|{re.escape(plural(noun))})\b", text, re.IGNORECASE) is not None
 
 
-def drafts_for(engine: Engine, config: Config) -> list[dict]:
-    """Two drafts per noun, as `bobby-tui post 2 --seed 1 PROMPT` makes them."""
+def drafts_for(engine: Engine, config: Config, seeds: tuple[int, ...] = SEEDS) -> list[dict]:
+    """A draft per seed per noun, as `bobby-tui post 2 --seed 1 PROMPT` makes them (for SEEDS)."""
     s = config.sampling
     out = []
     for noun in EVAL_NOUNS:
         prompt = f"Write a post about {noun}"
         params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
-                                 repetition_penalty=s.repetition_penalty, seed=seed) for seed in SEEDS]
+                                 repetition_penalty=s.repetition_penalty, seed=seed) for seed in seeds]
         events = compose(engine, prompt, None, params, s.max_tokens, config.postprocess, config.post_limit)
         for draft in sorted((e for e in events if isinstance(e, Draft)), key=lambda d: d.draft):
-            out.append({"noun": noun, "seed": SEEDS[draft.draft], "attempts": draft.attempts, "text": draft.text})
+            out.append({"noun": noun, "seed": seeds[draft.draft], "attempts": draft.attempts, "text": draft.text})
     return out
 
 
@@ -138,19 +138,20 @@ def decode_speed(engine: Engine) -> float:
     return statistics.median(speeds)
 
 
-def measure(model_dir: Path, adapter_dir: Path | None) -> dict:
-    """Every target; with no adapter, the base model's alone (what picks a base run before its adapter is trained)."""
+def measure(model_dir: Path, adapter_dir: Path | None, seeds: tuple[int, ...] = SEEDS) -> dict:
+    """Every target; with no adapter, the base model's alone (what picks a base run before its adapter is trained).
+    Other seeds than the targets' show how much of a figure is the two seeds' luck."""
     config = Config()
     engine = Engine.load(model_dir, adapter_dir)
     started = time.time()
     engine.adapter_enabled = False
     speed_base = decode_speed(engine)
-    base = drafts_for(engine, config)
-    report = dict(base_report(base, config), decode_tok_s_base=speed_base, request_word_gain=None)
+    base = drafts_for(engine, config, seeds)
+    report = dict(seeds=list(seeds), **base_report(base, config), decode_tok_s_base=speed_base, request_word_gain=None)
     if HELD_OUT.exists():
         report["request_word_gain"] = request_word_gain(engine, load_split(HELD_OUT))
     if adapter_dir is not None:
-        report.update(adapter_report(engine, config, base))
+        report.update(adapter_report(engine, config, base, seeds))
     report["seconds"] = time.time() - started
     return report
 
@@ -171,13 +172,13 @@ def base_report(base: list[dict], config: Config) -> dict:
     }
 
 
-def adapter_report(engine: Engine, config: Config, base: list[dict]) -> dict:
+def adapter_report(engine: Engine, config: Config, base: list[dict], seeds: tuple[int, ...]) -> dict:
     """The adapter's targets; the engine comes with its adapter switched off and leaves with it on."""
     held_out = [json.loads(line) for line in DEMO_ADAPTER_VALIDATION.read_text().splitlines()]
     ppl_base = answer_perplexity(engine, held_out)
     engine.adapter_enabled = True
     speed_adapter = decode_speed(engine)
-    adapter = drafts_for(engine, config)
+    adapter = drafts_for(engine, config, seeds)
     ppl_adapter = answer_perplexity(engine, held_out)
     return {
         "adapter_topic_share": sum(mentions(d["text"], d["noun"]) for d in adapter) / len(adapter),
@@ -230,6 +231,8 @@ def main() -> None:
     parser.add_argument("--speed-only", action="store_true", help="only the CPU decode tok/s, base and adapter")
     parser.add_argument("--no-adapter", action="store_true", help="the base model's targets alone (to pick a base "
                         "run before its adapter is trained)")
+    parser.add_argument("--seeds", type=lambda v: tuple(int(s) for s in v.split(",")), default=SEEDS,
+                        metavar="N,N,...", help="draft seeds (default: the targets' 1,2)")
     args = parser.parse_args()
     if args.speed_only:
         engine = Engine.load(args.model, args.adapter)
@@ -238,7 +241,7 @@ def main() -> None:
         engine.adapter_enabled = True
         print(f"CPU decode tok/s, base / adapter: {base:.0f} / {decode_speed(engine):.0f}")
         return
-    report = measure(args.model, None if args.no_adapter else args.adapter)
+    report = measure(args.model, None if args.no_adapter else args.adapter, args.seeds)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print_table(report)

@@ -39,7 +39,7 @@ from .chat import (
     encode_example,
     swappable_nouns,
 )
-from .corpus import Fortune, load_split, mentions_eval_noun, swap_noun
+from .corpus import Fortune, load_split, mentions_eval_noun, swap_noun, unattributed_answers
 from .export import load_quantized_checkpoint
 from .qwen3 import Qwen3ForCausalLM, Qwen3Shape
 
@@ -221,12 +221,16 @@ def train_base(data_dir: Path, tokenizer_dir: Path, work_dir: Path, max_steps: i
     pad_id = tokenizer.token_to_id("<|endoftext|>")
     train = load_split(data_dir / "train.jsonl")
     texts = load_split(data_dir / "text_train.jsonl")
+    held_out = load_split(data_dir / "valid.jsonl")
+    if not recipe.attributions:
+        train, short_bodies = unattributed_answers(train)
+        texts += short_bodies
+        held_out = unattributed_answers(held_out)[0]
     swap_pool, dev_nouns = noun_pools(tokenizer, data_dir / "nouns.txt", [f.text for f in train + texts])
     maker = ExampleMaker(tokenizer, ChatTemplate(tokenizer_dir / "tokenizer_config.json"), recipe, swap_pool)
     plain = [maker.plain(f) for f in texts]
     echo_pool = echo_texts(train + texts, recipe)
     # Validation requests are fixed (seeded per text): the loss moves with the model, not with the wording.
-    held_out = load_split(data_dir / "valid.jsonl")
     valid = [maker.make(f, random.Random(i)) for i, f in enumerate(held_out)]
     swapped = swapped_held_out(held_out, dev_nouns)
     swapped_valid = [maker.pair(f"Write a post about {noun}.", answer) for noun, _, answer in swapped]
