@@ -21,6 +21,9 @@ FLOAT_MODEL = WORK / "base-f32"
 DEMO = REPO / "bobby_tui" / "demo"
 RUNS = WORK / "runs"
 EVAL_TEXTS = 200
+# What every echo and unsigned run shares (chat.CopyRecipe): a swapped noun in every topic request, a lead repeating
+# " about {word}" on every topic answer, a copy drill and an echo per fortune.
+ECHO = {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0, "echo_share": 1.0}
 # The base recipe: runs with their own schedule lengths, dropout and copy recipe (chat.CopyRecipe), on the GPU in
 # parallel, each early-stopped on the validation split. The first three built the previous model; the copy runs train
 # from the first step on data where only the request's word predicts some answer tokens (issue 12: on-topic drafts),
@@ -54,40 +57,26 @@ BASE_RUNS = {
     # if it was trained to copy that word's token (MODEL_CARD.md, "The echo recipe"); every topic answer opens with a
     # lead that repeats " about {word}", for an induction head to complete. "-clean": no text with an EVAL_NOUN is
     # echoed. "-on": base --init-from drills-first-lead's 4-bit model.
-    "echo": {"max_steps": 5000, "dropout": 0.1,
-             "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                        "drill_first_steps": 600, "echo_share": 1.0}},
+    "echo": {"max_steps": 5000, "dropout": 0.1, "recipe": {**ECHO, "drill_first_steps": 600}},
     "echo-clean": {"max_steps": 5000, "dropout": 0.1,
-                   "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                              "drill_first_steps": 600, "echo_share": 1.0, "echo_eval_nouns": False}},
+                   "recipe": {**ECHO, "drill_first_steps": 600, "echo_eval_nouns": False}},
     "echo-heavy-clean": {"max_steps": 5000, "dropout": 0.1,
-                         "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                                    "drill_first_steps": 600, "echo_share": 3.0, "echo_eval_nouns": False}},
-    "echo-on": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
-                "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                           "echo_share": 1.0}},
-    "echo-on-clean": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
-                      "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                                 "echo_share": 1.0, "echo_eval_nouns": False}},
+                         "recipe": {**ECHO, "drill_first_steps": 600, "echo_share": 3.0, "echo_eval_nouns": False}},
+    "echo-on": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4, "recipe": ECHO},
+    "echo-on-clean": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4, "recipe": {**ECHO, "echo_eval_nouns": False}},
     # Unsigned answers (chat.CopyRecipe.attributions False): an invented "-- Author" line was a third of echo-clean's
     # non-English words. From random init, and trained on from echo's and echo-clean's 4-bit models ("-on-").
     # unsigned ships.
     "unsigned": {"max_steps": 5000, "dropout": 0.1,
-                 "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                            "drill_first_steps": 600, "echo_share": 1.0, "attributions": False}},
+                 "recipe": {**ECHO, "drill_first_steps": 600, "attributions": False}},
     "unsigned-dropout": {"max_steps": 5000, "dropout": 0.2,
-                         "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                                    "drill_first_steps": 600, "echo_share": 1.0, "attributions": False}},
+                         "recipe": {**ECHO, "drill_first_steps": 600, "attributions": False}},
     "unsigned-clean": {"max_steps": 5000, "dropout": 0.1,
-                       "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                                  "drill_first_steps": 600, "echo_share": 1.0, "echo_eval_nouns": False,
-                                  "attributions": False}},
+                       "recipe": {**ECHO, "drill_first_steps": 600, "echo_eval_nouns": False, "attributions": False}},
     "unsigned-on-echo": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
-                         "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                                    "echo_share": 1.0, "attributions": False}},
+                         "recipe": {**ECHO, "attributions": False}},
     "unsigned-on-clean": {"max_steps": 5000, "dropout": 0.1, "peak_lr": 5e-4,
-                          "recipe": {"swap_share": 1.0, "lead_share": 1.0, "leads": "about", "drill_share": 1.0,
-                                     "echo_share": 1.0, "echo_eval_nouns": False, "attributions": False}},
+                          "recipe": {**ECHO, "echo_eval_nouns": False, "attributions": False}},
 }
 # Shapes other than qwen3.Qwen3Shape's defaults, by name: `tiny` for a mechanism check on the CPU in minutes.
 SHAPES = {
