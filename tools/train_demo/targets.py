@@ -1,6 +1,6 @@
 """The demo's measured targets (issue 12), from the shipped files through our engine, as `bobby-tui post` drafts.
 
-    python -m tools.train_demo.targets [--model DIR] [--adapter DIR] [--json PATH]
+    python -m tools.train_demo.targets [--model DIR] [--adapter DIR] [--json PATH] [--seeds N,N,...]
 
 40 drafts: "Write a post about X" for the 20 nouns of EVAL_NOUNS (never a training prompt word, see corpus.py),
 seeds 1 and 2 in one batch, as `bobby-tui post 2 --seed 1 "Write a post about X"` makes them (default sampling,
@@ -13,6 +13,7 @@ post-processing and retries of bobby_tui.config). Printed:
 - CPU decode tok/s of single drafts, without and with the adapter;
 - whether the model reads the request's word at all: the log-probability gain of a held-out fortune, one of its nouns
   swapped for X, asked for with X rather than with another noun (needs the corpus step's build/demo/data/).
+`--seeds 3,4,5,6` drafts the same prompts at other seeds: how much of a figure is the two seeds' luck.
 `--no-adapter` measures the base model's rows alone (to compare base runs before their adapters are trained).
 """
 
