@@ -74,7 +74,7 @@ class CopyRecipe:
     attributions: bool = True
 
 
-NO_COPYING = CopyRecipe()  # the shipped model's recipe: topic requests about the fortune's own nouns
+NO_COPYING = CopyRecipe()  # the first runs' recipe (BASE_RUNS short, long): topics are the fortune's own nouns
 
 
 @dataclass(frozen=True)
